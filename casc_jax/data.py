@@ -1,0 +1,595 @@
+"""Input data: TFDS pipelines, image folders, the embedded CIFAR-10 sample, and a user's own images.
+
+``make_dataset`` yields numpy batches, and the trainer places them on devices::
+
+    dict(image=(B, H, W, 3) float32 in [-1, 1], label=(B,) int32, valid=(B,) bool)
+
+``B`` is the batch size of this process (the trainer passes ``global_batch // process_count``). Each
+process reads its own shard of the examples: example ``i`` goes to process ``i % process_count``.
+
+- ``repeat=True`` (training): an endless stream, reshuffled every epoch when ``shuffle_seed`` is given.
+  Batches run across epoch boundaries, so every batch is full and ``valid`` is all True.
+- ``repeat=False`` (evaluation): one pass over this process's shard, in file order unless a
+  ``shuffle_seed`` is given. The last batch is padded with zero images (``valid=False``), and every
+  process yields the same number of batches, ``ceil(ceil(N / process_count) / B)``. Over all processes,
+  each of the ``N`` examples appears exactly once with ``valid=True``.
+
+Sources (``cfg.source``, the ``data`` section of a config):
+
+- ``'tfds:NAME'``, for example ``'tfds:cifar10'``: a TFDS dataset, used only if it is already prepared in
+  ``cfg.data_dir``, or downloaded first when ``cfg.download`` is True. Otherwise the call raises
+  ``DatasetUnavailableError`` at once, naming the offline options.
+- ``'folder:PATH'``: the image files under PATH (recursive, sorted). They are centre-cropped to a square,
+  resized, and given label 0.
+- ``'embedded'``: 200 bit-exact CIFAR-10 **test** images shipped in ``casc_jax/assets``. Every split name
+  gives the same 200 images. The smoke presets train on them only to check the pipeline.
+
+TensorFlow is imported only on the TFDS path, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.resources
+import io
+import math
+import os
+import pathlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+EMBEDDED_ASSET = "cifar10_test_200.npz"
+ARRAY_SPLITS = ("train", "test", "validation")  # split names of the folder and embedded sources
+LETTERBOX_RGB = (128, 128, 128)  # pad colour of fit='pad', 0.0039 in [-1, 1]
+_CACHE_LIMIT_BYTES = 2 * 1024**3  # cache decoded TFDS shards in memory up to this size
+_SHUFFLE_BUFFER_MAX = 50_000
+
+Batch = dict[str, np.ndarray]
+PathLike = str | os.PathLike
+
+
+class DatasetUnavailableError(RuntimeError):
+    """The configured dataset cannot be loaded here (not prepared, download off or failed)."""
+
+
+def default_config():
+    """The ``data`` config section with its defaults (an ``ml_collections.ConfigDict``)."""
+    from ml_collections import config_dict
+
+    return config_dict.ConfigDict(
+        dict(
+            source="tfds:cifar10",
+            image_size=32,
+            data_dir=config_dict.placeholder(str),
+            download=False,
+        )
+    )
+
+
+def _cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
+    if hasattr(cfg, "get"):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pixel scaling.
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+    """uint8 pixels in [0, 255] -> float32 in [-1, 1] (x / 127.5 - 1), any shape."""
+    return np.asarray(images, np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """float in [-1, 1] -> uint8, rounding to nearest and clipping; the inverse of ``to_float``."""
+    images = np.asarray(images, np.float32)
+    if not np.all(np.isfinite(images)):
+        raise ValueError("images contain NaN or Inf; cannot convert them to uint8 pixels")
+    return np.clip(np.rint((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading and resizing image files (Pillow).
+
+
+def list_image_files(folder: PathLike) -> list[pathlib.Path]:
+    """The files under ``folder`` (recursive) whose extension is in ``IMAGE_EXTENSIONS``, sorted."""
+    root = pathlib.Path(folder).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    if not root.is_dir():
+        raise NotADirectoryError(f"not a folder: {root}; data.source=folder:PATH needs a folder of images")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise ValueError(
+            f"image folder {root} holds no image files (looked for {', '.join(IMAGE_EXTENSIONS)}, "
+            "recursively)"
+        )
+    return files
+
+
+def _to_rgb(img):
+    """Any Pillow mode -> RGB. Alpha is composited on white; 16-bit grey is scaled to 8 bits."""
+    from PIL import Image
+
+    if img.mode.startswith("I"):  # 16/32-bit integer grey, e.g. a 16-bit grayscale PNG
+        grey = np.clip(np.asarray(img, np.float64) / 257.0, 0, 255)
+        img = Image.fromarray(np.rint(grey).astype(np.uint8), mode="L")
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _open_rgb(path: PathLike):
+    """Open an image file as an RGB Pillow image, EXIF orientation applied. Errors name the file."""
+    from PIL import Image, ImageOps
+
+    path = pathlib.Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"image file not found: {path}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not an image file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return _to_rgb(ImageOps.exif_transpose(img))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError(
+            f"cannot read image file {path}: {exc}. Use a valid {'/'.join(IMAGE_EXTENSIONS)} image."
+        ) from exc
+
+
+def _resize(img, width: int, height: int):
+    from PIL import Image
+
+    if img.size == (width, height):
+        return img
+    return img.resize((width, height), Image.Resampling.BICUBIC)
+
+
+def _center_crop_resize(img, size: int):
+    """Centre-crop to a square of side min(H, W), then resize to (size, size) (bicubic)."""
+    w, h = img.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return _resize(img.crop((left, top, left + s, top + s)), size, size)
+
+
+def letterbox_box(original_size: tuple[int, int], image_size: int) -> tuple[int, int, int, int]:
+    """Where ``fit='pad'`` puts an (h, w) image inside the (image_size, image_size) square.
+
+    Returns (top, left, height, width): the image is scaled by image_size / max(h, w), keeping its
+    aspect ratio, and centred.
+    """
+    h, w = original_size
+    scale = image_size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    return (image_size - nh) // 2, (image_size - nw) // 2, nh, nw
+
+
+def _letterbox(img, size: int):
+    from PIL import Image
+
+    top, left, nh, nw = letterbox_box((img.height, img.width), size)
+    canvas = Image.new("RGB", (size, size), LETTERBOX_RGB)
+    canvas.paste(_resize(img, nw, nh), (left, top))
+    return canvas
+
+
+def _check_image_size(image_size: Any) -> int:
+    if isinstance(image_size, bool) or not isinstance(image_size, int | np.integer) or image_size < 1:
+        raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    return int(image_size)
+
+
+def _check_fit(fit: str) -> str:
+    if fit not in ("pad", "crop"):
+        raise ValueError(f"fit must be 'pad' (letterbox) or 'crop' (centre crop), got {fit!r}")
+    return fit
+
+
+def load_images_for_transmit(
+    paths: PathLike | Sequence[PathLike], image_size: int, *, fit: str = "pad"
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """A user's own image files -> model input X.
+
+    Args:
+      paths: image files of any size and mode (grey, palette, RGBA with alpha on white, 16-bit).
+      image_size: side S of the square model input.
+      fit: 'pad' scales the image to fit inside S x S, keeping its aspect ratio, and centres it on a
+        grey (128) background (letterbox, see ``letterbox_box``). 'crop' centre-crops the largest
+        square and resizes it. Both resize with bicubic filtering.
+
+    Returns:
+      X (N, S, S, 3) float32 in [-1, 1], and the original (height, width) of each file, which
+      ``restore_size`` uses to map a reconstruction back.
+
+    Raises:
+      FileNotFoundError for a missing file, ValueError for an unreadable one. Both name the file.
+    """
+    size, fit = _check_image_size(image_size), _check_fit(fit)
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    paths = list(paths)
+    if not paths:
+        raise ValueError("no image files given to transmit")
+    fit_fn = _letterbox if fit == "pad" else _center_crop_resize
+    images, sizes = [], []
+    for path in paths:
+        img = _open_rgb(path)
+        sizes.append((img.height, img.width))
+        images.append(np.asarray(fit_fn(img, size), np.uint8))
+    return to_float(np.stack(images)), sizes
+
+
+def restore_size(image: np.ndarray, original_size: tuple[int, int], *, fit: str = "pad") -> np.ndarray:
+    """Undo ``load_images_for_transmit``'s fit on one (S, S, 3) image in [-1, 1].
+
+    'pad': cut out the letterbox content and resize it to the original (h, w). 'crop': the cropped-off
+    borders cannot come back, so the result is the centre square resized to (min(h, w), min(h, w)).
+    Returns (h', w', 3) float32 in [-1, 1].
+    """
+    from PIL import Image
+
+    fit = _check_fit(fit)
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[0] != image.shape[1] or image.shape[2] != 3:
+        raise ValueError(f"expected one square (S, S, 3) image, got shape {image.shape}")
+    h, w = original_size
+    pil = Image.fromarray(to_uint8(image))
+    if fit == "pad":
+        top, left, nh, nw = letterbox_box((h, w), image.shape[0])
+        pil = _resize(pil.crop((left, top, left + nw, top + nh)), w, h)
+    else:
+        pil = _resize(pil, min(h, w), min(h, w))
+    return to_float(np.asarray(pil))
+
+
+def save_png(image: np.ndarray, path: PathLike) -> pathlib.Path:
+    """Write one image in [-1, 1], (H, W, 3), (H, W, 1) or (H, W), as an 8-bit PNG. Returns the path."""
+    from PIL import Image
+
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 3)):
+        raise ValueError(f"save_png expects (H, W, 3), (H, W, 1) or (H, W), got shape {image.shape}")
+    path = pathlib.Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(to_uint8(image)).save(path, format="PNG")
+    return path
+
+
+def image_grid(images: np.ndarray, ncols: int, *, padding: int = 2, pad_value: int = 255) -> np.ndarray:
+    """Tile (N, H, W, C) images in [-1, 1] into one uint8 grid, row by row.
+
+    With n = min(ncols, N) columns and r = ceil(N / n) rows, the result is
+    (r*H + (r+1)*padding, n*W + (n+1)*padding, C). Borders and empty cells are ``pad_value``.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.shape[0] == 0:
+        raise ValueError(f"image_grid expects (N, H, W, 1 or 3) with N >= 1, got shape {images.shape}")
+    if isinstance(ncols, bool) or not isinstance(ncols, int | np.integer) or ncols < 1:
+        raise ValueError(f"ncols must be a positive int, got {ncols!r}")
+    n, h, w, c = images.shape
+    cols = min(int(ncols), n)
+    rows = math.ceil(n / cols)
+    p = padding
+    grid = np.full((rows * h + (rows + 1) * p, cols * w + (cols + 1) * p, c), pad_value, np.uint8)
+    for i, img in enumerate(to_uint8(images)):
+        r, q = divmod(i, cols)
+        y, x = p + r * (h + p), p + q * (w + p)
+        grid[y : y + h, x : x + w] = img
+    return grid
+
+
+# ----------------------------------------------------------------------------------------------
+# Array sources: embedded CIFAR-10 sample and image folders.
+
+
+@functools.cache
+def _embedded_arrays() -> tuple[np.ndarray, np.ndarray]:
+    resource = importlib.resources.files("casc_jax") / "assets" / EMBEDDED_ASSET
+    with np.load(io.BytesIO(resource.read_bytes())) as npz:
+        images, labels = npz["images"], npz["labels"].astype(np.int32)
+    images.flags.writeable = False
+    labels.flags.writeable = False
+    return images, labels
+
+
+def load_embedded(image_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """The 200 embedded CIFAR-10 test images: uint8 (200, S, S, 3) and int32 labels (200,).
+
+    S = 32 gives the exact pixels; another S resizes them (bicubic). The arrays are read-only.
+    """
+    size = _check_image_size(image_size)
+    images, labels = _embedded_arrays()
+    if size != images.shape[1]:
+        from PIL import Image
+
+        images = np.stack([np.asarray(_resize(Image.fromarray(x), size, size)) for x in images])
+    return images, labels
+
+
+def load_image_folder(folder: PathLike, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """All images under ``folder``, centre-cropped and resized: uint8 (N, S, S, 3), labels zeros (N,)."""
+    size = _check_image_size(image_size)
+    images = [np.asarray(_center_crop_resize(_open_rgb(f), size), np.uint8) for f in list_image_files(folder)]
+    return np.stack(images), np.zeros(len(images), np.int32)
+
+
+def _num_eval_batches(num_examples: int, batch_size: int, process_count: int) -> int:
+    """Batches per process in a padded evaluation pass: every process yields the same number."""
+    return math.ceil(math.ceil(num_examples / process_count) / batch_size)
+
+
+def _array_batches(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    shuffle_seed: int | None,
+    repeat: bool,
+    process_index: int,
+    process_count: int,
+) -> Iterator[Batch]:
+    """Batches of in-memory uint8 images (N, S, S, 3); see the module docstring for the layout."""
+    n = len(images)
+    local = np.arange(n)[process_index::process_count]
+    rng = None if shuffle_seed is None else np.random.default_rng(shuffle_seed)
+    if repeat and len(local) == 0:
+        raise ValueError(f"{n} examples cannot give every one of {process_count} processes a shard")
+
+    def stream() -> Iterator[Batch]:
+        pending = np.zeros(0, np.int64)
+        while True:
+            while len(pending) < batch_size:
+                epoch = local if rng is None else rng.permutation(local)
+                pending = np.concatenate([pending, epoch])
+            idx, pending = pending[:batch_size], pending[batch_size:]
+            yield dict(image=to_float(images[idx]), label=labels[idx], valid=np.ones(batch_size, bool))
+
+    def single_pass() -> Iterator[Batch]:
+        order = local if rng is None else rng.permutation(local)
+        for b in range(_num_eval_batches(n, batch_size, process_count)):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            image = np.zeros((batch_size, *images.shape[1:]), np.float32)
+            label = np.zeros(batch_size, np.int32)
+            image[: len(idx)], label[: len(idx)] = to_float(images[idx]), labels[idx]
+            yield dict(image=image, label=label, valid=np.arange(batch_size) < len(idx))
+
+    return stream() if repeat else single_pass()
+
+
+# ----------------------------------------------------------------------------------------------
+# TFDS source.
+
+
+def _offline_options(name: str) -> str:
+    return (
+        "Offline options: --config.data.source=embedded (200 CIFAR-10 test images shipped with casc_jax, "
+        "no network), or --config.data.source=folder:PATH (a folder of your own images). When online, "
+        f"--config.data.download=True downloads and prepares {name!r} (or prepare it beforehand with "
+        "`tfds build` and point --config.data.data_dir at it)."
+    )
+
+
+def _tfds_builder(name: str, data_dir: str | None, download: bool):
+    """A TFDS builder that is prepared, or DatasetUnavailableError at once. Never touches the network
+    unless ``download`` is True."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.DatasetNotFoundError as exc:
+        raise ValueError(f"unknown TFDS dataset {name!r} (data.source=tfds:{name}): {exc}") from exc
+    if builder.is_prepared():
+        return builder
+    where = f"data_dir={data_dir}" if data_dir else f"the default TFDS data_dir ({builder.data_dir})"
+    if not download:
+        raise DatasetUnavailableError(
+            f"TFDS dataset {name!r} is not prepared in {where}, and data.download is False. "
+            + _offline_options(name)
+        )
+    try:
+        builder.download_and_prepare()
+    except Exception as exc:  # network, disk, or checksum failure: all mean the data is unavailable
+        raise DatasetUnavailableError(
+            f"downloading TFDS dataset {name!r} into {where} failed: {type(exc).__name__}: {exc}. "
+            + _offline_options(name)
+        ) from exc
+    return builder
+
+
+def _import_tf():
+    """Import TensorFlow for tf.data only, hiding accelerators so it never takes GPU/TPU memory."""
+    import tensorflow as tf
+
+    for kind in ("GPU", "TPU"):
+        # RuntimeError: devices already initialised; ValueError: no such device type.
+        with contextlib.suppress(RuntimeError, ValueError):
+            tf.config.set_visible_devices([], kind)
+    return tf
+
+
+def _tf_count(ds, tf) -> int:
+    n = int(ds.cardinality())
+    if n >= 0:
+        return n
+    return int(ds.reduce(np.int64(0), lambda count, _: count + 1))
+
+
+def _tf_example(example: dict, image_size: int, tf) -> dict:
+    """A TFDS example -> {'image': uint8 (S, S, 3), 'label': int32}; centre-crop + resize if needed."""
+    image = example["image"]
+    channels = image.shape[-1]
+    if channels == 1:
+        image = tf.image.grayscale_to_rgb(image)
+    elif channels == 4:
+        image = image[..., :3]
+    if tuple(image.shape[:2]) != (image_size, image_size):
+        shape = tf.shape(image)
+        h, w = shape[0], shape[1]
+        s = tf.minimum(h, w)
+        image = tf.image.crop_to_bounding_box(image, (h - s) // 2, (w - s) // 2, s, s)
+        image = tf.image.resize(image, (image_size, image_size), method="bicubic", antialias=True)
+        image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+    image = tf.ensure_shape(image, (image_size, image_size, 3))
+    label = tf.cast(example["label"], tf.int32) if "label" in example else tf.constant(0, tf.int32)
+    return dict(image=image, label=label)
+
+
+def _tfds_split(cfg, name: str, split: str):
+    """(tf.data of the whole split in file order, its size, tf), after the availability check."""
+    builder = _tfds_builder(name, _cfg_get(cfg, "data_dir"), bool(_cfg_get(cfg, "download", False)))
+    tf = _import_tf()
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+    return ds, _tf_count(ds, tf), tf
+
+
+def _tfds_batches(
+    cfg,
+    name: str,
+    split: str,
+    *,
+    batch_size: int,
+    shuffle_seed: int | None,
+    repeat: bool,
+    process_index: int,
+    process_count: int,
+) -> Iterator[Batch]:
+    """tf.data pipeline: shard by process, decode, cache, (shuffle, repeat), scale, batch, prefetch."""
+    import tensorflow_datasets as tfds
+
+    size = _check_image_size(_cfg_get(cfg, "image_size", 32))
+    ds, n, tf = _tfds_split(cfg, name, split)
+    if n == 0:
+        raise ValueError(f"TFDS split {split!r} of {name!r} is empty")
+    n_local = len(range(process_index, n, process_count))
+    if repeat and n_local == 0:
+        raise ValueError(f"{n} examples cannot give every one of {process_count} processes a shard")
+    autotune = tf.data.AUTOTUNE
+    ds = ds.shard(process_count, process_index)
+    ds = ds.map(lambda ex: _tf_example(ex, size, tf), num_parallel_calls=autotune)
+    if n_local * size * size * 3 <= _CACHE_LIMIT_BYTES:
+        ds = ds.cache()
+    if shuffle_seed is not None:
+        buffer = max(1, min(n_local, _SHUFFLE_BUFFER_MAX))
+        ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+
+    def scale(ex):
+        image = tf.cast(ex["image"], tf.float32) / 127.5 - 1.0
+        return dict(image=image, label=ex["label"], valid=tf.constant(True))
+
+    ds = ds.map(scale, num_parallel_calls=autotune)
+    if not repeat:
+        pad = _num_eval_batches(n, batch_size, process_count) * batch_size - n_local
+        blank = dict(
+            image=tf.zeros((size, size, 3), tf.float32),
+            label=tf.constant(0, tf.int32),
+            valid=tf.constant(False),
+        )
+        ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(pad))
+    ds = ds.batch(batch_size, drop_remainder=True).prefetch(autotune)
+    return iter(tfds.as_numpy(ds))
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry points.
+
+
+def parse_source(source: str) -> tuple[str, str]:
+    """'tfds:NAME' -> ('tfds', NAME), 'folder:PATH' -> ('folder', PATH), 'embedded' -> ('embedded', '')."""
+    if not isinstance(source, str):
+        raise ValueError(f"data.source must be a string, got {source!r}")
+    if source == "embedded":
+        return "embedded", ""
+    kind, sep, arg = source.partition(":")
+    if sep and kind in ("tfds", "folder") and arg:
+        return kind, arg
+    raise ValueError(
+        f"unknown data.source {source!r}; use 'tfds:NAME' (e.g. tfds:cifar10), 'folder:PATH' or 'embedded'"
+    )
+
+
+def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"need 0 <= process_index < process_count, got {process_index}, {process_count}")
+    return int(process_index), int(process_count)
+
+
+def _array_source(cfg, kind: str, arg: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    if split not in ARRAY_SPLITS:
+        raise ValueError(f"data.source={kind} supports the splits {ARRAY_SPLITS}, got {split!r}")
+    size = _cfg_get(cfg, "image_size", 32)
+    return load_embedded(size) if kind == "embedded" else load_image_folder(arg, size)
+
+
+def make_dataset(
+    cfg,
+    split: str,
+    *,
+    batch_size: int,
+    shuffle_seed: int | None,
+    repeat: bool,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[Batch]:
+    """Numpy batches of ``split`` for this process; the layout is in the module docstring.
+
+    Args:
+      cfg: the ``data`` config section: ``source``, ``image_size``, ``data_dir``, ``download``.
+      split: a TFDS split ('train', 'test', 'train[:90%]') or, for folder/embedded, one of
+        ``ARRAY_SPLITS`` (they all give the same images).
+      batch_size: B, the batch size of this process.
+      shuffle_seed: shuffle with this seed, or keep file order when None.
+      repeat: True for an endless training stream; False for one padded evaluation pass.
+      process_index, process_count: this process's shard; default ``jax.process_index()`` and
+        ``jax.process_count()``.
+
+    Raises:
+      DatasetUnavailableError: a TFDS dataset that is not prepared and cannot be downloaded.
+      FileNotFoundError, ValueError: a bad source, folder or image file (the message names it).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    process_index, process_count = _process(process_index, process_count)
+    kind, arg = parse_source(_cfg_get(cfg, "source"))
+    kwargs = dict(
+        batch_size=int(batch_size),
+        shuffle_seed=shuffle_seed,
+        repeat=bool(repeat),
+        process_index=process_index,
+        process_count=process_count,
+    )
+    if kind == "tfds":
+        return _tfds_batches(cfg, arg, split, **kwargs)
+    images, labels = _array_source(cfg, kind, arg, split)
+    return _array_batches(images, labels, **kwargs)
+
+
+def num_examples(cfg, split: str) -> int:
+    """Number of examples N in ``split`` over all processes (for epochs -> steps and eval counts)."""
+    kind, arg = parse_source(_cfg_get(cfg, "source"))
+    if kind == "tfds":
+        return _tfds_split(cfg, arg, split)[1]
+    if split not in ARRAY_SPLITS:
+        raise ValueError(f"data.source={kind} supports the splits {ARRAY_SPLITS}, got {split!r}")
+    if kind == "embedded":
+        return len(_embedded_arrays()[1])
+    return len(list_image_files(arg))

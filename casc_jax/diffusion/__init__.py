@@ -1,0 +1,46 @@
+"""Diffusion: noise schedules, the forward process and loss, and scanned reverse-chain samplers.
+
+Knows nothing about CASC: samplers take a denoiser ``eps_fn(x_t, t)`` and a :class:`Schedule`.
+"""
+
+from casc_jax.diffusion.samplers import (
+    SAMPLERS,
+    SPACINGS,
+    ddim_step,
+    ddpm_step,
+    dpmpp_2m_step,
+    make_timesteps,
+    sample,
+    sample_loop,
+    sampler_names,
+)
+from casc_jax.diffusion.schedules import (
+    SCHEDULE_KINDS,
+    Schedule,
+    epsilon_loss,
+    extract,
+    make_betas,
+    make_schedule,
+    predict_x0,
+    q_sample,
+)
+
+__all__ = [
+    "SAMPLERS",
+    "SCHEDULE_KINDS",
+    "SPACINGS",
+    "Schedule",
+    "ddim_step",
+    "ddpm_step",
+    "dpmpp_2m_step",
+    "epsilon_loss",
+    "extract",
+    "make_betas",
+    "make_schedule",
+    "make_timesteps",
+    "predict_x0",
+    "q_sample",
+    "sample",
+    "sample_loop",
+    "sampler_names",
+]

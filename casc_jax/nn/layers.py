@@ -1,0 +1,106 @@
+"""Reusable convolutional building blocks (LDM / DDPM style), NHWC.
+
+Every conv and dense layer is condition-aware capable (casc_jax.nn.dynamic): it is static unless a
+per-sample kernel is supplied for its path in the `dynamic` collection.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from casc_jax.nn.dynamic import CondConv, CondDense
+
+zeros = nn.initializers.zeros
+
+
+def group_norm(channels: int, name: str | None = None) -> nn.GroupNorm:
+    """GroupNorm(32) as in LDM; fewer groups for narrow (test-sized) layers."""
+    return nn.GroupNorm(num_groups=math.gcd(32, channels), epsilon=1e-6, name=name)
+
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+    """Sinusoidal embedding of timesteps t (B,) -> (B, dim) as in DDPM: [cos | sin]."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = t.astype(jnp.float32)[:, None] * freqs[None]
+    emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+    return jnp.pad(emb, ((0, 0), (0, dim % 2)))
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-swish-conv3x3 twice with a residual path (1x1 shortcut when channels change).
+
+    With `temb` (B, E) the timestep embedding is projected and added between the convs.
+    `zero_init_last` zero-initialises the second conv so the block starts as the identity (U-Net).
+    """
+
+    features: int
+    dropout: float = 0.0
+    zero_init_last: bool = False
+    dtype: jnp.dtype | None = None
+    dynamic_impl: str = "patches"
+
+    @nn.compact
+    def __call__(self, x, temb=None, *, train: bool = False):
+        h = nn.swish(group_norm(x.shape[-1], "norm1")(x))
+        h = CondConv(self.features, (3, 3), dtype=self.dtype, impl=self.dynamic_impl, name="conv1")(h)
+        if temb is not None:
+            h = h + CondDense(self.features, dtype=self.dtype, name="temb_proj")(nn.swish(temb))[:, None, None]
+        h = nn.swish(group_norm(self.features, "norm2")(h))
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        init = zeros if self.zero_init_last else nn.linear.default_kernel_init
+        h = CondConv(
+            self.features, (3, 3), kernel_init=init, dtype=self.dtype, impl=self.dynamic_impl, name="conv2"
+        )(h)
+        if x.shape[-1] != self.features:
+            x = CondConv(self.features, (1, 1), dtype=self.dtype, name="shortcut")(x)
+        return x + h
+
+
+class AttnBlock(nn.Module):
+    """Spatial multi-head self-attention with a residual path: x + proj(attn(norm(x))).
+
+    `head_dim` sets the number of heads (channels // head_dim).
+    """
+
+    head_dim: int = 64
+    zero_init_proj: bool = False
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x):
+        b, h, w, c = x.shape
+        heads = max(1, c // self.head_dim)
+        y = group_norm(c, "norm")(x).reshape(b, h * w, c)
+        qkv = CondDense(3 * c, dtype=self.dtype, name="qkv")(y)
+        q, k, v = (a.reshape(b, h * w, heads, c // heads) for a in jnp.split(qkv, 3, axis=-1))
+        y = nn.dot_product_attention(q, k, v).reshape(b, h * w, c)
+        init = zeros if self.zero_init_proj else nn.linear.default_kernel_init
+        y = CondDense(c, kernel_init=init, dtype=self.dtype, name="proj_out")(y)
+        return x + y.reshape(b, h, w, c).astype(x.dtype)
+
+
+class Downsample(nn.Module):
+    """Strided 3x3 conv halving H and W (LDM pads (0, 1) on each spatial axis)."""
+
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x):
+        x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        return CondConv(x.shape[-1], (3, 3), strides=2, padding="VALID", dtype=self.dtype, name="conv")(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2 followed by a 3x3 conv."""
+
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x):
+        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        return CondConv(x.shape[-1], (3, 3), dtype=self.dtype, name="conv")(x)

@@ -1,0 +1,99 @@
+"""CASC's launcher modes: train, eval, sample, transmit. Each is `mode(config, workdir, options)`."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+
+from casc_jax import data as data_lib
+from casc_jax.evaluate import casc_reconstructor, sweep
+from casc_jax.system import build_casc
+from casc_jax.train import parallel
+from casc_jax.train.casc import load_trained_params, train_casc
+
+
+def _sweep(config, workdir, params, echo):
+    model = build_casc(config)
+    mesh = parallel.make_mesh()
+    return sweep(
+        method=config.name,
+        cr=config.cr,
+        reconstruct=casc_reconstructor(model, params, mesh, config.sampler.to_dict()),
+        data_cfg=config.data,
+        split=config.data.eval_split,
+        snrs=tuple(config.channel.eval_snrs),
+        batch_size=config.eval.batch_size,
+        num_images=config.eval.num_images,
+        mesh=mesh,
+        lpips_net=config.eval.lpips_net,
+        fid_weights=config.eval.fid_weights,
+        grid_images=config.eval.grid_images,
+        sampler=config.sampler.to_dict(),
+        workdir=workdir,
+        seed=config.seed,
+        echo=echo,
+    )
+
+
+def train(config, workdir, options, echo=print):
+    """Stage 1, stage 2, then the evaluation sweep (each resumes from WORKDIR)."""
+    params = train_casc(config, workdir, echo=echo)
+    return _sweep(config, workdir, params, echo)
+
+
+def evaluate(config, workdir, options, echo=print):
+    params, source = load_trained_params(config, workdir)
+    echo(f"[eval] {source}")
+    return _sweep(config, workdir, params, echo)
+
+
+def sample(config, workdir, options, echo=print):
+    """A grid of test images and their reconstructions at each evaluation SNR -> WORKDIR/samples.png."""
+    model = build_casc(config)
+    mesh = parallel.make_mesh()
+    params, source = load_trained_params(config, workdir)
+    n = config.eval.grid_images
+    batch = next(data_lib.make_dataset(config.data, config.data.eval_split, batch_size=n, shuffle_seed=None,
+                                       repeat=False))
+    reconstruct = casc_reconstructor(model, params, mesh, config.sampler.to_dict())
+    rows = [batch["image"]]
+    for i, snr in enumerate(config.channel.eval_snrs):
+        rows.append(np.asarray(reconstruct(batch["image"], jax.random.key(i), float(snr))))
+    path = os.path.join(workdir, "samples.png")
+    data_lib.save_png(data_lib.to_float(data_lib.image_grid(np.concatenate(rows), n)), path)
+    echo(f"[sample] {source}; rows: source, then SNR {list(config.channel.eval_snrs)} dB -> {path}")
+    return path
+
+
+def transmit(config, workdir, options, echo=print):
+    """A user's own images -> reconstructed PNGs at each SNR in `--snr` (default: the eval SNRs)."""
+    paths = options.get("images") or []
+    if not paths:
+        raise ValueError("--mode=transmit needs --image=PATH (repeat the flag for several images)")
+    snrs = options.get("snrs") or tuple(config.channel.eval_snrs)
+    out_dir = options.get("out_dir") or os.path.join(workdir, "transmit")
+    size = config.data.image_size
+    images, sizes = data_lib.load_images_for_transmit(paths, size, fit=options.get("fit", "pad"))
+    model = build_casc(config)
+    mesh = parallel.make_mesh()
+    params, source = load_trained_params(config, workdir)
+    echo(f"[transmit] {source}; {len(paths)} image(s), {model.num_channel_uses} channel uses each")
+    reconstruct = casc_reconstructor(model, params, mesh, config.sampler.to_dict())
+    devices = mesh.devices.size
+    padded = -len(images) % devices
+    batch = np.concatenate([images, np.zeros((padded,) + images.shape[1:], images.dtype)])
+    written = []
+    for snr in snrs:
+        out = np.asarray(reconstruct(batch, jax.random.key(int(snr * 10)), float(snr)))[: len(images)]
+        for path, image, original in zip(paths, out, sizes):
+            stem = os.path.splitext(os.path.basename(path))[0]
+            target = os.path.join(out_dir, f"{stem}_snr{snr:g}.png")
+            data_lib.save_png(data_lib.restore_size(image, original, fit=options.get("fit", "pad")), target)
+            written.append(target)
+    echo(f"[transmit] wrote {len(written)} file(s) to {out_dir}")
+    return written
+
+
+MODES = {"train": train, "eval": evaluate, "sample": sample, "transmit": transmit}

@@ -1,0 +1,253 @@
+"""CASC's two-stage training (section III-E).
+
+Stage 1: the semantic autoencoder with LDM's VQ loss: L1 + LPIPS + codebook/commitment, and from
+`disc_start` on a PatchGAN hinge loss weighted adaptively by the decoder's last-layer gradients.
+Stage 2: the autoencoder frozen; f, the CAN and the U-Net trained with L_denoiser (eq. 10) through
+the channel at an SNR drawn per example from the training set {5, 10, 15, 20} dB.
+
+Each stage checkpoints into WORKDIR/<stage>/checkpoints and resumes from there when rerun.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from clu import metric_writers
+
+from casc_jax import channel as ch
+from casc_jax import data as data_lib
+from casc_jax.discriminator import PatchGAN, adaptive_weight, hinge_d_loss
+from casc_jax.metrics.lpips import LPIPS, load_lpips_params
+from casc_jax.system import CASC, STAGE2_PARTS, build_casc
+from casc_jax.train import loop, parallel
+from casc_jax.train.checkpoint import Checkpointer
+
+STAGES = ("stage1", "stage2")
+
+
+# -- stage 1 --------------------------------------------------------------------------------------
+def stage1_parts(model: CASC, cfg: ml_collections.ConfigDict):
+    """Discriminator, LPIPS net and weights used by the stage-1 loss (None where disabled)."""
+    disc = PatchGAN(num_layers=cfg.disc_layers) if cfg.disc_start >= 0 else None
+    lpips_vars = load_lpips_params(cfg.lpips_net) if cfg.lpips_weight > 0 else None
+    return disc, lpips_vars
+
+
+def make_stage1_step(model: CASC, cfg, disc: PatchGAN | None, tx, disc_tx, seed: int) -> Callable:
+    """(state, batch, lpips_vars) -> (state, metrics); pure, to be jitted data-parallel."""
+    ae = model.autoencoder
+    lpips = LPIPS(cfg.lpips_net)
+
+    def step(state: loop.TrainState, batch, lpips_vars):
+        x = batch["image"]
+        key = jax.random.fold_in(jax.random.key(seed), state.step)
+
+        def forward(params):
+            x_hat, codebook_loss, _ = ae.apply({"params": params}, x, train=True, rngs={"dropout": key})
+            return x_hat, codebook_loss
+
+        (x_hat, codebook_loss), pullback = jax.vjp(forward, state.params)
+
+        def nll_fn(x_hat):  # rec = |x - x_hat| + w_p LPIPS(x, x_hat), averaged (LDM's nll)
+            rec = jnp.mean(jnp.abs(x - x_hat))
+            if lpips_vars is not None:
+                rec = rec + cfg.lpips_weight * jnp.mean(lpips.apply(lpips_vars, x, x_hat))
+            return rec
+
+        nll, d_nll = jax.value_and_grad(nll_fn)(x_hat)
+        (grads,) = pullback((d_nll, jnp.asarray(cfg.codebook_weight, codebook_loss.dtype)))
+        metrics = {"nll": nll, "codebook": codebook_loss}
+        extra = state.extra
+        if disc is not None:
+            active = (state.step >= cfg.disc_start).astype(jnp.float32)
+            d_params = extra["disc_params"]
+            g_loss, d_gan = jax.value_and_grad(lambda xh: -jnp.mean(disc.apply({"params": d_params}, xh)))(x_hat)
+            (grads_gan,) = pullback((d_gan, jnp.zeros_like(codebook_loss)))
+            last = lambda g: g["decoder"]["conv_out"]["kernel"]  # noqa: E731
+            weight = adaptive_weight(last(grads), last(grads_gan), cfg.disc_weight) * active
+            grads = jax.tree.map(lambda a, b: a + weight * b, grads, grads_gan)
+
+            def d_loss_fn(p):
+                real = disc.apply({"params": p}, x)
+                fake = disc.apply({"params": p}, jax.lax.stop_gradient(x_hat))
+                return active * hinge_d_loss(real, fake)
+
+            d_loss, d_grads = jax.value_and_grad(d_loss_fn)(d_params)
+            d_updates, d_opt = disc_tx.update(d_grads, extra["disc_opt_state"], d_params)
+            extra = {"disc_params": optax.apply_updates(d_params, d_updates), "disc_opt_state": d_opt}
+            metrics.update(g_loss=g_loss, d_loss=d_loss, d_weight=weight)
+        else:
+            weight, g_loss = 0.0, 0.0
+        loss = nll + weight * g_loss + cfg.codebook_weight * codebook_loss
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new = state.replace(
+            step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state, extra=extra
+        )
+        finite = loop.all_finite(loss, grads)
+        metrics.update(loss=loss, finite=finite)
+        return loop.guarded(new, state.replace(step=state.step + 1), finite), metrics
+
+    return step
+
+
+# -- stage 2 --------------------------------------------------------------------------------------
+def make_stage2_step(model: CASC, cfg, train_snrs, tx, seed: int) -> Callable:
+    """(state, batch, autoencoder_params) -> (state, metrics): L_denoiser through the channel."""
+
+    def step(state: loop.TrainState, batch, ae_params):
+        x = batch["image"]
+        key = jax.random.fold_in(jax.random.key(seed + 1), state.step)
+        k_snr, k_loss = jax.random.split(key)
+        snr = ch.sample_snr(k_snr, x.shape[0], train_snrs)
+
+        def loss_fn(trainable):
+            return model.denoiser_loss(dict(trainable, autoencoder=ae_params), x, k_loss, snr)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = loop.ema_update(state.ema_params, params, cfg.ema_decay)
+        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
+        finite = loop.all_finite(loss, grads)
+        return loop.guarded(new, state.replace(step=state.step + 1), finite), {"loss": loss, "finite": finite}
+
+    return step
+
+
+# -- orchestration --------------------------------------------------------------------------------
+def _optimizer(stage_cfg, global_batch: int):
+    return loop.adam(loop.learning_rate(stage_cfg, global_batch), stage_cfg.adam_b1, stage_cfg.adam_b2)
+
+
+def initial_states(model: CASC, config, key) -> dict[str, loop.TrainState]:
+    """Fresh stage-1 and stage-2 states (also used, abstractly, as restore targets)."""
+    params = model.init(key)
+    batch = config.train.batch_size
+    s1, s2 = config.train.stage1, config.train.stage2
+    extra = None
+    if s1.disc_start >= 0:
+        disc = PatchGAN(num_layers=s1.disc_layers)
+        d_params = disc.init(jax.random.fold_in(key, 1), jnp.zeros((1,) + model.image_shape))["params"]
+        extra = {"disc_params": d_params, "disc_opt_state": _optimizer(s1, batch).init(d_params)}
+    ae = params["autoencoder"]
+    trainable = {k: params[k] for k in STAGE2_PARTS}
+    return {
+        "stage1": loop.TrainState(jnp.int32(0), ae, _optimizer(s1, batch).init(ae), None, extra),
+        "stage2": loop.TrainState(
+            jnp.int32(0), trainable, _optimizer(s2, batch).init(trainable), jax.tree.map(jnp.copy, trainable)
+        ),
+    }
+
+
+def abstract_states(model: CASC, config, mesh) -> dict[str, loop.TrainState]:
+    """Shapes, dtypes and (replicated) shardings of the stage states, without allocating them."""
+    abstract = jax.eval_shape(lambda k: initial_states(model, config, k), jax.random.key(0))
+    sharding = parallel.replicated(mesh)
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
+
+
+def checkpointer(config, workdir: str, stage: str) -> Checkpointer:
+    return Checkpointer(
+        os.path.join(workdir, stage, "checkpoints"),
+        max_to_keep=config.train.keep_checkpoints,
+        save_every=config.train.checkpoint_every,
+    )
+
+
+def train_casc(config: ml_collections.ConfigDict, workdir: str, echo=print) -> dict:
+    """Run (or resume) stage 1 then stage 2; return the full parameter tree (EMA denoiser weights)."""
+    model = build_casc(config)
+    mesh = parallel.make_mesh()
+    global_batch = config.train.batch_size
+    local_batch = parallel.check_batch_size(global_batch, mesh)
+    examples = data_lib.num_examples(config.data, "train")
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    writer.write_hparams({"config": config.to_json()[:4000]})
+    states = initial_states(model, config, jax.random.key(config.seed))
+    states = parallel.replicate(states, mesh)
+
+    def batches(seed):
+        return data_lib.make_dataset(config.data, "train", batch_size=local_batch, shuffle_seed=seed, repeat=True)
+
+    # Stage 1: the autoencoder.
+    s1 = config.train.stage1
+    ckpt1 = checkpointer(config, workdir, "stage1")
+    state1 = ckpt1.restore(states["stage1"]) or states["stage1"]
+    disc, lpips_vars = stage1_parts(model, s1)
+    disc_tx = _optimizer(s1, global_batch) if disc is not None else None
+    step1 = make_stage1_step(model, s1, disc, _optimizer(s1, global_batch), disc_tx, config.seed)
+    jit1 = parallel.jit_data_parallel(step1, mesh)
+    lpips_vars = parallel.replicate(lpips_vars, mesh) if lpips_vars is not None else None
+    state1 = loop.fit(
+        name="stage1",
+        state=state1,
+        step_fn=functools.partial(_with_const, jit1, lpips_vars),
+        batches=batches(config.seed),
+        total_steps=loop.num_steps(s1, examples, global_batch),
+        mesh=mesh,
+        checkpointer=ckpt1,
+        writer=writer,
+        log_every=config.train.log_every,
+        echo=echo,
+    )
+    ckpt1.close()
+
+    # Stage 2: the denoiser, the CAN and the condition-channel encoder, autoencoder frozen.
+    s2 = config.train.stage2
+    ckpt2 = checkpointer(config, workdir, "stage2")
+    state2 = ckpt2.restore(states["stage2"]) or states["stage2"]
+    step2 = make_stage2_step(model, s2, tuple(config.channel.train_snrs), _optimizer(s2, global_batch), config.seed)
+    jit2 = parallel.jit_data_parallel(step2, mesh)
+    state2 = loop.fit(
+        name="stage2",
+        state=state2,
+        step_fn=functools.partial(_with_const, jit2, state1.params),
+        batches=batches(config.seed + 1),
+        total_steps=loop.num_steps(s2, examples, global_batch),
+        mesh=mesh,
+        checkpointer=ckpt2,
+        writer=writer,
+        log_every=config.train.log_every,
+        echo=echo,
+    )
+    ckpt2.close()
+    writer.close()
+    return dict(state2.ema_params, autoencoder=state1.params)
+
+
+def _with_const(jitted, const, state, batch):
+    return jitted(state, batch, const)
+
+
+def load_trained_params(config, workdir: str, *, allow_random: bool = False, echo=print) -> tuple[dict, str]:
+    """The trained parameters in `workdir` (EMA denoiser) and a description of where they came from.
+
+    Without a finished stage-2 checkpoint: random weights when `allow_random` (the benchmark), else
+    FileNotFoundError saying how to train first.
+    """
+    model = build_casc(config)
+    mesh = parallel.make_mesh()
+    abstract = abstract_states(model, config, mesh)
+    found = {}
+    for stage in STAGES:
+        path = os.path.join(workdir, stage, "checkpoints")
+        if os.path.isdir(path):
+            ckpt = checkpointer(config, workdir, stage)
+            found[stage] = (ckpt.latest_step, ckpt.restore(abstract[stage]))
+            ckpt.close()
+    if "stage1" in found and found.get("stage2", (None, None))[1] is not None:
+        params = dict(found["stage2"][1].ema_params, autoencoder=found["stage1"][1].params)
+        return params, f"trained checkpoint (stage 1 step {found['stage1'][0]}, stage 2 step {found['stage2'][0]})"
+    if allow_random:
+        echo(f"no trained checkpoint in {workdir}: using random weights")
+        return parallel.replicate(model.init(jax.random.key(config.seed)), mesh), "random weights"
+    raise FileNotFoundError(
+        f"no trained CASC checkpoint in {workdir} (expected {workdir}/stage1 and {workdir}/stage2). "
+        "Train first: python launch.py --config=... --workdir=... --mode=train"
+    )

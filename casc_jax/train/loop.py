@@ -1,0 +1,138 @@
+"""Training state, optimiser, EMA and the generic fit loop (progress, logging, checkpoints, NaN stop)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from clu import metric_writers, periodic_actions
+
+from casc_jax.train.checkpoint import Checkpointer
+from casc_jax.train.parallel import shard_batch
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradients became NaN/Inf; the last good checkpoint is left in place."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a stage needs to resume: step, trainable params, optimiser state, EMA, extras."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    ema_params: Any = None
+    extra: Any = None  # e.g. a discriminator's params and optimiser state
+
+
+def adam(lr: float, b1: float, b2: float, weight_decay: float = 0.0, clip_norm: float = 0.0):
+    """Adam(W) with optional global-norm clipping."""
+    opt = optax.adamw(lr, b1, b2, weight_decay=weight_decay) if weight_decay else optax.adam(lr, b1, b2)
+    return optax.chain(optax.clip_by_global_norm(clip_norm), opt) if clip_norm else opt
+
+
+def learning_rate(stage_cfg, global_batch: int) -> float:
+    """LDM convention: base_lr per example, times the global batch when `scale_lr`."""
+    return stage_cfg.base_lr * (global_batch if stage_cfg.scale_lr else 1)
+
+
+def ema_update(ema, params, decay: float):
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+
+def all_finite(*trees) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for t in trees for x in jax.tree.leaves(t)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def guarded(new_state: TrainState, old_state: TrainState, finite: jax.Array) -> TrainState:
+    """Keep the old state when the step produced non-finite values."""
+    return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, old_state)
+
+
+def num_steps(stage_cfg, examples: int, global_batch: int) -> int:
+    """`num_steps` when set, else `epochs` passes over `examples`."""
+    if stage_cfg.num_steps:
+        return int(stage_cfg.num_steps)
+    return max(1, int(np.ceil(stage_cfg.epochs * examples / global_batch)))
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def fit(
+    *,
+    name: str,
+    state: TrainState,
+    step_fn: Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, Mapping[str, jax.Array]]],
+    batches: Iterator[Mapping[str, np.ndarray]],
+    total_steps: int,
+    mesh: jax.sharding.Mesh,
+    checkpointer: Checkpointer,
+    writer: metric_writers.MetricWriter,
+    log_every: int = 100,
+    echo: Callable[[str], None] = print,
+) -> TrainState:
+    """Run `step_fn` from `state.step` to `total_steps`, logging, checkpointing and stopping on NaN.
+
+    `step_fn` returns (new_state, metrics) with a scalar bool `finite` among the metrics and must
+    leave the state unchanged when it is False (see `guarded`). The finite flag of step i is read
+    while step i + 1 runs, so the check costs no pipeline stall.
+    """
+    start = int(jax.device_get(state.step))
+    if start >= total_steps:
+        echo(f"[{name}] already trained: checkpoint at step {start} of {total_steps}")
+        return state
+    echo(f"[{name}] training steps {start} -> {total_steps}")
+    progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer, every_steps=log_every)
+    pending: list[Mapping[str, jax.Array]] = []
+    window_start, window_step = time.perf_counter(), start
+
+    def check(metrics, step):
+        if not bool(jax.device_get(metrics["finite"])):
+            raise TrainingDiverged(
+                f"[{name}] non-finite loss or gradients at step {step}; stopped. The last good checkpoint "
+                f"(step {checkpointer.latest_step}) is kept in {checkpointer.path}."
+            )
+
+    previous = None
+    for step in range(start + 1, total_steps + 1):
+        batch = shard_batch(next(batches), mesh)
+        state, metrics = step_fn(state, batch)
+        if previous is not None:
+            check(*previous)
+        previous = (metrics, step)
+        pending.append(metrics)
+        progress(step)
+        due_log = step % log_every == 0 or step == total_steps
+        due_save = step % checkpointer.save_every == 0 or step == total_steps
+        if due_log or due_save:
+            check(*previous)
+        if due_log:
+            host = jax.device_get(pending)
+            scalars = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != "finite"}
+            writer.write_scalars(step, {f"{name}/{k}": v for k, v in scalars.items()})
+            now = time.perf_counter()
+            rate = (step - window_step) / max(now - window_start, 1e-9)
+            window_start, window_step = now, step
+            shown = " ".join(f"{k} {v:.4g}" for k, v in scalars.items())
+            echo(
+                f"[{name}] step {step}/{total_steps} {shown} | {rate:.2f} steps/s | "
+                f"ETA {_format_eta((total_steps - step) / max(rate, 1e-9))}"
+            )
+            pending = []
+        if due_save:
+            checkpointer.save(step, state, force=step == total_steps)
+    writer.flush()
+    return state

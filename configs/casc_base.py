@@ -1,0 +1,114 @@
+"""The CASC experiment config shared by configs/casc_*.py (paper settings, section IV-A).
+
+Presets (the part after ':' in --config=configs/casc_cr48.py:PRESET):
+  ''      the paper: CIFAR-10, LDM VQ-f4 autoencoder, LDM-sized U-Net, T = 1000 DDPM, 500 epochs per stage.
+  'smoke' the whole job offline on 2 CPU cores in minutes: embedded data, tiny widths, a few steps.
+
+Learning rates follow LDM's convention: `base_lr` is per example and the optimiser uses
+base_lr * global_batch_size when `scale_lr` is True (LDM's main.py scales by batch size and number
+of GPUs). The paper's 4.5e-6 (stage 1) and 1e-6 (stage 2) are such base rates.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+CAN_LAYERS = ("conv_in", "mid_attn/proj_out", "conv_out")
+
+
+def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.system = "casc"
+    c.name = f"casc_cr{cr.split('/')[-1]}" + ("" if use_can else "_nocan")
+    c.seed = 0
+    c.cr = cr
+
+    c.data = ml_collections.ConfigDict(
+        dict(source="tfds:cifar10", image_size=32, data_dir=None, download=False, eval_split="test")
+    )
+    c.channel = ml_collections.ConfigDict(
+        dict(kind="awgn", equalizer="zf", train_snrs=(5.0, 10.0, 15.0, 20.0), eval_snrs=(5.0, 10.0, 15.0, 20.0))
+    )
+    # LDM VQ-f4 first stage.
+    c.autoencoder = ml_collections.ConfigDict(
+        dict(
+            ch=128,
+            ch_mult=(1, 2, 4),
+            num_res_blocks=2,
+            attn_resolutions=(),
+            z_channels=3,
+            embed_dim=3,
+            num_codes=8192,
+            beta=0.25,
+            dropout=0.0,
+        )
+    )
+    # LDM-sized denoiser on the 8x8 latent: attention at 4x4 and 2x2 (downsampling factors 2, 4).
+    c.unet = ml_collections.ConfigDict(
+        dict(
+            ch=128,
+            ch_mult=(1, 2, 2),
+            num_res_blocks=2,
+            attn_resolutions=(2, 4),
+            head_dim=32,
+            dropout=0.1,
+            dynamic_impl="patches",
+        )
+    )
+    # Condition-aware layers: the input conv (reads z_t and C_hat), the bottleneck attention's
+    # output projection (global context at 2x2), and the output conv. Together about 9.6M generator
+    # weights at d = 128; a 3x3 256->256 conv alone would need 75M, hence no middle convs by default.
+    c.can = ml_collections.ConfigDict(dict(layers=CAN_LAYERS if use_can else (), share=True))
+    c.diffusion = ml_collections.ConfigDict(
+        dict(schedule="ldm_linear", num_timesteps=1000, beta_start=0.0015, beta_end=0.0195)
+    )
+    c.sampler = ml_collections.ConfigDict(dict(name="ddpm", steps=0, eta=0.0, spacing="uniform", dtype="float32"))
+
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 128
+    c.train.log_every = 100
+    c.train.checkpoint_every = 2000
+    c.train.keep_checkpoints = 3
+    c.train.stage1 = ml_collections.ConfigDict(
+        dict(
+            base_lr=4.5e-6,
+            scale_lr=True,
+            epochs=500,
+            num_steps=0,  # > 0 overrides epochs
+            adam_b1=0.5,
+            adam_b2=0.9,
+            lpips_weight=1.0,
+            lpips_net="vgg",  # LDM trains with the VGG LPIPS; evaluation reports AlexNet as the paper
+            codebook_weight=1.0,
+            disc_start=0,  # PatchGAN hinge discriminator from this step; < 0 disables it
+            disc_weight=0.75,
+            disc_layers=2,
+        )
+    )
+    c.train.stage2 = ml_collections.ConfigDict(
+        dict(base_lr=1e-6, scale_lr=True, epochs=500, num_steps=0, adam_b1=0.9, adam_b2=0.999, ema_decay=0.9999)
+    )
+    c.eval = ml_collections.ConfigDict(
+        dict(batch_size=256, num_images=0, lpips_net="alex", fid_weights="", grid_images=8)
+    )
+    c.benchmark = ml_collections.ConfigDict(dict(batch_size=256, repeats=3))
+
+    if preset == "smoke":
+        _smoke(c)
+    elif preset:
+        raise ValueError(f"unknown preset {preset!r}; choose '' or 'smoke'")
+    return c
+
+
+def _smoke(c: ml_collections.ConfigDict) -> None:
+    c.data.source = "embedded"
+    c.autoencoder.update(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, num_codes=256)
+    c.unet.update(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(2,), head_dim=32, dropout=0.0)
+    c.diffusion.num_timesteps = 100
+    c.train.batch_size = 16
+    c.train.log_every = 5
+    c.train.checkpoint_every = 10
+    c.train.stage1.update(base_lr=1e-4, scale_lr=False, num_steps=20, disc_start=10, lpips_net="alex")
+    c.train.stage2.update(base_lr=1e-4, scale_lr=False, num_steps=20, ema_decay=0.9)
+    c.eval.update(batch_size=16, num_images=16, grid_images=8)
+    c.benchmark.update(batch_size=16, repeats=2)

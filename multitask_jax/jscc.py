@@ -1,0 +1,165 @@
+"""JSCC encoder, receiver source KB and segmentation decoder (paper sections III-C and IV), NHWC.
+
+Data flow (H x W image, Swin feature grid H/8, `downsample` s = 2 by default):
+
+    I (B, H, W, 3), f (B, H/8, W/8, C')
+      -> space-to-depth(I, 8) (B, H/8, W/8, 192) ++ f          (the image meets f on f's grid, losslessly)
+      -> ResBlock(128) -> conv3x3/s (128) -> conv3x3 (128) -> conv3x3 (C_out)       (3 conv layers, k = 3)
+      -> per-sample power normalisation -> x (B, H/8s, W/8s, C_out), k = (H/8s)(W/8s) C_out / 2 symbols
+    channel y = h x + n (casc_jax.channel)
+    receiver KB: y -> conv3x3 (128) -> r1 = ResBlock(r0) -> r2 = ResBlock(r1)
+      feature selection: reconstruction g_R = r1 + r2 (all received features), segmentation g_S = r1
+      (only the first block's feature, paper section III-C)
+    segmentation decoder: [y, g_S] -> ResBlock x 2 -> conv3x3 + GN + ReLU -> dropout 0.1 -> 1x1 conv
+      (21 logits) -> bilinear upsampling to (H, W). The 1x1 conv and bilinear resizing are both linear and
+      bilinear weights sum to 1, so applying the 1x1 conv first is the same function at 1/(8s)^2 the cost.
+
+Bit accounting (the paper's 20 Kbit comparison, section V-C): a channel input of k complex symbols is
+2k real numbers; `overhead_bits` counts each real as `bits_per_real` = 32 bits (float32), i.e. 64 bits per
+channel use. At 224 x 224 with s = 2 the grid is 14 x 14, so C_out = 3 gives k = 294 channel uses =
+18,816 bits <= 20 Kbit (20,000 bits); `max_channels_for_budget` finds that C_out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from casc_jax import channel as ch
+from casc_jax.metrics.segmentation import VOC_IGNORE_INDEX
+from casc_jax.nn.layers import ResBlock, group_norm
+from multitask_jax.swin import RECONSTRUCTION, check_task
+
+FEATURE_STRIDE = 8  # the f1 grid of the Swin source KB: patch 4, then one patch merging
+BITS_PER_REAL = 32
+
+
+def space_to_depth(x: jax.Array, block: int) -> jax.Array:
+    """(B, H, W, C) -> (B, H/r, W/r, r*r*C), each r x r block flattened (row, col, channel); lossless."""
+    b, h, w, c = x.shape
+    if h % block or w % block:
+        raise ValueError(f"image {h}x{w} is not a multiple of {block}; pad or crop it first")
+    x = x.reshape(b, h // block, block, w // block, block, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h // block, w // block, block * block * c)
+
+
+def depth_to_space(x: jax.Array, block: int) -> jax.Array:
+    """Inverse of `space_to_depth`: (B, h, w, r*r*C) -> (B, h*r, w*r, C)."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h, w, block, block, c // block**2).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h * block, w * block, c // block**2)
+
+
+def signal_grid(image_hw: Sequence[int], downsample: int = 2) -> tuple[int, int]:
+    """(h, w) of the channel input for an (H, W) image: ceil(ceil(H / 8) / s) (SAME strided conv)."""
+    h, w = (-(-int(n) // FEATURE_STRIDE) for n in image_hw)
+    return -(-h // downsample), -(-w // downsample)
+
+
+def channel_uses(image_hw: Sequence[int], channels: int, downsample: int = 2) -> int:
+    """k, complex channel uses per image: h * w * C_out / 2 (C_out * h * w must be even)."""
+    reals = math.prod(signal_grid(image_hw, downsample)) * int(channels)
+    if reals % 2:
+        raise ValueError(f"the channel input has {reals} reals per image; complex symbols need an even count")
+    return reals // 2
+
+
+def overhead_bits(num_channel_uses: int, bits_per_real: int = BITS_PER_REAL) -> int:
+    """Communication overhead in bits: 2 reals per channel use, `bits_per_real` bits each."""
+    return 2 * int(num_channel_uses) * int(bits_per_real)
+
+
+def max_channels_for_budget(
+    image_hw: Sequence[int], budget_bits: float, downsample: int = 2, bits_per_real: int = BITS_PER_REAL
+) -> int:
+    """The largest C_out whose overhead fits `budget_bits` (e.g. 20_000 for the paper's 20 Kbit)."""
+    per_channel = math.prod(signal_grid(image_hw, downsample)) * bits_per_real
+    c = int(budget_bits // per_channel)
+    if c < 1:
+        raise ValueError(f"{budget_bits} bits is less than one channel ({per_channel} bits) for {image_hw}")
+    return c
+
+
+class JSCCEncoder(nn.Module):
+    """Shared JSCC encoder (section IV-A): (I (B, H, W, 3), f (B, H/8, W/8, C')) -> x (B, h, w, C_out).
+
+    H and W must be multiples of 8 (the Swin f1 grid). x has unit average power per complex symbol.
+    """
+
+    channels: int = 8
+    hidden: int = 128
+    downsample: int = 2
+
+    @nn.compact
+    def __call__(self, image, feature):
+        grid = space_to_depth(image, FEATURE_STRIDE)
+        if grid.shape[:3] != feature.shape[:3]:
+            raise ValueError(f"feature {feature.shape} is not on the image's /8 grid {grid.shape[:3]}")
+        x = jnp.concatenate([grid, feature.astype(grid.dtype)], axis=-1)
+        x = ResBlock(self.hidden, name="res")(x)
+        x = nn.gelu(nn.Conv(self.hidden, (3, 3), strides=self.downsample, name="down")(x))
+        x = nn.gelu(nn.Conv(self.hidden, (3, 3), name="conv")(x))
+        x = nn.Conv(self.channels, (3, 3), name="out")(x)
+        return ch.normalize_power(x)
+
+
+class ReceiverKB(nn.Module):
+    """Receiver source KB (section III-C): y (B, h, w, C_out) -> task feature g (B, h, w, hidden).
+
+    Feature generation: conv3x3 then two residual blocks, r1 and r2. Selection: reconstruction
+    g_R = r1 + r2, segmentation g_S = r1 (the second block is not evaluated for segmentation).
+    """
+
+    hidden: int = 128
+
+    @nn.compact
+    def __call__(self, y, task: str):
+        check_task(task)
+        r0 = nn.Conv(self.hidden, (3, 3), name="stem")(y)
+        r1 = ResBlock(self.hidden, name="res1")(r0)
+        if task != RECONSTRUCTION:
+            return r1
+        r2 = ResBlock(self.hidden, name="res2")(r1)
+        return r1 + r2
+
+
+class SegmentationDecoder(nn.Module):
+    """JSCC decoder for segmentation (section IV-B): (y, g_S) (B, h, w, .) -> logits (B, H, W, classes)."""
+
+    hidden: int = 128
+    num_classes: int = 21
+    dropout: float = 0.1
+
+    @nn.compact
+    def __call__(self, y, feature, out_hw: Sequence[int], *, train: bool = False):
+        x = jnp.concatenate([y, feature.astype(y.dtype)], axis=-1)
+        x = ResBlock(self.hidden, name="res1")(x)
+        x = ResBlock(self.hidden, name="res2")(x)
+        x = nn.Conv(self.hidden, (3, 3), name="conv")(x)
+        x = nn.relu(group_norm(self.hidden, name="norm")(x))
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        logits = nn.Conv(self.num_classes, (1, 1), name="classifier")(x)
+        b = logits.shape[0]
+        return jax.image.resize(logits, (b, *out_hw, self.num_classes), "bilinear")
+
+
+def segmentation_loss(
+    logits: jax.Array, labels: jax.Array, ignore_index: int = VOC_IGNORE_INDEX
+) -> jax.Array:
+    """Per-pixel cross-entropy L_S (eq. 6) averaged over the pixels whose label is not `ignore_index`.
+
+    logits: (B, H, W, K); labels: int (B, H, W) in [0, K) or `ignore_index` (VOC's 255 boundary).
+    Returns a scalar; 0 when every pixel is ignored.
+    """
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"logits {logits.shape} and labels {labels.shape} do not match")
+    valid = labels != ignore_index
+    safe = jnp.where(valid, labels, 0).astype(jnp.int32)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
