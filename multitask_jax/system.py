@@ -94,9 +94,10 @@ class MultiTaskSystem:
     # -- transmitter --------------------------------------------------------------------------
     def features(self, params: Params, image: jax.Array, task: str, *, train=False, rngs=None) -> jax.Array:
         """Transmitter source KB: I (B, H, W, 3) -> f_R or f_S (B, H/8, W/8, C')."""
+        check_task(task)
         self._check_images(image)
         feats = self.swin.apply({"params": params["swin"]}, image, train=train, rngs=rngs)
-        return self.selection.apply({"params": params["selection"]}, feats, check_task(task))
+        return self.selection.apply({"params": params["selection"]}, feats, task)
 
     def transmit(self, params: Params, image: jax.Array, task: str, *, train=False, rngs=None) -> jax.Array:
         """Transmitter: I -> x (B, h, w, C_out) with unit average power per complex symbol."""

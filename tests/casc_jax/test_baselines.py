@@ -13,6 +13,17 @@ from casc_jax.baselines import DiffSC, build_deepjscc, build_diffsc
 from casc_jax.system import build_casc
 from configs import casc_base
 
+# Shape and wiring tests: XLA's optimisation passes only cost compile time here. Set at import (it
+# measurably helps more than setting it in a fixture) and restored when this module is done.
+_OPTIMIZATIONS_WERE_DISABLED = jax.config.read("jax_disable_most_optimizations")
+jax.config.update("jax_disable_most_optimizations", True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_optimizations():
+    yield
+    jax.config.update("jax_disable_most_optimizations", _OPTIMIZATIONS_WERE_DISABLED)
+
 
 def _config(cr="1/48", size=32, timesteps=6):
     c = ml_collections.ConfigDict()
@@ -23,7 +34,7 @@ def _config(cr="1/48", size=32, timesteps=6):
     c.diffsc = ml_collections.ConfigDict(
         dict(
             unet=ml_collections.ConfigDict(
-                dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(2,), head_dim=16, dropout=0.0)
+                dict(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), head_dim=8, dropout=0.0)
             ),
             clip_x0=1.0,
         )
@@ -34,16 +45,17 @@ def _config(cr="1/48", size=32, timesteps=6):
     return c
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _deepjscc(cr="1/48"):
     model = build_deepjscc(_config(cr))
-    return model, model.init(jax.random.key(0))
+    return model, jax.jit(model.init)(jax.random.key(0))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _diffsc(cr="1/48"):
+    """DiffSC built on the (cached) DeepJSCC parameters, as the trainer does."""
     model = build_diffsc(_config(cr))
-    return model, model.init(jax.random.key(0))
+    return model, jax.jit(model.init)(jax.random.key(0), _deepjscc(cr)[1])
 
 
 def _images(batch=2, seed=1, size=32):
@@ -52,9 +64,13 @@ def _images(batch=2, seed=1, size=32):
 
 def _randomize(tree, scale=0.05, seed=7):
     """Add noise to every parameter, so zero-initialised layers no longer hide a path."""
-    leaves, treedef = jax.tree.flatten(tree)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return jax.tree.unflatten(treedef, [p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+
+    def noisy(tree):
+        leaves, treedef = jax.tree.flatten(tree)
+        keys = jax.random.split(jax.random.key(seed), len(leaves))
+        return jax.tree.unflatten(treedef, [p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+
+    return jax.jit(noisy)(tree)
 
 
 # ------------------------------------------------------------------------------------- DeepJSCC
@@ -64,8 +80,15 @@ def _randomize(tree, scale=0.05, seed=7):
 def test_deepjscc_shapes_and_symbol_count_match_casc(cr, channels):
     model, params = _deepjscc(cr)
     x = _images()
-    z = model.transmit(params, x)
-    assert z.shape == (2, 8, 8, channels)
+
+    @jax.jit
+    def run(p, x, key, snr):
+        z = model.transmit(p, x)
+        y = model.channel(key, z, snr)
+        return z, y, model.receive(p, y)
+
+    z, y, x_hat = run(params, x, jax.random.key(2), jnp.array([5.0, 20.0]))
+    assert z.shape == y.shape == (2, 8, 8, channels)
     # d = 2 n CR reals: 128 at 1/48 and 64 at 1/96 for 32 x 32 x 3 images.
     d = 2 * 32 * 32 * 3 / int(cr.split("/")[1])
     assert z[0].size == d
@@ -73,9 +96,6 @@ def test_deepjscc_shapes_and_symbol_count_match_casc(cr, channels):
     assert ch.compression_ratio(z[0].size, (32, 32, 3)) == ch.parse_ratio(cr)
     casc = build_casc(casc_base.base_config(cr=cr, preset="smoke"))
     assert model.num_channel_uses == casc.num_channel_uses
-    y = model.channel(jax.random.key(2), z, jnp.array([5.0, 20.0]))
-    assert y.shape == z.shape
-    x_hat = model.receive(params, y)
     assert x_hat.shape == x.shape
     assert float(jnp.min(x_hat)) >= -1.0 and float(jnp.max(x_hat)) <= 1.0
 
@@ -83,7 +103,7 @@ def test_deepjscc_shapes_and_symbol_count_match_casc(cr, channels):
 def test_deepjscc_channel_input_has_unit_power_per_complex_symbol():
     model, params = _deepjscc()
     x = _images(batch=3) * jnp.array([1.0, 0.1, 0.5])[:, None, None, None]
-    z = np.asarray(model.transmit(params, x), np.float64).reshape(3, -1)
+    z = np.asarray(jax.jit(model.transmit)(params, x), np.float64).reshape(3, -1)
     power = np.sum(z**2, axis=1) / (z.shape[1] / 2)  # per sample: sum |s_k|^2 / k
     np.testing.assert_allclose(power, 1.0, rtol=1e-5)
 
@@ -104,10 +124,11 @@ def test_deepjscc_mse_loss_matches_numpy():
     model, params = _deepjscc()
     params = _randomize(params, scale=0.1)
     x, key, snr = _images(), jax.random.key(5), jnp.array([5.0, 15.0])
-    x_hat = np.asarray(model(params, x, key, snr), np.float64)
-    x01, x_hat01 = (np.asarray(x, np.float64) + 1) / 2, (x_hat + 1) / 2  # the paper's [0, 1] pixels
+    x_hat, loss = jax.jit(lambda p: (model(p, x, key, snr), model.loss(p, x, key, snr, kind="mse")))(params)
+    x01 = (np.asarray(x, np.float64) + 1) / 2  # the paper's [0, 1] pixels
+    x_hat01 = (np.asarray(x_hat, np.float64) + 1) / 2
     expected = np.mean((x_hat01 - x01) ** 2)
-    np.testing.assert_allclose(float(model.loss(params, x, key, snr, kind="mse")), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
 
 
 def test_deepjscc_lpips_loss_uses_the_given_function():
@@ -119,12 +140,11 @@ def test_deepjscc_lpips_loss_uses_the_given_function():
         seen.append((a.shape, b.shape))
         return jnp.mean(jnp.abs(a - b), axis=(1, 2, 3))
 
-    x_hat = np.asarray(model(params, x, key, 10.0), np.float64)
-    expected = np.mean(np.abs(x_hat - np.asarray(x, np.float64)))
-    got = model.loss(params, x, key, 10.0, kind="lpips", lpips_fn=stand_in)
+    loss_fn = jax.value_and_grad(lambda p: model.loss(p, x, key, 10.0, kind="lpips", lpips_fn=stand_in))
+    x_hat, (got, grads) = jax.jit(lambda p: (model(p, x, key, 10.0), loss_fn(p)))(params)
+    expected = np.mean(np.abs(np.asarray(x_hat, np.float64) - np.asarray(x, np.float64)))
     np.testing.assert_allclose(float(got), expected, rtol=1e-5)
     assert seen == [((2, 32, 32, 3), (2, 32, 32, 3))]
-    grads = jax.grad(lambda p: model.loss(p, x, key, 10.0, kind="lpips", lpips_fn=stand_in))(params)
     assert float(jnp.abs(grads["encoder"]["conv0"]["kernel"]).sum()) > 0
 
 
@@ -151,10 +171,11 @@ def test_deepjscc_bad_inputs_are_rejected():
 
 def test_diffsc_shapes_and_cr_follow_deepjscc():
     for cr in ("1/48", "1/96"):
-        model, params = _diffsc(cr)
-        assert model.num_channel_uses == ch.num_channel_uses(ch.parse_ratio(cr), (32, 32, 3))
+        assert build_diffsc(_config(cr)).num_channel_uses == ch.num_channel_uses(ch.parse_ratio(cr), (32, 32, 3))
+    model, params = _diffsc()
     x = _images()
-    x_hat = model(params, x, jax.random.key(3), 10.0, {"name": "ddim", "steps": 3})
+    run = jax.jit(lambda p, x, k: model(p, x, k, 10.0, {"name": "ddim", "steps": 3}))
+    x_hat = run(params, x, jax.random.key(3))
     assert x_hat.shape == x.shape
     assert float(jnp.min(x_hat)) >= -1.0 and float(jnp.max(x_hat)) <= 1.0
 
@@ -162,27 +183,32 @@ def test_diffsc_shapes_and_cr_follow_deepjscc():
 def test_diffsc_denoiser_reads_the_deepjscc_output():
     model, params = _diffsc()
     params = dict(params, unet=_randomize(params["unet"]))  # zero-initialised convs would hide the path
-    x = _images()
-    y = model.channel(jax.random.key(2), model.transmit(params, x), 20.0)
-    x_t = jax.random.normal(jax.random.key(4), x.shape)
+    x_t = jax.random.normal(jax.random.key(4), (2, 32, 32, 3))
     t = jnp.array([3, 1], jnp.int32)
-    eps_fn = model.denoiser_fn(params, y)
-    # Reference: the U-Net applied by hand to concat[x_t, D_jscc(y)].
-    x_jscc = model.deepjscc.receive(params["deepjscc"], y)
-    ref = model.unet.apply({"params": params["unet"]}, x_t, t, x_jscc)
-    np.testing.assert_allclose(np.asarray(eps_fn(x_t, t)), np.asarray(ref), rtol=1e-5, atol=1e-6)
+
+    @jax.jit
+    def run(p, x, key, snr):
+        y = model.channel(key, model.transmit(p, x), snr)
+        x_jscc = model.deepjscc.receive(p["deepjscc"], y)
+        # Reference: the U-Net applied by hand to concat[x_t, D_jscc(y)].
+        ref = model.unet.apply({"params": p["unet"]}, x_t, t, x_jscc)
+        return model.denoiser_fn(p, y)(x_t, t), ref, x_jscc
+
+    eps, ref, x_jscc = run(params, _images(), jax.random.key(2), 20.0)
+    np.testing.assert_allclose(np.asarray(eps), np.asarray(ref), rtol=1e-5, atol=1e-6)
     # A different received signal changes the DeepJSCC output and hence the prediction.
-    y2 = model.channel(jax.random.key(9), model.transmit(params, _images(seed=8)), 0.0)
-    other = model.denoiser_fn(params, y2)(x_t, t)
-    assert float(jnp.max(jnp.abs(model.condition(params, y2) - x_jscc))) > 1e-3
-    assert float(jnp.max(jnp.abs(other - ref))) > 1e-4
+    eps2, _, x_jscc2 = run(params, _images(seed=8), jax.random.key(9), 0.0)
+    assert float(jnp.max(jnp.abs(x_jscc2 - x_jscc))) > 1e-3
+    assert float(jnp.max(jnp.abs(eps2 - eps))) > 1e-4
 
 
 def test_diffsc_gradients_reach_only_the_unet():
     model, params = _diffsc()
     params = {"deepjscc": _randomize(params["deepjscc"]), "unet": _randomize(params["unet"])}
     x = _images()
-    loss, grads = jax.value_and_grad(model.denoiser_loss)(params, x, jax.random.key(6), jnp.array([5.0, 20.0]))
+    loss, grads = jax.jit(jax.value_and_grad(model.denoiser_loss))(
+        params, x, jax.random.key(6), jnp.array([5.0, 20.0])
+    )
     assert np.isfinite(float(loss))
     for g in jax.tree.leaves(grads["deepjscc"]):
         assert float(jnp.max(jnp.abs(g))) == 0.0
@@ -194,7 +220,7 @@ def test_diffsc_loss_at_init_is_the_noise_energy():
     """The zero-initialised output conv predicts eps_hat = 0, so L_simple = mean(eps^2), E = 1."""
     model, params = _diffsc()
     x = _images(batch=4)
-    loss = float(model.denoiser_loss(params, x, jax.random.key(1), 10.0))
+    loss = float(jax.jit(model.denoiser_loss)(params, x, jax.random.key(1), 10.0))
     # 4 * 3072 squared normals: mean 1, standard deviation sqrt(2 / 12288) = 0.013.
     assert abs(loss - 1.0) < 0.06
 
@@ -209,8 +235,10 @@ def test_diffsc_receiver_jaxpr_holds_one_scan_of_length_T():
 
 
 def test_diffsc_init_builds_on_given_deepjscc_params():
-    jscc, jscc_params = _deepjscc()
-    model = build_diffsc(_config())
-    params = model.init(jax.random.key(3), jscc_params)
-    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params["deepjscc"], jscc_params))
+    _, jscc_params = _deepjscc()
+    model, params = _diffsc()
     assert isinstance(model, DiffSC) and set(params) == {"deepjscc", "unet"}
+    same = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params["deepjscc"], jscc_params)
+    assert all(jax.tree.leaves(same))
+    fresh = jax.eval_shape(model.init, jax.random.key(1))
+    assert jax.tree.structure(fresh) == jax.tree.structure(params)

@@ -77,15 +77,16 @@ def test_receiver_kb_feature_selection():
     params = _randomize(kb.init(jax.random.key(1), y, "reconstruction"))
     g_r, g_s = kb.apply(params, y, "reconstruction"), kb.apply(params, y, "segmentation")
     p = params["params"]
-    stem = jax.lax.conv_general_dilated(y, p["stem"]["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    stem = jax.lax.conv_general_dilated(
+        y, p["stem"]["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     r1 = jscc.ResBlock(8).apply({"params": p["res1"]}, stem + p["stem"]["bias"])
     r2 = jscc.ResBlock(8).apply({"params": p["res2"]}, r1)
     np.testing.assert_allclose(g_s, r1, rtol=1e-5, atol=1e-5)  # segmentation: first block only
     np.testing.assert_allclose(g_r, r1 + r2, rtol=1e-5, atol=1e-5)  # reconstruction: both blocks
     grads = jax.grad(lambda q: jnp.sum(kb.apply(q, y, "segmentation") ** 2))(params)
-    assert "res2" not in grads["params"] or not any(
-        bool(jnp.any(g != 0)) for g in jax.tree.leaves(grads["params"].get("res2", {}))
-    )
+    assert all(not bool(jnp.any(g != 0)) for g in jax.tree.leaves(grads["params"]["res2"]))
+    assert any(bool(jnp.any(g != 0)) for g in jax.tree.leaves(grads["params"]["res1"]))
 
 
 def test_jscc_encoder_power_and_shape():
@@ -135,14 +136,15 @@ def test_dit_block_is_identity_at_init_and_model_output_zero():
     x_t = jax.random.normal(jax.random.key(3), (2, 16, 24, 3))
     t = jnp.array([0, 5], jnp.int32)
     y, g = jax.random.normal(jax.random.key(4), (2, 1, 2, 4)), jax.random.normal(jax.random.key(5), (2, 1, 2, 6))
-    out, params = model.init_with_output(jax.random.key(6), x_t, t, y, g)
+    out, params = jax.jit(model.init_with_output)(jax.random.key(6), x_t, t, y, g)
     assert out.shape == x_t.shape
     np.testing.assert_array_equal(out, 0.0)  # zero final linear, identity refine block
     # once trained (random weights) the output depends on the condition y and on t
     params = _randomize(params)
-    a = model.apply(params, x_t, t, y, g)
-    assert not np.allclose(a, model.apply(params, x_t, t, y + 1.0, g), atol=1e-4)
-    assert not np.allclose(a, model.apply(params, x_t, t + 1, y, g), atol=1e-4)
+    apply = jax.jit(model.apply)
+    a = apply(params, x_t, t, y, g)
+    assert not np.allclose(a, apply(params, x_t, t, y + 1.0, g), atol=1e-4)
+    assert not np.allclose(a, apply(params, x_t, t + 1, y, g), atol=1e-4)
     with pytest.raises(ValueError, match="multiple"):
         model.apply(params, x_t[:, :12], t, y, g)
 
@@ -170,13 +172,13 @@ def test_eps_from_x0_inverts_predict_x0():
 @functools.cache
 def _system():
     system = build_multitask(model_config("tiny"))
-    return system, system.init(jax.random.key(0))
+    return system, jax.jit(system.init)(jax.random.key(0))
 
 
 def test_system_num_channel_uses_matches_signal():
     system, params = _system()
     image = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3), minval=-1, maxval=1)
-    x = system.transmit(params, image, "segmentation")
+    x = jax.jit(system.transmit, static_argnums=2)(params, image, "segmentation")
     assert x.shape == (2,) + system.signal_shape == (2, 2, 2, 4)
     assert system.num_channel_uses == x[0].size // 2 == 8
     assert system.overhead_bits() == 8 * 64
@@ -188,14 +190,14 @@ def test_system_forward_both_tasks_and_losses():
     params = dict(params, dit=_randomize(params["dit"], 0.05))
     image = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3), minval=-1, maxval=1)
     key = jax.random.key(2)
-    logits = system(params, image, "segmentation", key, snr_db=10.0)
+    logits = jax.jit(lambda p, x, k: system(p, x, "segmentation", k, 10.0))(params, image, key)
     assert logits.shape == (2, 32, 32, 21)
-    recon = system(params, image, "reconstruction", key, snr_db=jnp.array([0.0, 10.0]),
-                   sampler=dict(name="ddim", steps=2))
+    run = jax.jit(lambda p, x, k, snr: system(p, x, "reconstruction", k, snr, dict(name="ddim", steps=2)))
+    recon = run(params, image, key, jnp.array([0.0, 10.0]))
     assert recon.shape == image.shape and bool(jnp.all(jnp.isfinite(recon)))
     labels = jnp.asarray(np.random.default_rng(0).integers(0, 21, (2, 32, 32)))
-    seg_grads = jax.grad(system.seg_loss)(params, image, labels, key, 10.0)
-    rec_grads = jax.grad(system.recon_loss)(params, image, key, 10.0)
+    seg_grads = jax.jit(jax.grad(system.seg_loss))(params, image, labels, key, 10.0)
+    rec_loss, rec_grads = jax.jit(jax.value_and_grad(system.recon_loss))(params, image, key, 10.0)
     nonzero = lambda tree: any(bool(jnp.any(g != 0)) for g in jax.tree.leaves(tree))
     for part in ("swin", "encoder", "receiver_kb"):  # end to end through the channel
         assert nonzero(seg_grads[part]) and nonzero(rec_grads[part])
@@ -204,20 +206,18 @@ def test_system_forward_both_tasks_and_losses():
     # segmentation never reads f1's projection; reconstruction does
     assert not nonzero(seg_grads["selection"]["proj1"]) and nonzero(rec_grads["selection"]["proj1"])
 
-
-def test_recon_loss_is_image_mse_of_the_x0_prediction():
-    """With t fixed by the key, recon_loss equals the numpy MSE between I and the DiT's x0 output."""
-    system, params = _system()
-    params = dict(params, dit=_randomize(params["dit"], 0.05))
-    image = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3), minval=-1, maxval=1)
-    key = jax.random.key(4)
-    loss = system.recon_loss(params, image, key, 20.0, train=False)
+    # recon_loss is L_R (eq. 5): the image MSE of the DiT's x0 prediction at the key's t and noise
     k_ch, k_t, k_eps, _ = jax.random.split(key, 4)
-    y = system.channel(k_ch, system.transmit(params, image, "reconstruction"), 20.0)
-    t = jax.random.randint(k_t, (2,), 0, system.schedule.num_timesteps)
-    x_t = diffusion.q_sample(system.schedule, image, t, jax.random.normal(k_eps, image.shape))
-    pred = np.asarray(system.x0_fn(params, y)(x_t, t), np.float64)
-    np.testing.assert_allclose(float(loss), np.mean((pred - np.asarray(image, np.float64)) ** 2), rtol=1e-5)
+
+    @jax.jit
+    def x0_pred(p):
+        y = system.channel(k_ch, system.transmit(p, image, "reconstruction"), 10.0)
+        t = jax.random.randint(k_t, (2,), 0, system.schedule.num_timesteps)
+        x_t = diffusion.q_sample(system.schedule, image, t, jax.random.normal(k_eps, image.shape))
+        return system.x0_fn(p, y)(x_t, t)
+
+    pred = np.asarray(x0_pred(params), np.float64)
+    np.testing.assert_allclose(float(rec_loss), np.mean((pred - np.asarray(image, np.float64)) ** 2), rtol=1e-5)
 
 
 def test_unknown_task_and_bad_shapes():

@@ -148,7 +148,7 @@ def test_swin_paper_size_shapes_224():
 def test_swin_runs_on_non_multiple_size():
     model = swin.SwinFeatureExtractor(embed_dim=8, depths=(2, 1, 1), num_heads=(1, 1, 1), window=3)
     x = jax.random.normal(jax.random.key(0), (1, 37, 50, 3))
-    feats, _ = model.init_with_output(jax.random.key(1), x)
+    feats, _ = jax.jit(model.init_with_output)(jax.random.key(1), x)
     assert [f.shape[1:3] for f in feats] == swin.feature_grids(37, 50)
     assert all(bool(jnp.all(jnp.isfinite(f))) for f in feats)
 
