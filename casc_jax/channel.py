@@ -128,12 +128,12 @@ def source_size(image_shape: Sequence[int]) -> int:
     return math.prod(image_shape)
 
 
-def num_reals(cr: float, image_shape: Sequence[int]) -> float:
+def num_reals(cr: float | str | Fraction, image_shape: Sequence[int]) -> Fraction:
     """d = 2 n CR: the real channel-input length for compression ratio `cr`."""
-    return 2 * source_size(image_shape) * cr
+    return 2 * source_size(image_shape) * parse_ratio(cr)
 
 
-def num_channel_uses(cr: float, image_shape: Sequence[int]) -> float:
+def num_channel_uses(cr: float | str | Fraction, image_shape: Sequence[int]) -> Fraction:
     """k = d / 2 = n CR complex symbols."""
     return num_reals(cr, image_shape) / 2
 

@@ -11,14 +11,12 @@ Each stage checkpoints into WORKDIR/<stage>/checkpoints and resumes from there w
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from clu import metric_writers
 
 from casc_jax import channel as ch
 from casc_jax import data as data_lib
@@ -26,7 +24,6 @@ from casc_jax.discriminator import PatchGAN, adaptive_weight, hinge_d_loss
 from casc_jax.metrics.lpips import LPIPS, load_lpips_params
 from casc_jax.system import CASC, STAGE2_PARTS, build_casc
 from casc_jax.train import loop, parallel
-from casc_jax.train.checkpoint import Checkpointer
 
 STAGES = ("stage1", "stage2")
 
@@ -152,14 +149,6 @@ def abstract_states(model: CASC, config, mesh) -> dict[str, loop.TrainState]:
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
 
 
-def checkpointer(config, workdir: str, stage: str) -> Checkpointer:
-    return Checkpointer(
-        os.path.join(workdir, stage, "checkpoints"),
-        max_to_keep=config.train.keep_checkpoints,
-        save_every=config.train.checkpoint_every,
-    )
-
-
 def train_casc(config: ml_collections.ConfigDict, workdir: str, echo=print) -> dict:
     """Run (or resume) stage 1 then stage 2; return the full parameter tree (EMA denoiser weights)."""
     model = build_casc(config)
@@ -167,56 +156,38 @@ def train_casc(config: ml_collections.ConfigDict, workdir: str, echo=print) -> d
     global_batch = config.train.batch_size
     local_batch = parallel.check_batch_size(global_batch, mesh)
     examples = data_lib.num_examples(config.data, "train")
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-    writer.write_hparams({"config": config.to_json()[:4000]})
-    states = initial_states(model, config, jax.random.key(config.seed))
-    states = parallel.replicate(states, mesh)
+    writer = loop.make_writer(workdir)
+    states = parallel.replicate(initial_states(model, config, jax.random.key(config.seed)), mesh)
 
-    def batches(seed):
-        return data_lib.make_dataset(config.data, "train", batch_size=local_batch, shuffle_seed=seed, repeat=True)
+    def run(name, step, const, stage_cfg, seed):
+        jitted = parallel.jit_data_parallel(step, mesh)
+        return loop.run_stage(
+            name=name,
+            workdir=workdir,
+            train_cfg=config.train,
+            initial_state=states[name],
+            step_fn=functools.partial(_with_const, jitted, const),
+            batches=data_lib.make_dataset(
+                config.data, "train", batch_size=local_batch, shuffle_seed=seed, repeat=True
+            ),
+            total_steps=loop.num_steps(stage_cfg, examples, global_batch),
+            mesh=mesh,
+            writer=writer,
+            echo=echo,
+        )
 
     # Stage 1: the autoencoder.
     s1 = config.train.stage1
-    ckpt1 = checkpointer(config, workdir, "stage1")
-    state1 = ckpt1.restore(states["stage1"]) or states["stage1"]
     disc, lpips_vars = stage1_parts(model, s1)
     disc_tx = _optimizer(s1, global_batch) if disc is not None else None
     step1 = make_stage1_step(model, s1, disc, _optimizer(s1, global_batch), disc_tx, config.seed)
-    jit1 = parallel.jit_data_parallel(step1, mesh)
     lpips_vars = parallel.replicate(lpips_vars, mesh) if lpips_vars is not None else None
-    state1 = loop.fit(
-        name="stage1",
-        state=state1,
-        step_fn=functools.partial(_with_const, jit1, lpips_vars),
-        batches=batches(config.seed),
-        total_steps=loop.num_steps(s1, examples, global_batch),
-        mesh=mesh,
-        checkpointer=ckpt1,
-        writer=writer,
-        log_every=config.train.log_every,
-        echo=echo,
-    )
-    ckpt1.close()
+    state1 = run("stage1", step1, lpips_vars, s1, config.seed)
 
     # Stage 2: the denoiser, the CAN and the condition-channel encoder, autoencoder frozen.
     s2 = config.train.stage2
-    ckpt2 = checkpointer(config, workdir, "stage2")
-    state2 = ckpt2.restore(states["stage2"]) or states["stage2"]
     step2 = make_stage2_step(model, s2, tuple(config.channel.train_snrs), _optimizer(s2, global_batch), config.seed)
-    jit2 = parallel.jit_data_parallel(step2, mesh)
-    state2 = loop.fit(
-        name="stage2",
-        state=state2,
-        step_fn=functools.partial(_with_const, jit2, state1.params),
-        batches=batches(config.seed + 1),
-        total_steps=loop.num_steps(s2, examples, global_batch),
-        mesh=mesh,
-        checkpointer=ckpt2,
-        writer=writer,
-        log_every=config.train.log_every,
-        echo=echo,
-    )
-    ckpt2.close()
+    state2 = run("stage2", step2, state1.params, s2, config.seed + 1)
     writer.close()
     return dict(state2.ema_params, autoencoder=state1.params)
 
@@ -234,16 +205,10 @@ def load_trained_params(config, workdir: str, *, allow_random: bool = False, ech
     model = build_casc(config)
     mesh = parallel.make_mesh()
     abstract = abstract_states(model, config, mesh)
-    found = {}
-    for stage in STAGES:
-        path = os.path.join(workdir, stage, "checkpoints")
-        if os.path.isdir(path):
-            ckpt = checkpointer(config, workdir, stage)
-            found[stage] = (ckpt.latest_step, ckpt.restore(abstract[stage]))
-            ckpt.close()
-    if "stage1" in found and found.get("stage2", (None, None))[1] is not None:
-        params = dict(found["stage2"][1].ema_params, autoencoder=found["stage1"][1].params)
-        return params, f"trained checkpoint (stage 1 step {found['stage1'][0]}, stage 2 step {found['stage2'][0]})"
+    (step1, state1), (step2, state2) = (loop.restore_stage(workdir, s, config.train, abstract[s]) for s in STAGES)
+    if state1 is not None and state2 is not None:
+        params = dict(state2.ema_params, autoencoder=state1.params)
+        return params, f"trained checkpoint (stage 1 step {step1}, stage 2 step {step2})"
     if allow_random:
         echo(f"no trained checkpoint in {workdir}: using random weights")
         return parallel.replicate(model.init(jax.random.key(config.seed)), mesh), "random weights"

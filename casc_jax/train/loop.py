@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -136,3 +137,38 @@ def fit(
             checkpointer.save(step, state, force=step == total_steps)
     writer.flush()
     return state
+
+
+def make_writer(workdir: str) -> metric_writers.MetricWriter:
+    """TensorBoard + console writer; only process 0 writes event files."""
+    return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+
+
+def stage_checkpointer(workdir: str, stage: str, train_cfg) -> Checkpointer:
+    """WORKDIR/<stage>/checkpoints with the config's save interval and retention."""
+    return Checkpointer(
+        os.path.join(workdir, stage, "checkpoints"),
+        max_to_keep=train_cfg.keep_checkpoints,
+        save_every=train_cfg.checkpoint_every,
+    )
+
+
+def run_stage(*, name: str, workdir: str, train_cfg, initial_state: TrainState, **fit_kwargs) -> TrainState:
+    """Resume stage `name` from its latest checkpoint (or start from `initial_state`) and `fit` it."""
+    ckpt = stage_checkpointer(workdir, name, train_cfg)
+    try:
+        state = ckpt.restore(initial_state) or initial_state
+        return fit(name=name, state=state, checkpointer=ckpt, log_every=train_cfg.log_every, **fit_kwargs)
+    finally:
+        ckpt.close()
+
+
+def restore_stage(workdir: str, name: str, train_cfg, abstract_state) -> tuple[int | None, TrainState | None]:
+    """(step, state) of stage `name`'s latest checkpoint, or (None, None) when it has none."""
+    if not os.path.isdir(os.path.join(workdir, name, "checkpoints")):
+        return None, None
+    ckpt = stage_checkpointer(workdir, name, train_cfg)
+    try:
+        return ckpt.latest_step, ckpt.restore(abstract_state)
+    finally:
+        ckpt.close()

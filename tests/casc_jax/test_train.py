@@ -13,7 +13,7 @@ import pytest
 from casc_jax import data as data_lib
 from casc_jax import run
 from casc_jax.train import loop
-from casc_jax.train.casc import checkpointer, train_casc
+from casc_jax.train.casc import train_casc
 from casc_jax.train.checkpoint import CheckpointError
 from configs import casc_base
 
@@ -63,7 +63,7 @@ def test_resume_after_crash_loses_at_most_k_steps(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train_casc(config, str(tmp_path), echo=lambda s: None)
     monkeypatch.undo()
-    ckpt = checkpointer(config, str(tmp_path), "stage1")
+    ckpt = loop.stage_checkpointer(str(tmp_path), "stage1", config.train)
     assert ckpt.latest_step == 2  # saved every 2 steps: at most 2 steps lost
     ckpt.close()
 
@@ -95,7 +95,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(data_lib, "make_dataset", poisoned)
     with pytest.raises(loop.TrainingDiverged, match=r"non-finite .* step 3.*last good checkpoint \(step 2\)"):
         train_casc(config, str(tmp_path), echo=lambda s: None)
-    ckpt = checkpointer(config, str(tmp_path), "stage1")
+    ckpt = loop.stage_checkpointer(str(tmp_path), "stage1", config.train)
     assert ckpt.latest_step == 2
     restored = ckpt.restore(_abstract_stage1(config))
     ckpt.close()
@@ -128,7 +128,7 @@ def test_corrupt_checkpoint_is_a_clear_error_not_a_restart(tmp_path):
 
 def test_checkpoint_of_another_config_is_refused(tmp_path):
     config = _tiny(steps=2, every=2)
-    ckpt = checkpointer(config, str(tmp_path), "stage1")
+    ckpt = loop.stage_checkpointer(str(tmp_path), "stage1", config.train)
     ckpt.save(2, _abstract_stage1(config, concrete=True), force=True)
     ckpt.close()
     wider = _tiny(steps=4, every=2)
