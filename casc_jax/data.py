@@ -70,7 +70,8 @@ def default_config():
     )
 
 
-def _cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
+def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
+    """`cfg[key]` of a ConfigDict, dict or attribute object, else `default`."""
     if hasattr(cfg, "get"):
         return cfg.get(key, default)
     return getattr(cfg, key, default)
@@ -326,12 +327,12 @@ def load_image_folder(folder: PathLike, image_size: int) -> tuple[np.ndarray, np
     return np.stack(images), np.zeros(len(images), np.int32)
 
 
-def _num_eval_batches(num_examples: int, batch_size: int, process_count: int) -> int:
+def num_eval_batches(num_examples: int, batch_size: int, process_count: int) -> int:
     """Batches per process in a padded evaluation pass: every process yields the same number."""
     return math.ceil(math.ceil(num_examples / process_count) / batch_size)
 
 
-def _array_batches(
+def array_batches(
     images: np.ndarray,
     labels: np.ndarray,
     *,
@@ -359,7 +360,7 @@ def _array_batches(
 
     def single_pass() -> Iterator[Batch]:
         order = local if rng is None else rng.permutation(local)
-        for b in range(_num_eval_batches(n, batch_size, process_count)):
+        for b in range(num_eval_batches(n, batch_size, process_count)):
             idx = order[b * batch_size : (b + 1) * batch_size]
             image = np.zeros((batch_size, *images.shape[1:]), np.float32)
             label = np.zeros(batch_size, np.int32)
@@ -382,7 +383,7 @@ def _offline_options(name: str) -> str:
     )
 
 
-def _tfds_builder(name: str, data_dir: str | None, download: bool):
+def tfds_builder(name: str, data_dir: str | None, download: bool):
     """A TFDS builder that is prepared, or DatasetUnavailableError at once. Never touches the network
     unless ``download`` is True."""
     import tensorflow_datasets as tfds
@@ -409,7 +410,7 @@ def _tfds_builder(name: str, data_dir: str | None, download: bool):
     return builder
 
 
-def _import_tf():
+def import_tf():
     """Import TensorFlow for tf.data only, hiding accelerators so it never takes GPU/TPU memory."""
     import tensorflow as tf
 
@@ -449,8 +450,8 @@ def _tf_example(example: dict, image_size: int, tf) -> dict:
 
 def _tfds_split(cfg, name: str, split: str):
     """(tf.data of the whole split in file order, its size, tf), after the availability check."""
-    builder = _tfds_builder(name, _cfg_get(cfg, "data_dir"), bool(_cfg_get(cfg, "download", False)))
-    tf = _import_tf()
+    builder = tfds_builder(name, cfg_get(cfg, "data_dir"), bool(cfg_get(cfg, "download", False)))
+    tf = import_tf()
     ds = builder.as_dataset(split=split, shuffle_files=False)
     return ds, _tf_count(ds, tf), tf
 
@@ -469,7 +470,7 @@ def _tfds_batches(
     """tf.data pipeline: shard by process, decode, cache, (shuffle, repeat), scale, batch, prefetch."""
     import tensorflow_datasets as tfds
 
-    size = _check_image_size(_cfg_get(cfg, "image_size", 32))
+    size = _check_image_size(cfg_get(cfg, "image_size", 32))
     ds, n, tf = _tfds_split(cfg, name, split)
     if n == 0:
         raise ValueError(f"TFDS split {split!r} of {name!r} is empty")
@@ -493,7 +494,7 @@ def _tfds_batches(
 
     ds = ds.map(scale, num_parallel_calls=autotune)
     if not repeat:
-        pad = _num_eval_batches(n, batch_size, process_count) * batch_size - n_local
+        pad = num_eval_batches(n, batch_size, process_count) * batch_size - n_local
         blank = dict(
             image=tf.zeros((size, size, 3), tf.float32),
             label=tf.constant(0, tf.int32),
@@ -522,7 +523,8 @@ def parse_source(source: str) -> tuple[str, str]:
     )
 
 
-def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+def resolve_process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    """(process_index, process_count), defaulting to JAX's; ValueError when out of range."""
     if process_index is None or process_count is None:
         import jax
 
@@ -536,7 +538,7 @@ def _process(process_index: int | None, process_count: int | None) -> tuple[int,
 def _array_source(cfg, kind: str, arg: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     if split not in ARRAY_SPLITS:
         raise ValueError(f"data.source={kind} supports the splits {ARRAY_SPLITS}, got {split!r}")
-    size = _cfg_get(cfg, "image_size", 32)
+    size = cfg_get(cfg, "image_size", 32)
     return load_embedded(size) if kind == "embedded" else load_image_folder(arg, size)
 
 
@@ -568,8 +570,8 @@ def make_dataset(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    process_index, process_count = _process(process_index, process_count)
-    kind, arg = parse_source(_cfg_get(cfg, "source"))
+    process_index, process_count = resolve_process(process_index, process_count)
+    kind, arg = parse_source(cfg_get(cfg, "source"))
     kwargs = dict(
         batch_size=int(batch_size),
         shuffle_seed=shuffle_seed,
@@ -580,12 +582,12 @@ def make_dataset(
     if kind == "tfds":
         return _tfds_batches(cfg, arg, split, **kwargs)
     images, labels = _array_source(cfg, kind, arg, split)
-    return _array_batches(images, labels, **kwargs)
+    return array_batches(images, labels, **kwargs)
 
 
 def num_examples(cfg, split: str) -> int:
     """Number of examples N in ``split`` over all processes (for epochs -> steps and eval counts)."""
-    kind, arg = parse_source(_cfg_get(cfg, "source"))
+    kind, arg = parse_source(cfg_get(cfg, "source"))
     if kind == "tfds":
         return _tfds_split(cfg, arg, split)[1]
     if split not in ARRAY_SPLITS:

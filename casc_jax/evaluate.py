@@ -1,7 +1,9 @@
 """Evaluation sweep over SNR (the CASC paper's Figs. 5-8): PSNR, LPIPS, FID; JSON, CSV and PNG.
 
 Writes into WORKDIR/eval/: metrics.json (one record per method, CR, SNR), metrics.csv,
-metrics_vs_snr.png (one panel per metric) and samples_snr<SNR>.png (sources over reconstructions).
+metrics_vs_snr.png (one panel per metric), samples_snr<SNR>.png (sources over reconstructions) and
+reconstructions.npz (the grid's sources and their reconstructions at every SNR, uint8, for
+`casc_jax.compare`'s visual comparison).
 FID needs the pytorch-fid InceptionV3 weights (casc_jax.metrics.fid); without them it is null and
 the reason is recorded, and the rest of the sweep still runs.
 """
@@ -133,6 +135,7 @@ def write_results(records: list[dict], out_dir: str, grids: Mapping[float, np.nd
         writer.writerows(records)
     plot_metrics_vs_snr(records, os.path.join(out_dir, "metrics_vs_snr.png"))
     if grids:
+        save_reconstructions(grids, os.path.join(out_dir, RECONSTRUCTIONS_FILE))
         snr = max(grids)
         data_lib.save_png(
             data_lib.to_float(data_lib.image_grid(grids[snr], ncols)),
@@ -140,11 +143,41 @@ def write_results(records: list[dict], out_dir: str, grids: Mapping[float, np.nd
         )
 
 
+RECONSTRUCTIONS_FILE = "reconstructions.npz"
+
+
+def reconstruction_key(snr: float) -> str:
+    """The npz key of the reconstructions at `snr` dB: 'snr20', 'snr12.5'."""
+    return f"snr{float(snr):g}"
+
+
+def save_reconstructions(grids: Mapping[float, np.ndarray], path: str) -> None:
+    """grids {snr: concat[sources, reconstructions]} (2N, H, W, 3) in [-1, 1] -> npz of uint8 arrays.
+
+    Keys: 'source' (N, H, W, 3), `reconstruction_key(snr)` (N, H, W, 3) per SNR, 'snrs' (S,).
+    """
+    arrays = {}
+    for snr, grid in grids.items():
+        n = len(grid) // 2
+        arrays["source"] = data_lib.to_uint8(grid[:n])
+        arrays[reconstruction_key(snr)] = data_lib.to_uint8(grid[n:])
+    np.savez_compressed(path, snrs=np.asarray(sorted(grids), np.float32), **arrays)
+
+
 _CSV_ORDER = ["method", "cr", "snr_db", "psnr", "lpips", "fid", "sampler", "steps", "num_images", "seconds"]
 
 
-def plot_metrics_vs_snr(records: Sequence[Mapping], path: str, title: str | None = None) -> None:
-    """One panel per metric against SNR, one line per (method, CR)."""
+def plot_metrics_vs_snr(
+    records: Sequence[Mapping],
+    path: str,
+    title: str | None = None,
+    style: Callable[[str, str], Mapping] | None = None,
+) -> None:
+    """One panel per metric against SNR, one line per (method, CR).
+
+    `style(method, cr)` optionally returns matplotlib line options (label, color, marker, linestyle)
+    that replace the defaults (label "method (CR cr)", marker "o").
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,7 +190,8 @@ def plot_metrics_vs_snr(records: Sequence[Mapping], path: str, title: str | None
             rows = sorted((r for r in records if (r["method"], r["cr"]) == (method, cr)), key=lambda r: r["snr_db"])
             pts = [(r["snr_db"], r[metric]) for r in rows if r.get(metric) is not None]
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=f"{method} (CR {cr})")
+                line = {"marker": "o", "label": f"{method} (CR {cr})", **(style(method, cr) if style else {})}
+                ax.plot(*zip(*pts), **line)
         ax.set_xlabel("SNR (dB)")
         ax.set_ylabel(metric.upper() + (" (dB)" if metric == "psnr" else ""))
         ax.grid(alpha=0.3)

@@ -96,4 +96,49 @@ def transmit(config, workdir, options, echo=print):
     return written
 
 
-MODES = {"train": train, "eval": evaluate, "sample": sample, "transmit": transmit}
+
+
+def benchmark(config, workdir, options, echo=print):
+    """Speed of the receiver per sampler (random weights when WORKDIR holds no trained model)."""
+    from casc_jax import benchmark as bench
+    from casc_jax.train.casc import load_trained_params as load
+
+    params, source = load(config, workdir, allow_random=True, echo=echo)
+    echo(f"[benchmark] weights: {source}")
+    report = bench.speed(config, params if source != "random weights" else None, echo=echo)
+    report["weights"] = source
+    return bench.write_report(report, workdir, echo=echo)
+
+
+def quality(config, workdir, options, echo=print):
+    """Quality versus speed of the samplers on a trained model -> WORKDIR/benchmark_quality.json."""
+    import json
+
+    from casc_jax import benchmark as bench
+    from casc_jax.evaluate import optional_metric
+    from casc_jax.metrics.lpips import load_lpips
+
+    params, source = load_trained_params(config, workdir)
+    n = config.benchmark.quality_images
+    batch = next(data_lib.make_dataset(config.data, config.data.eval_split, batch_size=n, shuffle_seed=None,
+                                       repeat=False))
+    images = batch["image"][batch["valid"]]
+    images = images[: len(images) - len(images) % parallel.make_mesh().devices.size]
+    lpips_fn, _ = optional_metric(lambda: load_lpips(config.eval.lpips_net), "LPIPS", echo)
+    report = bench.quality(config, params, images, echo=echo, lpips_fn=lpips_fn)
+    report["weights"] = source
+    path = os.path.join(workdir, "benchmark_quality.json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+    echo(f"[quality] wrote {path}")
+    return report
+
+
+MODES = {
+    "train": train,
+    "eval": evaluate,
+    "sample": sample,
+    "transmit": transmit,
+    "benchmark": benchmark,
+    "quality": quality,
+}

@@ -91,7 +91,20 @@ def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_
     c.eval = ml_collections.ConfigDict(
         dict(batch_size=256, num_images=0, lpips_net="alex", fid_weights="", grid_images=8)
     )
-    c.benchmark = ml_collections.ConfigDict(dict(batch_size=256, repeats=3))
+    # Speed / quality benchmark: chains longer than max_timed_steps are timed on that many steps and
+    # scaled (0 times every chain in full); quality compares samplers on num_images test images.
+    c.benchmark = ml_collections.ConfigDict(
+        dict(
+            batch_size=256,
+            repeats=3,
+            max_timed_steps=50,
+            ddim_steps=(50, 20),
+            dpm_steps=(20, 10),
+            spacing="logsnr",
+            quality_images=256,
+            quality_snr=20.0,
+        )
+    )
 
     if preset == "smoke":
         _smoke(c)
@@ -111,4 +124,4 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
     c.train.stage1.update(base_lr=1e-4, scale_lr=False, num_steps=20, disc_start=10, lpips_net="alex")
     c.train.stage2.update(base_lr=1e-4, scale_lr=False, num_steps=20, ema_decay=0.9)
     c.eval.update(batch_size=16, num_images=16, grid_images=8)
-    c.benchmark.update(batch_size=16, repeats=2)
+    c.benchmark.update(batch_size=16, repeats=2, max_timed_steps=0, ddim_steps=(10,), dpm_steps=(5,), quality_images=16)

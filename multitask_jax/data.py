@@ -35,14 +35,14 @@ import numpy as np
 
 from casc_jax.data import (
     DatasetUnavailableError,
-    _array_batches,
-    _cfg_get,
-    _import_tf,
-    _num_eval_batches,
-    _process,
-    _tfds_builder,
+    array_batches,
+    cfg_get,
+    import_tf,
     load_image_folder,
+    num_eval_batches,
     parse_source,
+    resolve_process,
+    tfds_builder,
 )
 from casc_jax.metrics.segmentation import VOC_IGNORE_INDEX
 
@@ -230,7 +230,7 @@ def _tf_batches(ds, n: int, *, batch_size, shuffle_seed, repeat, process_index, 
     scale = lambda ex: dict(ex, image=ex["image"] / 127.5 - 1.0, valid=tf.constant(True))
     ds = ds.map(scale, num_parallel_calls=autotune)
     if not repeat:
-        pad = _num_eval_batches(n, batch_size, process_count) * batch_size - n_local
+        pad = num_eval_batches(n, batch_size, process_count) * batch_size - n_local
         ds = ds.concatenate(tf.data.Dataset.from_tensors(dict(blank, valid=tf.constant(False))).repeat(pad))
     return iter(tfds.as_numpy(ds.batch(batch_size, drop_remainder=True).prefetch(autotune)))
 
@@ -238,7 +238,7 @@ def _tf_batches(ds, n: int, *, batch_size, shuffle_seed, repeat, process_index, 
 def _loop_kwargs(batch_size, shuffle_seed, repeat, process_index, process_count) -> dict:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    process_index, process_count = _process(process_index, process_count)
+    process_index, process_count = resolve_process(process_index, process_count)
     return dict(
         batch_size=int(batch_size),
         shuffle_seed=shuffle_seed,
@@ -264,11 +264,11 @@ def make_segmentation_dataset(
     `download`. Training augmentation is used when `repeat` is True.
     """
     kwargs = _loop_kwargs(batch_size, shuffle_seed, repeat, process_index, process_count)
-    size = int(_cfg_get(cfg, "image_size", 64))
-    kind, arg = parse_source(_cfg_get(cfg, "source"))
+    size = int(cfg_get(cfg, "image_size", 64))
+    kind, arg = parse_source(cfg_get(cfg, "source"))
     if kind == "embedded":
         images, masks, _ = load_embedded_voc(size)
-        batches = _array_batches(images, np.arange(len(images), dtype=np.int32), **kwargs)
+        batches = array_batches(images, np.arange(len(images), dtype=np.int32), **kwargs)
         def with_mask(b: Batch) -> Batch:
             mask = np.where(b["valid"][:, None, None], masks[b["label"]], VOC_IGNORE_INDEX).astype(np.int32)
             return dict(image=b["image"], mask=mask, valid=b["valid"])
@@ -276,8 +276,8 @@ def make_segmentation_dataset(
         return map(with_mask, batches)
     if kind != "tfds" or arg != VOC_BUILDER_NAME:
         raise ValueError(f"segmentation data.source must be 'tfds:{VOC_BUILDER_NAME}' or 'embedded', got {kind}:{arg}")
-    builder = voc_builder(_cfg_get(cfg, "data_dir"), _cfg_get(cfg, "manual_dir"), bool(_cfg_get(cfg, "download")))
-    tf = _import_tf()
+    builder = voc_builder(cfg_get(cfg, "data_dir"), cfg_get(cfg, "manual_dir"), bool(cfg_get(cfg, "download")))
+    tf = import_tf()
     ds = builder.as_dataset(split=split, shuffle_files=False)
     n = builder.info.splits[split].num_examples
     fn = _seg_train_map(size, tf) if repeat else _seg_eval_map(size, tf)
@@ -331,17 +331,17 @@ def make_reconstruction_dataset(
     Training (`repeat`) takes random crops with flips; evaluation uses `cover_crop`'s view.
     """
     kwargs = _loop_kwargs(batch_size, shuffle_seed, repeat, process_index, process_count)
-    h, w = _hw(_cfg_get(cfg, "image_size", 224))
-    kind, arg = parse_source(_cfg_get(cfg, "source"))
+    h, w = _hw(cfg_get(cfg, "image_size", 224))
+    kind, arg = parse_source(cfg_get(cfg, "source"))
     if kind in ("embedded", "folder"):
         side = max(h, w)  # square sources (folder images are centre-cropped to a square first)
         images = load_embedded_voc(side)[0] if kind == "embedded" else load_image_folder(arg, side)[0]
         images = np.stack([cover_crop(x, (h, w)) for x in images])
-        batches = _array_batches(images, np.zeros(len(images), np.int32), **kwargs)
+        batches = array_batches(images, np.zeros(len(images), np.int32), **kwargs)
         return (dict(image=b["image"], valid=b["valid"]) for b in batches)
     name = DIV2K_NAME if arg == "div2k" else arg
-    builder = _tfds_builder(name, _cfg_get(cfg, "data_dir"), bool(_cfg_get(cfg, "download", False)))
-    tf = _import_tf()
+    builder = tfds_builder(name, cfg_get(cfg, "data_dir"), bool(cfg_get(cfg, "download", False)))
+    tf = import_tf()
     ds = builder.as_dataset(split=split, shuffle_files=False)
     n = builder.info.splits[split].num_examples
     key = "hr" if "hr" in builder.info.features else "image"

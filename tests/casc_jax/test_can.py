@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from casc_jax import can
-from casc_jax.nn.dynamic import DYNAMIC, DYNAMIC_CONV_IMPLS, CondConv, CondDense, dynamic_conv
+from casc_jax.nn.dynamic import DYNAMIC, DYNAMIC_CONV_IMPLS, CondConv, CondDense, conv_taps, dynamic_conv
 
 
 def _conv(x, kernel):
@@ -111,3 +111,15 @@ def test_can_zero_init_equals_static_and_differs_per_condition_after_training():
     assert dynamic["a"]["kernel"] is dynamic["b"]["kernel"]  # shared vector
     aware_out = _Toy().apply({"params": params, DYNAMIC: dynamic}, x)
     assert not np.allclose(np.asarray(aware_out), np.asarray(static_out), atol=1e-4)
+
+
+@pytest.mark.parametrize(("hw", "stride", "padding"), [(2, 1, "SAME"), (5, 2, "VALID"), (4, 2, "SAME"), (7, 1, "VALID")])
+def test_conv_taps_equals_xla_conv(hw, stride, padding):
+    x = jax.random.normal(jax.random.key(0), (2, hw, hw + 1, 3))
+    k = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
+    ref = jax.lax.conv_general_dilated(
+        x, k, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest"
+    )
+    with jax.default_matmul_precision("highest"):
+        got = conv_taps(x, k, stride, padding)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,196 @@
+"""The baselines' launcher modes (systems 'deepjscc' and 'diffsc'): train, eval, sample, transmit.
+
+Each mode is `mode(config, workdir, options, echo)`, as in `casc_jax.run`; launch.py dispatches on
+`config.system`. Evaluation is `casc_jax.evaluate.sweep`, so the baselines' WORKDIR/eval/metrics.json has
+the same records as CASC's and `casc_jax.compare` can put them side by side.
+
+`diffsc_receiver_for_benchmark(config)` gives the DiffSC receiver as a pure function for the benchmark,
+to be timed beside CASC's receiver on the same batch, T and device.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from casc_jax import data as data_lib
+from casc_jax.baselines import DiffSC, build_diffsc
+from casc_jax.evaluate import sweep
+from casc_jax.system import sampler_options
+from casc_jax.train import parallel
+from casc_jax.train.baselines import build_model, load_trained_params, train_baseline
+
+
+def sampler_of(config) -> dict | None:
+    """The reverse-chain sampler of a DiffSC config ({'name', 'steps', ...}); None for DeepJSCC."""
+    return config.sampler.to_dict() if config.system == "diffsc" else None
+
+
+def reconstructor(model, params, mesh, sampler: Mapping | None = None) -> Callable:
+    """A jitted, batch-sharded (x, key, snr) -> x_hat through transmitter, channel and receiver."""
+    if isinstance(model, DiffSC):
+
+        @jax.jit
+        def run(params, x, key, snr):
+            return model(params, x, key, snr, sampler)
+
+    else:
+
+        @jax.jit
+        def run(params, x, key, snr):
+            return model(params, x, key, snr)
+
+    batch = parallel.batch_sharded(mesh)
+    return lambda x, key, snr: run(params, jax.device_put(x, batch), key, jnp.float32(snr))
+
+
+def _sweep(config, workdir, params, echo):
+    mesh = parallel.make_mesh()
+    sampler = sampler_of(config)
+    return sweep(
+        method=config.name,
+        cr=config.cr,
+        reconstruct=reconstructor(build_model(config), params, mesh, sampler),
+        data_cfg=config.data,
+        split=config.data.eval_split,
+        snrs=tuple(config.channel.eval_snrs),
+        batch_size=config.eval.batch_size,
+        num_images=config.eval.num_images,
+        mesh=mesh,
+        lpips_net=config.eval.lpips_net,
+        fid_weights=config.eval.fid_weights,
+        grid_images=config.eval.grid_images,
+        sampler=sampler,
+        workdir=workdir,
+        seed=config.seed,
+        echo=echo,
+    )
+
+
+def _params(config, workdir, echo):
+    params, source = load_trained_params(config, workdir, echo=echo)
+    echo(f"[{config.system}] {source}")
+    return params, source
+
+
+def train(config, workdir, options, echo=print):
+    """The system's training stages, then the evaluation sweep (each resumes from WORKDIR)."""
+    params = train_baseline(config, workdir, echo=echo)
+    return _sweep(config, workdir, params, echo)
+
+
+def evaluate(config, workdir, options, echo=print):
+    params, _ = _params(config, workdir, echo)
+    return _sweep(config, workdir, params, echo)
+
+
+def sample(config, workdir, options, echo=print):
+    """A grid of test images and their reconstructions at each evaluation SNR -> WORKDIR/samples.png."""
+    params, _ = _params(config, workdir, echo)
+    mesh = parallel.make_mesh()
+    n = config.eval.grid_images
+    batch = next(
+        data_lib.make_dataset(config.data, config.data.eval_split, batch_size=n, shuffle_seed=None, repeat=False)
+    )
+    reconstruct = reconstructor(build_model(config), params, mesh, sampler_of(config))
+    rows = [batch["image"]]
+    for i, snr in enumerate(config.channel.eval_snrs):
+        rows.append(np.asarray(reconstruct(batch["image"], jax.random.key(i), float(snr))))
+    path = os.path.join(workdir, "samples.png")
+    data_lib.save_png(data_lib.to_float(data_lib.image_grid(np.concatenate(rows), n)), path)
+    echo(f"[sample] rows: source, then SNR {list(config.channel.eval_snrs)} dB -> {path}")
+    return path
+
+
+def transmit(config, workdir, options, echo=print):
+    """A user's own images -> reconstructed PNGs at each SNR in `--snr` (default: the eval SNRs)."""
+    paths = options.get("images") or []
+    if not paths:
+        raise ValueError("--mode=transmit needs --image=PATH (repeat the flag for several images)")
+    snrs = options.get("snrs") or tuple(config.channel.eval_snrs)
+    out_dir = options.get("out_dir") or os.path.join(workdir, "transmit")
+    fit = options.get("fit", "pad")
+    images, sizes = data_lib.load_images_for_transmit(paths, config.data.image_size, fit=fit)
+    model = build_model(config)
+    mesh = parallel.make_mesh()
+    params, _ = _params(config, workdir, echo)
+    echo(f"[transmit] {len(paths)} image(s), {model.num_channel_uses} channel uses each")
+    reconstruct = reconstructor(model, params, mesh, sampler_of(config))
+    padded = -len(images) % mesh.devices.size
+    batch = np.concatenate([images, np.zeros((padded,) + images.shape[1:], images.dtype)])
+    written = []
+    for snr in snrs:
+        out = np.asarray(reconstruct(batch, jax.random.key(int(snr * 10)), float(snr)))[: len(images)]
+        for path, image, original in zip(paths, out, sizes):
+            stem = os.path.splitext(os.path.basename(path))[0]
+            target = os.path.join(out_dir, f"{stem}_snr{snr:g}.png")
+            data_lib.save_png(data_lib.restore_size(image, original, fit=fit), target)
+            written.append(target)
+    echo(f"[transmit] wrote {len(written)} file(s) to {out_dir}")
+    return written
+
+
+MODES = {"train": train, "eval": evaluate, "sample": sample, "transmit": transmit}
+
+
+def _diffsc_for_benchmark(config, timesteps: int | None) -> DiffSC:
+    if config.system != "diffsc":
+        raise ValueError(f"the DiffSC benchmark needs a system 'diffsc' config, got {config.system!r}")
+    if timesteps:
+        config = config.copy_and_resolve_references()
+        with config.unlocked():
+            config.diffusion.num_timesteps = int(timesteps)
+    return build_diffsc(config)
+
+
+def diffsc_receiver_for_benchmark(
+    config,
+    workdir: str | None = None,
+    batch_size: int | None = None,
+    timesteps: int | None = None,
+    echo=print,
+) -> tuple[Callable[[dict, jax.Array, jax.Array], jax.Array], dict, tuple[int, ...]]:
+    """DiffSC's receiver for timing beside CASC's: (fn, params, y_shape).
+
+    fn(params, Y, key) -> X_hat (B, H, W, 3) is pure (jit it): the DeepJSCC decoder once, then the
+    reverse chain of `config.sampler` over T = `timesteps` or `config.diffusion.num_timesteps` steps
+    (one lax.scan), as `DiffSC.receive`. `timesteps` shortens the chain for extrapolated timing; the
+    parameters do not depend on T.
+    params: the trained ones in `workdir` when given and present, else random (same cost).
+    y_shape: (B, H/4, W/4, c), B = `batch_size` or `config.benchmark.batch_size`; any Y of that shape
+    (e.g. unit-variance normals) is a valid received signal.
+    """
+    model = _diffsc_for_benchmark(config, timesteps)
+    if workdir is not None:
+        params, source = load_trained_params(config, workdir, allow_random=True, echo=echo)
+    else:
+        params, source = model.init(jax.random.key(config.seed)), "random weights"
+    sampler = config.sampler.to_dict()
+    echo(f"[benchmark] DiffSC receiver: {source}, T = {model.schedule.num_timesteps}, sampler {sampler}")
+
+    def fn(params, y, key):
+        return model.receive(params, y, key, sampler)
+
+    batch = int(batch_size or config.benchmark.batch_size)
+    return fn, params, (batch,) + model.deepjscc.latent_shape
+
+
+def diffsc_parts_for_benchmark(config, timesteps: int | None = None) -> dict[str, Callable]:
+    """DiffSC's receiver in parts, for FLOP counts (cf. `casc_jax.benchmark.receiver_fns`); all pure.
+
+    'receive'(params, Y, key) -> X_hat (the whole receiver, as `diffsc_receiver_for_benchmark`);
+    'condition'(params, Y) -> X_jscc (B, H, W, 3) (the DeepJSCC decoder, run once per image);
+    'one_eps'(params, X_jscc, X_t, t) -> eps (B, H, W, 3) (one U-Net call: one step of the chain).
+    """
+    model = _diffsc_for_benchmark(config, timesteps)
+    sampler = config.sampler.to_dict()
+    _, dtype = sampler_options(sampler)
+    return {
+        "receive": lambda params, y, key: model.receive(params, y, key, sampler),
+        "condition": model.condition,
+        "one_eps": lambda params, x_jscc, x_t, t: model.eps(params, x_t, t, x_jscc, dtype=dtype),
+    }

@@ -1,0 +1,309 @@
+"""Receiver speed and quality benchmarks (`--mode=benchmark`, `--mode=quality`).
+
+Speed: the jitted receiver C_hat -> X_hat (CAN, scanned sampler, decoder) at the config's batch
+(the paper's 256), compile time excluded, median of `repeats` runs, per sampler. For each it reports
+ms/image, FLOPs/image (XLA cost analysis of one denoiser call times the number of steps, plus the
+CAN and the decoder: XLA counts a scan body once, so the scanned program's own count is not used),
+achieved GFLOP/s, and the device's f32 matmul peak measured in the same run. It also times a
+per-step dispatch baseline (a Python loop calling a jitted step) and the CAN overhead (the same
+U-Net without condition-aware layers). Chains longer than `benchmark.max_timed_steps` are timed on
+that many steps of the same per-step program and scaled to the full length, and are marked so.
+
+Quality: with a trained checkpoint, PSNR and LPIPS of each sampler's reconstructions against the
+1000-step DDPM output and against the source images, so a user can pick the fastest sampler that
+keeps quality.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from casc_jax import diffusion
+from casc_jax.system import CASC, build_casc, sampler_options
+from casc_jax.train import parallel
+
+PAPER_MS_PER_IMAGE = {"CASC (RTX A6000)": 145.82, "DiffSC (RTX A6000)": 301.80}
+
+
+def device_description() -> str:
+    d = jax.devices()[0]
+    kind = getattr(d, "device_kind", d.platform)
+    cpu = platform.processor() or platform.machine()
+    return f"{jax.device_count()} x {kind} ({d.platform}; host {cpu}, {os.cpu_count()} cores; jax {jax.__version__})"
+
+
+def timed(fn: Callable, *args, repeats: int = 3) -> tuple[float, float, list[float]]:
+    """(compile+first-run seconds, median seconds, all run times) of a jitted fn, blocking on results."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - start
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        runs.append(time.perf_counter() - start)
+    return first, statistics.median(runs), runs
+
+
+def flops_of(fn: Callable, *args) -> float:
+    """FLOPs of one call of jitted `fn` from XLA's cost analysis of the compiled program."""
+    analysis = fn.lower(*args).compile().cost_analysis()
+    if isinstance(analysis, list | tuple):
+        analysis = analysis[0]
+    return float(analysis.get("flops", 0.0)) if analysis else 0.0
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Measured f32 GFLOP/s of an n x n matmul on the default device."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda a, b: a @ b)
+    _, median, _ = timed(f, a, a, repeats=repeats)
+    return 2 * n**3 / median / 1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One row of the speed table."""
+
+    label: str
+    sampler: Mapping
+    can: bool = True
+    dispatch: str = "scan"  # 'scan' (one compiled chain) or 'loop' (Python loop over a jitted step)
+
+
+def default_variants(config) -> list[Variant]:
+    T = config.diffusion.num_timesteps
+    fast = [("ddim", s) for s in config.benchmark.ddim_steps] + [("dpmpp_2m", s) for s in config.benchmark.dpm_steps]
+    rows = [Variant(f"DDPM T={T}", {"name": "ddpm"})]
+    rows += [Variant(f"{n.upper()} {s} steps", {"name": n, "steps": s}) for n, s in fast]
+    rows += [Variant(f"DDPM T={T} bf16", {"name": "ddpm", "dtype": "bfloat16"})]
+    rows += [Variant(f"DDPM T={T} no CAN", {"name": "ddpm"}, can=False)]
+    rows += [Variant(f"DDPM T={T} per-step dispatch", {"name": "ddpm"}, dispatch="loop")]
+    return rows
+
+
+def _truncate(config, sampler: Mapping, max_steps: int) -> tuple[Mapping, int, float]:
+    """(sampler actually timed, diffusion T actually used, scale to the full chain)."""
+    kwargs, _ = sampler_options(sampler)
+    T = config.diffusion.num_timesteps
+    steps = kwargs["steps"] or T
+    if not max_steps or steps <= max_steps:
+        return sampler, T, 1.0
+    if kwargs["sampler"] == "ddpm":
+        return sampler, max_steps, steps / max_steps
+    return dict(sampler, steps=max_steps), T, steps / max_steps
+
+
+def _model_for(config, can: bool, timesteps: int) -> CASC:
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.diffusion.num_timesteps = timesteps
+        if not can:
+            config.can.layers = ()
+    return build_casc(config)
+
+
+def receiver_fns(model: CASC, sampler: Mapping):
+    """(whole receiver, denoiser-only step, decoder-only, CAN-only) as jittable functions."""
+    kwargs, dtype = sampler_options(sampler)
+
+    def receive(params, c_hat, key):
+        return model.receive(params, c_hat, key, sampler)
+
+    def one_eps(params, c_hat, dynamic, z, t):
+        return model.eps(params, z, t, c_hat, dynamic, dtype=dtype)
+
+    def decode(params, z):
+        return model.decode(params, z)
+
+    def can(params, c_hat):
+        return model.dynamic_weights(params, c_hat)
+
+    return receive, one_eps, decode, can
+
+
+def _loop_receiver(model: CASC, sampler: Mapping, params, c_hat, key):
+    """Per-step dispatch: the same chain with a Python loop calling one jitted step per timestep."""
+    kwargs, dtype = sampler_options(sampler)
+    dynamic = jax.jit(model.dynamic_weights)(params, c_hat)
+    T = model.schedule.num_timesteps
+
+    @jax.jit
+    def step(params, dynamic, c_hat, x, t, key):
+        eps_fn = lambda z, tt: model.eps(params, z, tt, c_hat, dynamic, dtype=dtype)  # noqa: E731
+        return diffusion.ddpm_step(eps_fn, model.schedule, x, t, key)
+
+    decode = jax.jit(model.decode)
+    key_T, key_chain = jax.random.split(key)
+    x = jax.random.normal(key_T, (c_hat.shape[0],) + model.latent_shape)
+    for i, t in enumerate(range(T - 1, -1, -1)):
+        x = step(params, dynamic, c_hat, x, jnp.int32(t), jax.random.fold_in(key_chain, i))
+    return decode(params, x)
+
+
+def speed(config, params=None, echo=print, variants: list[Variant] | None = None) -> dict:
+    """Time every variant; returns the report written to benchmark.json."""
+    batch = config.benchmark.batch_size
+    repeats = config.benchmark.repeats
+    max_steps = config.benchmark.max_timed_steps
+    mesh = parallel.make_mesh()
+    peak = matmul_peak()
+    echo(f"[benchmark] device: {device_description()}; f32 matmul peak {peak:.1f} GFLOP/s")
+    rows = []
+    for v in variants or default_variants(config):
+        sampler, T_used, scale = _truncate(config, v.sampler, max_steps)
+        model = _model_for(config, v.can, T_used)
+        p = params if params is not None and v.can else model.init(jax.random.key(config.seed))
+        p = parallel.replicate(p, mesh)
+        c_hat = jax.device_put(
+            jax.random.normal(jax.random.key(1), (batch,) + model.condition_shape), parallel.batch_sharded(mesh)
+        )
+        key = jax.random.key(2)
+        receive, one_eps, decode, can = receiver_fns(model, sampler)
+        kwargs, _ = sampler_options(sampler)
+        steps_timed = kwargs["steps"] or T_used
+        if v.dispatch == "loop":
+            fn = lambda p, c, k: _loop_receiver(model, sampler, p, c, k)  # noqa: E731
+            first, median, runs = timed(fn, p, c_hat, key, repeats=repeats)
+        else:
+            fn = jax.jit(receive)
+            first, median, runs = timed(fn, p, c_hat, key, repeats=repeats)
+        dynamic = jax.jit(can)(p, c_hat)
+        z = jnp.zeros((batch,) + model.latent_shape)
+        t = jnp.zeros((batch,), jnp.int32)
+        eps_flops = flops_of(jax.jit(one_eps), p, c_hat, dynamic, z, t) / batch
+        dec_flops = flops_of(jax.jit(decode), p, z) / batch
+        can_flops = flops_of(jax.jit(can), p, c_hat) / batch
+        steps_full = int(round(steps_timed * scale))
+        flops = steps_full * eps_flops + dec_flops + can_flops
+        seconds = median * scale if scale == 1.0 else _scaled_time(median, scale, model, p, z, decode)
+        row = {
+            "variant": v.label,
+            "sampler": dict(sampler, steps=steps_full if kwargs["steps"] else None),
+            "batch": batch,
+            "steps": steps_full,
+            "timed_steps": steps_timed,
+            "extrapolated": scale != 1.0,
+            "ms_per_image": 1e3 * seconds / batch,
+            "compile_s": first - median,
+            "gflop_per_image": flops / 1e9,
+            "denoiser_gflop_per_image_per_step": eps_flops / 1e9,
+            "achieved_gflops": flops * batch / seconds / 1e9,
+            "fraction_of_matmul_peak": flops * batch / seconds / 1e9 / peak,
+            "runs_s": runs,
+        }
+        rows.append(row)
+        tag = f" (timed {steps_timed} steps, scaled)" if scale != 1.0 else ""
+        echo(
+            f"[benchmark] {v.label:<32} {row['ms_per_image']:9.2f} ms/image  {row['gflop_per_image']:8.2f} GFLOP/image"
+            f"  {row['achieved_gflops']:7.1f} GFLOP/s ({100 * row['fraction_of_matmul_peak']:.0f}% of peak){tag}"
+        )
+    return {"device": device_description(), "matmul_peak_gflops": peak, "paper_ms_per_image": PAPER_MS_PER_IMAGE,
+            "rows": rows}
+
+
+def _scaled_time(median: float, scale: float, model, params, z, decode) -> float:
+    """Scale only the chain: total = decoder + scale * (measured - decoder)."""
+    _, dec, _ = timed(jax.jit(decode), params, z, repeats=3)
+    return dec + scale * max(median - dec, 0.0)
+
+
+def write_report(report: dict, workdir: str, echo=print) -> str:
+    path = os.path.join(workdir, "benchmark.json")
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+    rows = report["rows"]
+    base = {r["variant"]: r for r in rows}
+    echo(f"\n[benchmark] {report['device']}")
+    echo(f"{'variant':<34}{'ms/image':>10}{'GFLOP/img':>11}{'GFLOP/s':>9}{'% peak':>8}")
+    for r in rows:
+        echo(
+            f"{r['variant']:<34}{r['ms_per_image']:>10.2f}{r['gflop_per_image']:>11.2f}"
+            f"{r['achieved_gflops']:>9.1f}{100 * r['fraction_of_matmul_peak']:>7.0f}%"
+            + ("  *" if r["extrapolated"] else "")
+        )
+    for name, ms in report["paper_ms_per_image"].items():
+        echo(f"{'paper: ' + name:<34}{ms:>10.2f}")
+    scan = next((r for r in rows if "dispatch" not in r["variant"] and "CAN" not in r["variant"]), None)
+    loop = next((r for r in rows if "dispatch" in r["variant"]), None)
+    nocan = next((r for r in rows if "no CAN" in r["variant"]), None)
+    if scan and loop:
+        echo(f"scanned chain vs per-step dispatch: {loop['ms_per_image'] / scan['ms_per_image']:.2f}x faster")
+    if scan and nocan:
+        echo(f"CAN overhead: {100 * (scan['ms_per_image'] / nocan['ms_per_image'] - 1):+.1f}% (CASC vs no-CAN)")
+    echo("* timed on fewer steps of the same per-step program and scaled to the full chain")
+    echo(f"wrote {path}")
+    del base
+    return path
+
+
+def quality_variants(config) -> list[dict]:
+    """Fast samplers to compare with DDPM: DDIM and DPM-Solver++ at the configured step counts."""
+    rows = []
+    for steps in config.benchmark.ddim_steps:
+        rows.append({"name": "ddim", "steps": steps})
+    for steps in config.benchmark.dpm_steps:
+        rows.append({"name": "dpmpp_2m", "steps": steps})
+        if config.benchmark.spacing != "uniform":
+            rows.append({"name": "dpmpp_2m", "steps": steps, "spacing": config.benchmark.spacing})
+    return rows
+
+
+def quality(config, params, images: np.ndarray, echo=print, lpips_fn=None) -> dict:
+    """PSNR / LPIPS of each fast sampler against the full DDPM chain and the sources, with its speed.
+
+    images: (N, H, W, 3) in [-1, 1]. Every sampler receives the same C_hat (one channel draw at
+    `benchmark.quality_snr`), so differences come from the sampler alone.
+    """
+    from casc_jax.metrics.image import psnr
+
+    model = build_casc(config)
+    mesh = parallel.make_mesh()
+    params = parallel.replicate(params, mesh)
+    x = jax.device_put(jnp.asarray(images), parallel.batch_sharded(mesh))
+    snr = config.benchmark.quality_snr
+    c_hat = jax.jit(lambda p, x, k: model.channel(k, model.transmit(p, x), snr))(params, x, jax.random.key(3))
+    key = jax.random.key(4)
+    samplers = [{"name": "ddpm"}] + quality_variants(config)
+    outputs, rows = {}, []
+    for sampler in samplers:
+        fn = jax.jit(lambda p, c, k, s=sampler: model.receive(p, c, k, s))
+        _, median, _ = timed(fn, params, c_hat, key, repeats=config.benchmark.repeats)
+        out = fn(params, c_hat, key)
+        label = sampler["name"] + (f" {sampler['steps']} steps" if "steps" in sampler else "")
+        label += f" ({sampler['spacing']})" if "spacing" in sampler else ""
+        outputs[label] = out
+        ref = outputs["ddpm"]
+        row = {
+            "sampler": label,
+            "config": sampler,
+            "ms_per_image": 1e3 * median / len(images),
+            "psnr_vs_source": float(jnp.mean(psnr(x, out))),
+            "psnr_vs_ddpm": float(jnp.mean(jnp.minimum(psnr(ref, out), 100.0))),
+        }
+        if lpips_fn is not None:
+            row["lpips_vs_source"] = float(jnp.mean(lpips_fn(x, out)))
+            row["lpips_vs_ddpm"] = float(jnp.mean(lpips_fn(ref, out)))
+        rows.append(row)
+        echo(
+            f"[quality] {label:<28} {row['ms_per_image']:8.2f} ms/image  PSNR vs source {row['psnr_vs_source']:.2f} dB"
+            f"  vs DDPM {row['psnr_vs_ddpm']:.2f} dB"
+            + (f"  LPIPS vs source {row['lpips_vs_source']:.4f}" if lpips_fn is not None else "")
+        )
+    ddpm = rows[0]["psnr_vs_source"]
+    keeps = [r for r in rows if r["psnr_vs_source"] >= ddpm - 0.3]
+    best = min(keeps, key=lambda r: r["ms_per_image"])
+    echo(f"[quality] fastest sampler within 0.3 dB of DDPM: {best['sampler']} ({best['ms_per_image']:.2f} ms/image)")
+    return {"device": device_description(), "snr_db": snr, "num_images": len(images), "rows": rows,
+            "fastest_within_0.3db": best["sampler"]}

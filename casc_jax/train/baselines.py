@@ -1,0 +1,274 @@
+"""Training of the CASC paper's baselines: DeepJSCC (MSE or LPIPS loss) and DiffSC.
+
+Stages; each checkpoints into WORKDIR/<stage>/checkpoints and resumes from there when rerun:
+  'deepjscc'  DeepJSCC's encoder and decoder end to end through the channel, with
+              `config.train.deepjscc.loss` 'mse' (the paper's MSE on [0, 1] pixels) or 'lpips' (AlexNet or
+              VGG LPIPS v0.1, its frozen weights passed to the jitted step as a replicated argument).
+  'diffsc'    (system 'diffsc') the DiffSC U-Net's L_simple on top of the frozen DeepJSCC of stage
+              'deepjscc'; only the U-Net is trained, with an EMA of its weights (used for evaluation).
+Every step draws one SNR per example, uniformly from `config.channel.train_snrs`.
+
+Where DiffSC's DeepJSCC comes from. By default the DiffSC job trains it itself as its first stage
+'deepjscc' (DeepJSCC-MSE, `config.train.deepjscc`), so every method is one command. With
+`config.diffsc.deepjscc_workdir` set, the DiffSC job instead loads the 'deepjscc' stage of that workdir,
+e.g. the DeepJSCC-MSE job of the comparison, so DiffSC refines exactly the DeepJSCC it is compared with.
+That workdir must come from a config with the same `cr`, `deepjscc.*` and `train.deepjscc` optimiser
+fields (the shipped configs share them); otherwise restoring raises `CheckpointError`.
+
+Optimiser (both stages): clip_by_global_norm(clip_norm, inf when 0) -> Adam(b1, b2) -> learning rate with
+a linear warm-up over `warmup_steps` and a step decay by `lr_decay_factor` after `lr_decay_at` x the
+stage's steps. The chain is the same for every setting, so a checkpoint's tree never depends on them.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from casc_jax import channel as ch
+from casc_jax import data as data_lib
+from casc_jax.baselines import DeepJSCC, DiffSC, build_deepjscc, build_diffsc
+from casc_jax.metrics.lpips import LPIPS, load_lpips_params
+from casc_jax.train import loop, parallel
+
+SYSTEMS = ("deepjscc", "diffsc")
+STAGES = {"deepjscc": ("deepjscc",), "diffsc": ("deepjscc", "diffsc")}
+
+
+def check_system(config) -> str:
+    if config.system not in SYSTEMS:
+        raise ValueError(f"config.system {config.system!r} is not a baseline; choose one of {SYSTEMS}")
+    return config.system
+
+
+def build_model(config) -> DeepJSCC | DiffSC:
+    """The baseline of `config.system`."""
+    return build_deepjscc(config) if check_system(config) == "deepjscc" else build_diffsc(config)
+
+
+# -- optimiser ------------------------------------------------------------------------------------
+def stage_batch_size(config, stage: str) -> int:
+    """Global batch of `stage`: its own `batch_size` when > 0, else `config.train.batch_size`."""
+    return int(config.train[stage].get("batch_size", 0) or config.train.batch_size)
+
+
+def lr_schedule(stage_cfg, global_batch: int, total_steps: int):
+    """count -> lr: linear warm-up to the base rate, then x lr_decay_factor after lr_decay_at x total_steps."""
+    peak = loop.learning_rate(stage_cfg, global_batch)
+    warmup = int(stage_cfg.get("warmup_steps", 0))
+    decay_at = float(stage_cfg.get("lr_decay_at", 0.0))
+    boundary = int(decay_at * total_steps) if decay_at > 0 else None
+    factor = float(stage_cfg.get("lr_decay_factor", 1.0))
+
+    def schedule(count):
+        lr = peak * jnp.minimum(1.0, (count + 1.0) / warmup) if warmup > 0 else jnp.float32(peak)
+        return lr if boundary is None else jnp.where(count >= boundary, lr * factor, lr)
+
+    return schedule
+
+
+def optimizer(stage_cfg, global_batch: int, total_steps: int) -> optax.GradientTransformation:
+    clip = stage_cfg.get("clip_norm", 0.0) or jnp.inf
+    return optax.chain(
+        optax.clip_by_global_norm(clip),
+        optax.scale_by_adam(stage_cfg.adam_b1, stage_cfg.adam_b2),
+        optax.scale_by_learning_rate(lr_schedule(stage_cfg, global_batch, total_steps)),
+    )
+
+
+# -- steps ----------------------------------------------------------------------------------------
+def lpips_parts(stage_cfg) -> tuple[LPIPS | None, dict | None]:
+    """The LPIPS module and its pretrained variables for the 'lpips' loss; (None, None) for 'mse'."""
+    if stage_cfg.loss != "lpips":
+        return None, None
+    return LPIPS(stage_cfg.lpips_net), load_lpips_params(stage_cfg.lpips_net)
+
+
+def make_deepjscc_step(model: DeepJSCC, stage_cfg, train_snrs, tx, seed: int):
+    """(state, batch, lpips_vars) -> (state, metrics): one step of DeepJSCC's loss; pure, to be jitted."""
+    kind = stage_cfg.loss
+    lpips = LPIPS(stage_cfg.lpips_net) if kind == "lpips" else None
+
+    def step(state: loop.TrainState, batch, lpips_vars):
+        x = batch["image"]
+        k_snr, k_loss = jax.random.split(jax.random.fold_in(jax.random.key(seed), state.step))
+        snr = ch.sample_snr(k_snr, x.shape[0], train_snrs)
+        lpips_fn = None if lpips is None else functools.partial(lpips.apply, lpips_vars)
+
+        def loss_fn(params):
+            return model.loss(params, x, k_loss, snr, kind=kind, lpips_fn=lpips_fn)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
+        finite = loop.all_finite(loss, grads)
+        return loop.guarded(new, state.replace(step=state.step + 1), finite), {"loss": loss, "finite": finite}
+
+    return step
+
+
+def make_diffsc_step(model: DiffSC, stage_cfg, train_snrs, tx, seed: int):
+    """(state, batch, deepjscc_params) -> (state, metrics): L_simple for the U-Net, DeepJSCC frozen; EMA."""
+
+    def step(state: loop.TrainState, batch, jscc_params):
+        x = batch["image"]
+        k_snr, k_loss = jax.random.split(jax.random.fold_in(jax.random.key(seed + 1), state.step))
+        snr = ch.sample_snr(k_snr, x.shape[0], train_snrs)
+
+        def loss_fn(unet):
+            return model.denoiser_loss({"deepjscc": jscc_params, "unet": unet}, x, k_loss, snr)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = loop.ema_update(state.ema_params, params, stage_cfg.ema_decay)
+        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
+        finite = loop.all_finite(loss, grads)
+        return loop.guarded(new, state.replace(step=state.step + 1), finite), {"loss": loss, "finite": finite}
+
+    return step
+
+
+# -- states ---------------------------------------------------------------------------------------
+def initial_states(model, config, key, total_steps=None) -> dict[str, loop.TrainState]:
+    """Fresh states of the system's stages. `total_steps` {stage: n} only sets the lr decay boundary."""
+    total_steps = total_steps or {}
+    jscc = model if isinstance(model, DeepJSCC) else model.deepjscc
+    k_jscc, k_unet = jax.random.split(key)
+    params = jscc.init(k_jscc)
+
+    def tx(stage):
+        return optimizer(config.train[stage], stage_batch_size(config, stage), total_steps.get(stage, 1))
+
+    states = {"deepjscc": loop.TrainState(jnp.int32(0), params, tx("deepjscc").init(params))}
+    if isinstance(model, DiffSC):
+        unet = model.init(k_unet, params)["unet"]
+        states["diffsc"] = loop.TrainState(jnp.int32(0), unet, tx("diffsc").init(unet), jax.tree.map(jnp.copy, unet))
+    return states
+
+
+def abstract_states(model, config, mesh) -> dict[str, loop.TrainState]:
+    """Shapes, dtypes and (replicated) shardings of the stage states, without allocating them."""
+    abstract = jax.eval_shape(lambda k: initial_states(model, config, k), jax.random.key(0))
+    sharding = parallel.replicated(mesh)
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
+
+
+def external_deepjscc_workdir(config, workdir: str) -> str | None:
+    """DiffSC's `diffsc.deepjscc_workdir` as an absolute path, or None when DiffSC trains its own DeepJSCC."""
+    if config.system != "diffsc":
+        return None
+    source = config.diffsc.get("deepjscc_workdir") or ""
+    if not source or os.path.abspath(source) == os.path.abspath(workdir):
+        return None
+    return os.path.abspath(source)
+
+
+def _restore_external_deepjscc(config, source: str, abstract: loop.TrainState, echo) -> dict:
+    step, state = loop.restore_stage(source, "deepjscc", config.train, abstract)
+    if state is None:
+        raise FileNotFoundError(
+            f"diffsc.deepjscc_workdir={source!r} holds no trained DeepJSCC (expected {source}/deepjscc/checkpoints). "
+            "Train it first (python launch.py --config=configs/deepjscc_mse_cr48.py --workdir=...), or leave "
+            "diffsc.deepjscc_workdir empty to train the DeepJSCC inside the DiffSC job."
+        )
+    echo(f"[deepjscc] using the DeepJSCC of {source} (step {step})")
+    return state.params
+
+
+# -- orchestration --------------------------------------------------------------------------------
+def train_baseline(config: ml_collections.ConfigDict, workdir: str, echo=print) -> dict:
+    """Run (or resume) the system's stages; return its parameters.
+
+    DeepJSCC: {'encoder', 'decoder'}. DiffSC: {'deepjscc': {...}, 'unet': EMA weights}.
+    """
+    system = check_system(config)
+    model = build_model(config)
+    mesh = parallel.make_mesh()
+    examples = data_lib.num_examples(config.data, "train")
+    train_snrs = tuple(config.channel.train_snrs)
+    stages = STAGES[system]
+    external = external_deepjscc_workdir(config, workdir)
+    batches = {s: stage_batch_size(config, s) for s in stages}
+    total = {s: loop.num_steps(config.train[s], examples, batches[s]) for s in stages}
+    local = {s: parallel.check_batch_size(batches[s], mesh) for s in stages}
+    states = parallel.replicate(initial_states(model, config, jax.random.key(config.seed), total), mesh)
+    txs = {s: optimizer(config.train[s], batches[s], total[s]) for s in stages}
+    writer = loop.make_writer(workdir)
+
+    def run(name, step, const, seed):
+        return loop.run_stage(
+            name=name,
+            workdir=workdir,
+            train_cfg=config.train,
+            initial_state=states[name],
+            step_fn=functools.partial(_with_const, parallel.jit_data_parallel(step, mesh), const),
+            batches=data_lib.make_dataset(config.data, "train", batch_size=local[name], shuffle_seed=seed, repeat=True),
+            total_steps=total[name],
+            mesh=mesh,
+            writer=writer,
+            echo=echo,
+        )
+
+    try:
+        jscc = model if system == "deepjscc" else model.deepjscc
+        if external is not None:
+            abstract = abstract_states(model, config, mesh)["deepjscc"]
+            jscc_params = _restore_external_deepjscc(config, external, abstract, echo)
+        else:
+            s = config.train.deepjscc
+            _, lpips_vars = lpips_parts(s)
+            lpips_vars = None if lpips_vars is None else parallel.replicate(lpips_vars, mesh)
+            step = make_deepjscc_step(jscc, s, train_snrs, txs["deepjscc"], config.seed)
+            jscc_params = run("deepjscc", step, lpips_vars, config.seed).params
+        if system == "deepjscc":
+            return jscc_params
+        step = make_diffsc_step(model, config.train.diffsc, train_snrs, txs["diffsc"], config.seed)
+        state = run("diffsc", step, jscc_params, config.seed + 1)
+        return {"deepjscc": jscc_params, "unet": state.ema_params}
+    finally:
+        writer.close()
+
+
+def _with_const(jitted, const, state, batch):
+    return jitted(state, batch, const)
+
+
+def load_trained_params(config, workdir: str, *, allow_random: bool = False, echo=print) -> tuple[dict, str]:
+    """The trained parameters in `workdir` (DiffSC: EMA U-Net) and a description of where they came from.
+
+    Without finished checkpoints: random weights when `allow_random` (the benchmark), else
+    FileNotFoundError saying how to train first.
+    """
+    system = check_system(config)
+    model = build_model(config)
+    mesh = parallel.make_mesh()
+    abstract = abstract_states(model, config, mesh)
+    external = external_deepjscc_workdir(config, workdir)
+    jscc_dir = external or workdir
+    step_j, state_j = loop.restore_stage(jscc_dir, "deepjscc", config.train, abstract["deepjscc"])
+    found = state_j is not None
+    if system == "diffsc":
+        step_u, state_u = loop.restore_stage(workdir, "diffsc", config.train, abstract["diffsc"])
+        found = found and state_u is not None
+    if found:
+        where = "" if external is None else f" of {external}"
+        if system == "deepjscc":
+            return state_j.params, f"trained checkpoint (deepjscc step {step_j})"
+        source = f"trained checkpoint (deepjscc step {step_j}{where}, diffsc step {step_u}, EMA U-Net)"
+        return {"deepjscc": state_j.params, "unet": state_u.ema_params}, source
+    if allow_random:
+        echo(f"no trained {system} checkpoint in {workdir}: using random weights")
+        key = jax.random.key(config.seed)
+        params = model.init(key)
+        return parallel.replicate(params, mesh), "random weights"
+    stages = " and ".join(os.path.join(jscc_dir if s == "deepjscc" else workdir, s) for s in STAGES[system])
+    raise FileNotFoundError(
+        f"no trained {system} checkpoint in {workdir} (expected {stages}). "
+        "Train first: python launch.py --config=... --workdir=... --mode=train"
+    )

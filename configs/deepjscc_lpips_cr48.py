@@ -1,0 +1,7 @@
+"""DeepJSCC trained with the LPIPS loss at CR 1/48 (the CASC paper's "DeepJSCC (LPIPS)"). Presets: '' and 'smoke'."""
+
+from configs.deepjscc_base import deepjscc_config
+
+
+def get_config(arg: str = ""):
+    return deepjscc_config(loss="lpips", cr="1/48", preset=arg)

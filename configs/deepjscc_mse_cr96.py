@@ -1,0 +1,7 @@
+"""DeepJSCC trained with the MSE loss at CR 1/96 (the CASC paper's "DeepJSCC (MSE)"). Presets: '' and 'smoke'."""
+
+from configs.deepjscc_base import deepjscc_config
+
+
+def get_config(arg: str = ""):
+    return deepjscc_config(loss="mse", cr="1/96", preset=arg)

@@ -1,0 +1,11 @@
+"""Multi-task system, segmentation task (PASCAL VOC 2012, mIoU vs SNR: the paper's Fig. 7).
+
+Presets '' (paper: the shared transmitter of the reconstruction stage in the same workdir, frozen) and
+'smoke' (segmentation end to end on its own); see configs/multitask_base.py.
+"""
+
+from configs.multitask_base import base_config
+
+
+def get_config(arg: str = ""):
+    return base_config("segmentation", preset=arg)

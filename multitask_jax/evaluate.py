@@ -1,0 +1,317 @@
+"""Evaluation of the multi-task system against SNR (the paper's Figs. 4, 5 and 7): JSON, CSV and PNG.
+
+WORKDIR/eval/reconstruction/
+    metrics.json, metrics.csv   one record per (validation size, SNR): PSNR (eq. 2, mean over images of the
+                                per-image PSNR on [-1, 1], capped at casc_jax.evaluate.PSNR_CAP_DB)
+    psnr_vs_snr.png             one panel per validation size: Fig. 4 (224x224) and Fig. 5 (768x512)
+    samples_<W>x<H>.png         originals over their reconstructions at each `eval.grid_snrs`
+WORKDIR/eval/segmentation/
+    metrics.json, metrics.csv   one record per SNR: mIoU, pixel accuracy and mean class accuracy read off
+                                the confusion matrix summed over the whole set (casc_jax.metrics.segmentation,
+                                VOC label 255 not counted), and the per-class IoU (JSON only)
+    miou_vs_snr.png             mIoU and pixel accuracy against SNR (Fig. 7, top)
+    masks.png                   images, ground truth and predictions at each grid SNR in the VOC palette
+                                (Fig. 7, bottom)
+
+Every record also carries the channel, the number of channel uses and the overhead in bits (the
+accounting of multitask_jax.jscc). Sizes are written W x H, as the paper does ("768x512").
+
+casc_jax.evaluate.sweep is not reused: it reads CASC's data pipeline (square centre crops of
+casc_jax.data.make_dataset), while the multi-task validation needs multitask_jax.data's cover crops at
+224x224 and 512x768 and VOC masks, and it always loads LPIPS and FID, which the paper does not report.
+Its PSNR cap, the PSNR metric and the image-grid helpers are reused.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from casc_jax import data as casc_data
+from casc_jax.evaluate import PSNR_CAP_DB
+from casc_jax.metrics import segmentation as seg_metrics
+from casc_jax.metrics.image import psnr
+from casc_jax.train import parallel
+from multitask_jax import train as mt_train
+from multitask_jax.data import colorize_mask
+from multitask_jax.system import MultiTaskSystem
+from multitask_jax.task_kb import RECONSTRUCTION, SEGMENTATION
+
+METHOD = "multitask"
+
+
+# -- jitted, batch-sharded receivers -------------------------------------------------------------
+def reconstructor(model: MultiTaskSystem, params, mesh, sampler: Mapping) -> Callable:
+    """(I (B, H, W, 3), key, snr_db) -> reconstruction (B, H, W, 3): transmitter, channel, DiT sampler."""
+    sampler = dict(sampler)
+
+    @jax.jit
+    def run(params, x, key, snr):
+        return model(params, x, RECONSTRUCTION, key, snr, sampler)
+
+    sharding = parallel.batch_sharded(mesh)
+    return lambda x, key, snr: run(params, jax.device_put(x, sharding), key, jnp.float32(snr))
+
+
+def segmenter(model: MultiTaskSystem, params, mesh) -> Callable:
+    """(I (B, H, W, 3), mask (B, H, W), key, snr_db) -> (predicted classes (B, H, W), confusion (K, K))."""
+    num_classes = model.seg_decoder.num_classes
+
+    @jax.jit
+    def run(params, x, mask, key, snr):
+        pred = jnp.argmax(model(params, x, SEGMENTATION, key, snr), axis=-1).astype(jnp.int32)
+        return pred, seg_metrics.confusion_matrix(pred, mask, num_classes)
+
+    sharding = parallel.batch_sharded(mesh)
+    put = lambda a: jax.device_put(a, sharding)  # noqa: E731
+    return lambda x, mask, key, snr: run(params, put(x), put(mask), key, jnp.float32(snr))
+
+
+def _channel_fields(config, model: MultiTaskSystem) -> dict:
+    return {
+        "channel": config.channel.kind,
+        "channel_uses": model.num_channel_uses,
+        "overhead_bits": model.overhead_bits(),
+    }
+
+
+def _limited_valid(batch, seen: int, num_images: int) -> np.ndarray:
+    valid = np.asarray(batch["valid"]).copy()
+    if num_images:
+        valid &= np.arange(len(valid)) + seen < num_images
+    return valid
+
+
+def _size_name(hw: Sequence[int]) -> str:
+    return f"{hw[1]}x{hw[0]}"  # W x H, as the paper writes 768x512
+
+
+# -- reconstruction ------------------------------------------------------------------------------
+def evaluate_reconstruction(config, params, workdir: str, *, echo=print) -> list[dict]:
+    """PSNR against SNR at every `data.eval_sizes` (H, W); writes WORKDIR/eval/reconstruction/."""
+    mesh = parallel.make_mesh()
+    batch_size = parallel.check_batch_size(config.eval.batch_size, mesh)
+    sampler = config.sampler.to_dict()
+    snrs = [float(s) for s in config.channel.eval_snrs]
+    grid_snrs = [s for s in (float(g) for g in config.eval.grid_snrs) if s in snrs]
+    records, figures = [], {}
+    for hw in config.data.get("eval_sizes") or (mt_train.image_hw(config),):
+        hw = tuple(int(s) for s in hw)
+        model = mt_train.build_model(config, hw)
+        run = reconstructor(model, params, mesh, sampler)
+        shown = {}
+        for snr in snrs:
+            started, seen, scores = time.perf_counter(), 0, []
+            batches = mt_train.batches_for_eval(config, RECONSTRUCTION, batch_size=batch_size, image_size=hw)
+            for i, batch in enumerate(batches):
+                if config.eval.num_images and seen >= config.eval.num_images:
+                    break
+                valid = _limited_valid(batch, seen, config.eval.num_images)
+                x_hat = np.asarray(run(batch["image"], jax.random.fold_in(jax.random.key(config.seed), i), snr))
+                scores.append(np.minimum(np.asarray(psnr(batch["image"], x_hat)), PSNR_CAP_DB)[valid])
+                seen += int(valid.sum())
+                if i == 0:
+                    shown.setdefault("original", np.asarray(batch["image"])[valid])
+                    shown[snr] = x_hat[valid]
+            record = {
+                "task": RECONSTRUCTION,
+                "method": METHOD,
+                "size": _size_name(hw),
+                "height": hw[0],
+                "width": hw[1],
+                "snr_db": snr,
+                "psnr": float(np.mean(np.concatenate(scores))),
+                **_channel_fields(config, model),
+                "sampler": sampler.get("name"),
+                "steps": sampler.get("steps") or None,
+                "num_images": seen,
+                "seconds": round(time.perf_counter() - started, 2),
+            }
+            records.append(record)
+            echo(f"[eval] reconstruction {record['size']} SNR {snr:g} dB: PSNR {record['psnr']:.2f} dB ({seen} images)")
+        n = config.eval.grid_images
+        rows = [("original", casc_data.to_uint8(shown["original"][:n]))]
+        rows += [(f"SNR {s:g} dB", casc_data.to_uint8(shown[s][:n])) for s in grid_snrs]
+        figures[_size_name(hw)] = rows
+    out_dir = os.path.join(workdir, "eval", RECONSTRUCTION)
+    write_records(records, out_dir)
+    plot_psnr_vs_snr(records, os.path.join(out_dir, "psnr_vs_snr.png"))
+    for name, rows in figures.items():
+        save_rows_figure(rows, os.path.join(out_dir, f"samples_{name}.png"), f"Reconstructions ({name})")
+    return records
+
+
+# -- segmentation --------------------------------------------------------------------------------
+def evaluate_segmentation(config, params, workdir: str, *, echo=print) -> list[dict]:
+    """mIoU and pixel accuracy against SNR over the evaluation split; writes WORKDIR/eval/segmentation/."""
+    mesh = parallel.make_mesh()
+    batch_size = parallel.check_batch_size(config.eval.batch_size, mesh)
+    model = mt_train.build_model(config)
+    run = segmenter(model, params, mesh)
+    snrs = [float(s) for s in config.channel.eval_snrs]
+    grid_snrs = [s for s in (float(g) for g in config.eval.grid_snrs) if s in snrs]
+    records, shown = [], {}
+    for snr in snrs:
+        started, seen = time.perf_counter(), 0
+        total = np.zeros((model.seg_decoder.num_classes,) * 2, np.int64)
+        for i, batch in enumerate(mt_train.batches_for_eval(config, SEGMENTATION, batch_size=batch_size)):
+            if config.eval.num_images and seen >= config.eval.num_images:
+                break
+            valid = _limited_valid(batch, seen, config.eval.num_images)
+            mask = np.where(valid[:, None, None], batch["mask"], seg_metrics.VOC_IGNORE_INDEX).astype(np.int32)
+            pred, cm = run(batch["image"], mask, jax.random.fold_in(jax.random.key(config.seed), i), snr)
+            total += np.asarray(cm, np.int64)
+            seen += int(valid.sum())
+            if i == 0:
+                shown.setdefault("image", np.asarray(batch["image"])[valid])
+                shown.setdefault("ground truth", mask[valid])
+                shown[snr] = np.asarray(pred)[valid]
+        iou = np.asarray(seg_metrics.per_class_iou(total), np.float64)
+        record = {
+            "task": SEGMENTATION,
+            "method": METHOD,
+            "size": _size_name(mt_train.image_hw(config)),
+            "snr_db": snr,
+            **seg_metrics.segmentation_metrics(total),
+            **_channel_fields(config, model),
+            "num_images": seen,
+            "seconds": round(time.perf_counter() - started, 2),
+            "per_class_iou": [None if math.isnan(v) else float(v) for v in iou],
+        }
+        records.append(record)
+        echo(
+            f"[eval] segmentation SNR {snr:g} dB: mIoU {record['miou']:.4f}, pixel accuracy "
+            f"{record['pixel_accuracy']:.4f} ({seen} images)"
+        )
+    out_dir = os.path.join(workdir, "eval", SEGMENTATION)
+    write_records(records, out_dir)
+    plot_segmentation_vs_snr(records, os.path.join(out_dir, "miou_vs_snr.png"))
+    n = config.eval.grid_images
+    rows = [("image", casc_data.to_uint8(shown["image"][:n]))]
+    rows.append(("ground truth", colorize_mask(shown["ground truth"][:n])))
+    rows += [(f"SNR {s:g} dB", colorize_mask(shown[s][:n])) for s in grid_snrs]
+    classes = np.unique(np.concatenate([np.ravel(a[:n]) for k, a in shown.items() if k != "image"]))
+    save_rows_figure(rows, os.path.join(out_dir, "masks.png"), "Segmentation (VOC palette)", legend=classes)
+    return records
+
+
+def evaluate(config, params, workdir: str, task: str, *, echo=print) -> list[dict]:
+    """The sweep of `task`: `evaluate_reconstruction` or `evaluate_segmentation`."""
+    if mt_train.check_task(task) == RECONSTRUCTION:
+        return evaluate_reconstruction(config, params, workdir, echo=echo)
+    return evaluate_segmentation(config, params, workdir, echo=echo)
+
+
+# -- files and figures ---------------------------------------------------------------------------
+def write_records(records: Sequence[Mapping], out_dir: str) -> None:
+    """metrics.json (every field) and metrics.csv (the scalar fields, in record order)."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(list(records), f, indent=2)
+    fields = []
+    for r in records:
+        fields += [k for k, v in r.items() if k not in fields and not isinstance(v, list | tuple | dict)]
+    with open(os.path.join(out_dir, "metrics.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_psnr_vs_snr(records: Sequence[Mapping], path: str) -> None:
+    """PSNR against SNR, one panel per validation size, smallest first (Figs. 4 and 5)."""
+    plt = _pyplot()
+    pixels = {r["size"]: r["height"] * r["width"] for r in records}
+    sizes = sorted(pixels, key=pixels.get)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.6 * len(sizes), 3.6), squeeze=False)
+    for i, (ax, size) in enumerate(zip(axes[0], sizes)):
+        rows = sorted((r for r in records if r["size"] == size), key=lambda r: r["snr_db"])
+        ax.plot([r["snr_db"] for r in rows], [r["psnr"] for r in rows], marker="o", label=METHOD)
+        kind = {0: "low-res. (Fig. 4) ", len(sizes) - 1: "high-res. (Fig. 5) "}.get(i, "") if len(sizes) > 1 else ""
+        ax.set_title(f"{kind}{size}: {rows[0]['channel_uses']} channel uses, {rows[0]['channel']}", fontsize=10)
+        ax.set_xlabel("SNR (dB)")
+        ax.set_ylabel("PSNR (dB)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_segmentation_vs_snr(records: Sequence[Mapping], path: str) -> None:
+    """mIoU and pixel accuracy against SNR (Fig. 7, top)."""
+    plt = _pyplot()
+    rows = sorted(records, key=lambda r: r["snr_db"])
+    fig, axes = plt.subplots(1, 2, figsize=(8.8, 3.6))
+    for ax, key, label in zip(axes, ("miou", "pixel_accuracy"), ("mIoU", "pixel accuracy")):
+        ax.plot([r["snr_db"] for r in rows], [r[key] for r in rows], marker="o", label=METHOD)
+        ax.set_xlabel("SNR (dB)")
+        ax.set_ylabel(label)
+        ax.set_ylim(0.0, 1.0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    bits = rows[0]["overhead_bits"]
+    fig.suptitle(f"Segmentation ({rows[0]['size']}, {rows[0]['channel_uses']} channel uses = {bits} bits, "
+                 f"{rows[0]['channel']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def save_rows_figure(
+    rows: Sequence[tuple[str, np.ndarray]], path: str, title: str, legend: Sequence[int] | None = None
+) -> str:
+    """A labelled grid: one row per (label, uint8 images (N, H, W, 3)), the label left of each row.
+
+    `legend`: VOC class indices whose palette colours and names are listed under the grid.
+    """
+    plt = _pyplot()
+    n = max(len(images) for _, images in rows)
+    h, w = rows[0][1].shape[1:3]
+    cell = 1.5
+    extra = 0.5 if legend is not None and len(legend) else 0.0
+    fig, axes = plt.subplots(
+        len(rows), n, figsize=(1.2 + cell * n * w / h * 1.0, cell * len(rows) + 0.5 + extra), squeeze=False
+    )
+    for r, (label, images) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c < len(images):
+                ax.imshow(images[c], interpolation="nearest")
+        axes[r, 0].set_ylabel(label, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    if extra:
+        from matplotlib.patches import Patch
+
+        from multitask_jax.data import voc_colormap
+        from multitask_jax.voc_builder import CLASS_NAMES
+
+        cmap = voc_colormap()
+        names = lambda c: CLASS_NAMES[c] if c < len(CLASS_NAMES) else "void"  # noqa: E731
+        handles = [Patch(color=cmap[int(c)] / 255.0, label=names(int(c))) for c in legend]
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, extra / (cell * len(rows) + 0.5 + extra), 1, 1))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

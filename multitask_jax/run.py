@@ -1,0 +1,150 @@
+"""The multi-task system's launcher modes: train, eval, sample, transmit. Each is `mode(config, workdir, options)`.
+
+train and eval work on `config.task` (configs/multitask_recon.py or configs/multitask_seg.py). transmit takes
+its task from free text, `--task="<what the receiver should do>"`, through the task KB (paper section III-A),
+before any model is built:
+
+    python launch.py --config=configs/multitask_seg.py:smoke --mode=transmit \
+        --task="outline the objects in this photo" --image=photo.jpg
+
+writes WORKDIR/transmit/photo_segmentation_snr<S>.png (class indices in a VOC-palette PNG, so it shows in
+colour and reads back as labels) or photo_reconstruction_snr<S>.png, at the original image size.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+
+from casc_jax import data as casc_data
+from casc_jax.train import parallel
+from multitask_jax import evaluate as mt_eval
+from multitask_jax import train as mt_train
+from multitask_jax.data import colorize_mask, voc_colormap
+from multitask_jax.task_kb import RECONSTRUCTION, SEGMENTATION, TaskSelection
+
+
+def train(config, workdir, options, echo=print):
+    """Train (or resume) the stage of `config.task`, then its evaluation sweep."""
+    params = mt_train.train_task(config, workdir, config.task, echo=echo)
+    return mt_eval.evaluate(config, params, workdir, config.task, echo=echo)
+
+
+def evaluate(config, workdir, options, echo=print):
+    params, source = mt_train.load_task_params(config, workdir, config.task, echo=echo)
+    echo(f"[eval] {source}")
+    return mt_eval.evaluate(config, params, workdir, config.task, echo=echo)
+
+
+def sample(config, workdir, options, echo=print):
+    """The first evaluation images and the task's outputs at every evaluation SNR -> WORKDIR/samples_<task>.png."""
+    task = config.task
+    params, source = mt_train.load_task_params(config, workdir, task, echo=echo)
+    mesh = parallel.make_mesh()
+    n = parallel.check_batch_size(config.eval.grid_images, mesh)
+    batch = next(mt_train.batches_for_eval(config, task, batch_size=n))
+    model = mt_train.build_model(config)
+    rows = [("image", casc_data.to_uint8(batch["image"]))]
+    if task == RECONSTRUCTION:
+        run = mt_eval.reconstructor(model, params, mesh, config.sampler.to_dict())
+    else:
+        rows.append(("ground truth", colorize_mask(batch["mask"])))
+        segment = mt_eval.segmenter(model, params, mesh)
+        run = lambda x, key, snr: segment(x, batch["mask"], key, snr)[0]  # noqa: E731
+    for i, snr in enumerate(config.channel.eval_snrs):
+        out = np.asarray(run(batch["image"], jax.random.fold_in(jax.random.key(config.seed), i), float(snr)))
+        rows.append((f"SNR {snr:g} dB", casc_data.to_uint8(out) if task == RECONSTRUCTION else colorize_mask(out)))
+    path = mt_eval.save_rows_figure(rows, os.path.join(workdir, f"samples_{task}.png"), f"{task} ({source})")
+    echo(f"[sample] {source} -> {path}")
+    return path
+
+
+# -- transmit --------------------------------------------------------------------------------------
+def select_task(text: str, echo=print) -> TaskSelection:
+    """The task KB's choice for a free-text requirement; ValueError naming the known tasks when out of scope."""
+    from multitask_jax.task_kb import select_task as kb_select
+
+    selection = kb_select(text)
+    if selection.task not in mt_train.TASKS:
+        raise ValueError(
+            f"the task KB mapped {text!r} to {selection.task!r}, which this system does not have; "
+            f"known tasks: {', '.join(mt_train.TASKS)}"
+        )
+    runner = "" if selection.runner_up is None else f"; runner-up {selection.runner_up} {selection.runner_up_score:.3f}"
+    echo(f"[transmit] task KB: {text!r} -> {selection.task} (cosine {selection.score:.3f}{runner})")
+    return selection
+
+
+def restore_mask(mask: np.ndarray, original_size: tuple[int, int], *, fit: str = "pad") -> np.ndarray:
+    """Undo `load_images_for_transmit`'s fit on a class mask (S, S): nearest-neighbour resizing, so labels stay
+    labels. 'pad' gives (h, w); 'crop' the centre square (min(h, w), min(h, w))."""
+    from PIL import Image
+
+    mask = np.asarray(mask, np.uint8)
+    h, w = original_size
+    if fit == "pad":
+        top, left, nh, nw = casc_data.letterbox_box((h, w), mask.shape[0])
+        mask, size = mask[top : top + nh, left : left + nw], (w, h)
+    else:
+        size = (min(h, w), min(h, w))
+    return np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
+
+
+def save_mask_png(mask: np.ndarray, path: str) -> str:
+    """A class mask (H, W) as a palette PNG in the VOC colours (the format of VOC's SegmentationClass)."""
+    from PIL import Image
+
+    img = Image.fromarray(np.asarray(mask, np.uint8), mode="P")
+    img.putpalette(voc_colormap().ravel().tolist())
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    img.save(path, format="PNG")
+    return path
+
+
+def transmit(config, workdir, options, echo=print):
+    """A user's images -> the task chosen by `--task` text -> reconstruction or coloured mask PNGs per SNR."""
+    text = options.get("task")
+    if not text:
+        raise ValueError(
+            '--mode=transmit needs --task="<what the receiver should do>", e.g. --task="segment the image" or '
+            f'--task="reconstruct the picture" (tasks: {", ".join(mt_train.TASKS)})'
+        )
+    paths = options.get("images") or []
+    if not paths:
+        raise ValueError("--mode=transmit needs --image=PATH (repeat the flag for several images)")
+    task = select_task(text, echo).task  # before any model work: an out-of-scope request stops here
+    h, w = mt_train.image_hw(config)
+    if h != w:
+        raise ValueError(f"transmit letterboxes into a square model input; model.image_size is {(h, w)}")
+    fit = options.get("fit", "pad")
+    images, sizes = casc_data.load_images_for_transmit(paths, h, fit=fit)
+    params, source = mt_train.load_task_params(config, workdir, task, echo=echo)
+    model = mt_train.build_model(config)
+    mesh = parallel.make_mesh()
+    echo(f"[transmit] {source}; {len(paths)} image(s), {model.num_channel_uses} channel uses "
+         f"({model.overhead_bits()} bits) each, {config.channel.kind} channel")
+    if task == RECONSTRUCTION:
+        run = mt_eval.reconstructor(model, params, mesh, config.sampler.to_dict())
+    else:
+        segment = mt_eval.segmenter(model, params, mesh)
+        run = lambda x, key, snr: segment(x, np.zeros(x.shape[:3], np.int32), key, snr)[0]  # noqa: E731
+    batch = np.concatenate([images, np.zeros((-len(images) % mesh.devices.size,) + images.shape[1:], images.dtype)])
+    out_dir = options.get("out_dir") or os.path.join(workdir, "transmit")
+    written = []
+    for i, snr in enumerate(options.get("snrs") or tuple(config.channel.eval_snrs)):
+        out = np.asarray(run(batch, jax.random.fold_in(jax.random.key(config.seed), i), float(snr)))[: len(images)]
+        for path, result, original in zip(paths, out, sizes):
+            stem = os.path.splitext(os.path.basename(path))[0]
+            target = os.path.join(out_dir, f"{stem}_{task}_snr{snr:g}.png")
+            if task == SEGMENTATION:
+                save_mask_png(restore_mask(result, original, fit=fit), target)
+            else:
+                casc_data.save_png(casc_data.restore_size(result, original, fit=fit), target)
+            written.append(target)
+    echo(f"[transmit] wrote {len(written)} file(s) to {out_dir}")
+    return written
+
+
+MODES = {"train": train, "eval": evaluate, "sample": sample, "transmit": transmit}

@@ -1,0 +1,282 @@
+"""Training of the multi-task system, one stage per task (paper sections IV and V-A).
+
+Both stages use AdamW (lr 1e-4, betas (0.5, 0.999), weight decay 0.01, section V-A) and draw one SNR per
+example from `channel.train_snrs`; the channel (AWGN or Rayleigh block fading) is `channel.kind`.
+
+    reconstruction: swin, selection, encoder, receiver_kb, dit   <- L_R (eq. 5, `recon_loss`), end to end
+    segmentation:   shared=True:  seg_decoder                    <- L_S (eq. 6, `seg_loss`), with swin,
+                                  selection, encoder, receiver_kb frozen at the reconstruction stage's
+                                  (deployed) weights from the same workdir
+                    shared=False: swin, selection, encoder, receiver_kb, seg_decoder, end to end
+
+Why `shared=True` is the paper preset: the paper's JSCC encoder is unified for both tasks (section III-C)
+and the transmitter selects only the feature (f_R or f_S), so one set of transmitter weights must serve
+both tasks. The receiver KB is one module too (g_S = r1 is also a term of g_R = r1 + r2), so it is frozen
+as well. Training segmentation after reconstruction with those parts frozen keeps the reconstruction path
+exactly as trained. `shared=False` trains a separate segmentation chain (used by the smoke preset so that
+it runs on its own); a workdir then holds two transmitters, one per task.
+
+Each stage checkpoints into WORKDIR/<task>/checkpoints and resumes from there (casc_jax.train.loop).
+A shared segmentation stage records the reconstruction step it was trained on and warns when the
+reconstruction stage has moved on since.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from casc_jax import channel as ch
+from casc_jax import data as casc_data
+from casc_jax.train import loop, parallel
+from multitask_jax import data as mt_data
+from multitask_jax.system import MultiTaskSystem, build_multitask
+from multitask_jax.task_kb import RECONSTRUCTION, SEGMENTATION
+
+TASKS = (RECONSTRUCTION, SEGMENTATION)
+SHARED_PARTS = ("swin", "selection", "encoder", "receiver_kb")
+TASK_PARTS = {RECONSTRUCTION: SHARED_PARTS + ("dit",), SEGMENTATION: SHARED_PARTS + ("seg_decoder",)}
+CONFIG_FILES = {RECONSTRUCTION: "configs/multitask_recon.py", SEGMENTATION: "configs/multitask_seg.py"}
+_SEED_OFFSET = {RECONSTRUCTION: 1, SEGMENTATION: 2}
+
+
+def check_task(task: str) -> str:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; the multi-task system has the tasks {TASKS}")
+    return task
+
+
+# -- model and data from the config ----------------------------------------------------------------
+def build_model(config: ml_collections.ConfigDict, image_size=None) -> MultiTaskSystem:
+    """The system of `config.model` with `config.channel`'s channel, at `image_size` (H, W) if given
+    (the parameters do not depend on the image size, so one trained tree serves every size)."""
+    cfg = config.model.to_dict()
+    cfg["channel"] = dict(kind=config.channel.kind, equalizer=config.channel.equalizer)
+    if image_size is not None:
+        cfg["image_size"] = tuple(int(s) for s in image_size)
+    return build_multitask(cfg)
+
+
+def image_hw(config) -> tuple[int, int]:
+    size = config.model.image_size
+    return (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
+
+
+def data_config(config, task: str, image_size=None) -> dict:
+    """`config.data` with the image size of the model (or `image_size`); segmentation needs a square."""
+    h, w = image_size or image_hw(config)
+    if check_task(task) == SEGMENTATION:
+        if h != w:
+            raise ValueError(f"segmentation data is square (S x S); model.image_size is {(h, w)}")
+        return dict(config.data.to_dict(), image_size=h)
+    return dict(config.data.to_dict(), image_size=(h, w))
+
+
+def make_batches(config, task: str, split: str, *, batch_size: int, shuffle_seed, repeat: bool, image_size=None):
+    """Numpy batches of `task`'s data: {image, valid} (reconstruction) or {image, mask, valid}."""
+    make = mt_data.make_reconstruction_dataset if task == RECONSTRUCTION else mt_data.make_segmentation_dataset
+    return make(
+        data_config(config, task, image_size), split, batch_size=batch_size, shuffle_seed=shuffle_seed, repeat=repeat
+    )
+
+
+def num_examples(config, task: str, split: str) -> int:
+    """Examples in `split` of `task`'s data (only needed when a stage counts epochs)."""
+    cfg = data_config(config, task)
+    kind, arg = casc_data.parse_source(cfg["source"])
+    if kind == "embedded":
+        return len(mt_data.load_embedded_voc(8)[2])
+    if kind == "folder":
+        return len(casc_data.list_image_files(arg))
+    if task == SEGMENTATION:
+        builder = mt_data.voc_builder(cfg.get("data_dir"), cfg.get("manual_dir"), bool(cfg.get("download")))
+    else:
+        name = mt_data.DIV2K_NAME if arg == "div2k" else arg
+        builder = casc_data.tfds_builder(name, cfg.get("data_dir"), bool(cfg.get("download")))
+    return builder.info.splits[split].num_examples
+
+
+# -- stages --------------------------------------------------------------------------------------
+def is_shared(config, task: str) -> bool:
+    """True when `task` trains on the reconstruction stage's frozen transmitter and receiver KB."""
+    return check_task(task) == SEGMENTATION and bool(config.train.segmentation.shared)
+
+
+def trainable_parts(config, task: str) -> tuple[str, ...]:
+    return ("seg_decoder",) if is_shared(config, task) else TASK_PARTS[check_task(task)]
+
+
+def optimizer(stage_cfg, global_batch: int) -> optax.GradientTransformation:
+    """AdamW of section V-A (lr, betas, weight decay from the config)."""
+    lr = loop.learning_rate(stage_cfg, global_batch)
+    return loop.adam(lr, stage_cfg.b1, stage_cfg.b2, weight_decay=stage_cfg.weight_decay, clip_norm=stage_cfg.clip_norm)
+
+
+def make_train_step(model: MultiTaskSystem, task: str, stage_cfg, train_snrs, tx, seed: int) -> Callable:
+    """(state, batch, frozen) -> (state, metrics); pure, to be jitted data-parallel.
+
+    `frozen` holds the parameter parts that are not trained (or None). One SNR per example is drawn
+    uniformly from `train_snrs`.
+    """
+    check_task(task)
+    train_snrs = tuple(float(s) for s in train_snrs)
+
+    def step(state: loop.TrainState, batch, frozen):
+        x = batch["image"]
+        key = jax.random.fold_in(jax.random.key(seed), state.step)
+        k_snr, k_loss = jax.random.split(key)
+        snr = ch.sample_snr(k_snr, x.shape[0], train_snrs)
+
+        def loss_fn(trainable):
+            params = dict(frozen or {}, **trainable)
+            if task == RECONSTRUCTION:
+                return model.recon_loss(params, x, k_loss, snr)
+            return model.seg_loss(params, x, batch["mask"], k_loss, snr)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = state.ema_params
+        if ema is not None:
+            ema = loop.ema_update(ema, params, stage_cfg.ema_decay)
+        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
+        finite = loop.all_finite(loss, grads)
+        return loop.guarded(new, state.replace(step=state.step + 1), finite), {"loss": loss, "finite": finite}
+
+    return step
+
+
+def initial_state(model: MultiTaskSystem, config, task: str, key) -> loop.TrainState:
+    """A fresh stage state: the trainable parts of `model.init(key)`, AdamW state, EMA copy if enabled.
+
+    A shared segmentation stage's `extra` records the reconstruction step its frozen parts came from.
+    """
+    stage_cfg = config.train[task]
+    params = model.init(key)
+    trainable = {k: params[k] for k in trainable_parts(config, task)}
+    ema = jax.tree.map(jnp.copy, trainable) if stage_cfg.ema_decay else None
+    extra = {"reconstruction_step": jnp.int32(0)} if is_shared(config, task) else None
+    tx = optimizer(stage_cfg, config.train.batch_size)
+    return loop.TrainState(jnp.int32(0), trainable, tx.init(trainable), ema, extra)
+
+
+def abstract_state(model: MultiTaskSystem, config, task: str, mesh) -> loop.TrainState:
+    """Shapes, dtypes and replicated shardings of a stage state (a restore target), nothing allocated."""
+    abstract = jax.eval_shape(lambda k: initial_state(model, config, task, k), jax.random.key(0))
+    sharding = parallel.replicated(mesh)
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
+
+
+def deployed(state: loop.TrainState) -> dict:
+    """The weights a stage serves with: its EMA when it keeps one, else its parameters."""
+    return state.ema_params if state.ema_params is not None else state.params
+
+
+def _missing(workdir: str, task: str, why: str = "") -> FileNotFoundError:
+    return FileNotFoundError(
+        f"no trained {task} checkpoint in {workdir} (expected {workdir}/{task}/checkpoints){why}. Train "
+        f"first: python launch.py --config={CONFIG_FILES[task]}[:PRESET] --workdir={workdir} --mode=train"
+    )
+
+
+def _shared_parts(config, workdir: str, model, mesh) -> tuple[dict, int]:
+    """The reconstruction stage's deployed shared parts (frozen for segmentation) and its step."""
+    abstract = abstract_state(model, config, RECONSTRUCTION, mesh)
+    step, state = loop.restore_stage(workdir, RECONSTRUCTION, config.train, abstract)
+    if state is None:
+        why = (
+            "; train.segmentation.shared=True trains segmentation on the reconstruction stage's frozen "
+            "transmitter (or set --config.train.segmentation.shared=False to train segmentation on its own)"
+        )
+        raise _missing(workdir, RECONSTRUCTION, why)
+    weights = deployed(state)
+    return {k: weights[k] for k in SHARED_PARTS}, int(step)
+
+
+def _check_transmitter(seg_state: loop.TrainState, recon_step: int, echo) -> None:
+    trained_on = int(jax.device_get(seg_state.extra["reconstruction_step"]))
+    if trained_on != recon_step:
+        echo(
+            f"[segmentation] WARNING: the segmentation decoder was trained on the reconstruction stage at step "
+            f"{trained_on}, but that stage is now at step {recon_step}; retrain segmentation in a new workdir "
+            "to match the current transmitter."
+        )
+
+
+def train_task(config: ml_collections.ConfigDict, workdir: str, task: str | None = None, echo=print) -> dict:
+    """Run (or resume) the stage of `task` (default `config.task`); return the task's deployed parameters
+    (every part on its path, frozen ones included)."""
+    task = check_task(task or config.task)
+    model = build_model(config)
+    mesh = parallel.make_mesh()
+    global_batch = config.train.batch_size
+    local_batch = parallel.check_batch_size(global_batch, mesh)
+    stage_cfg = config.train[task]
+    frozen, state = None, initial_state(model, config, task, jax.random.key(config.seed))
+    if is_shared(config, task):
+        frozen, recon_step = _shared_parts(config, workdir, model, mesh)
+        state = state.replace(extra={"reconstruction_step": jnp.int32(recon_step)})
+        echo(f"[{task}] frozen {', '.join(SHARED_PARTS)} from the reconstruction stage at step {recon_step}")
+        _, previous = loop.restore_stage(workdir, task, config.train, abstract_state(model, config, task, mesh))
+        if previous is not None:
+            _check_transmitter(previous, recon_step, echo)
+    state = parallel.replicate(state, mesh)
+    steps = stage_cfg.num_steps or loop.num_steps(stage_cfg, num_examples(config, task, "train"), global_batch)
+    seed = config.seed + _SEED_OFFSET[task]
+    step = make_train_step(model, task, stage_cfg, config.channel.train_snrs, optimizer(stage_cfg, global_batch), seed)
+    writer = loop.make_writer(workdir)
+    try:
+        state = loop.run_stage(
+            name=task,
+            workdir=workdir,
+            train_cfg=config.train,
+            initial_state=state,
+            step_fn=functools.partial(_with_const, parallel.jit_data_parallel(step, mesh), frozen),
+            batches=make_batches(config, task, "train", batch_size=local_batch, shuffle_seed=seed, repeat=True),
+            total_steps=int(steps),
+            mesh=mesh,
+            writer=writer,
+            echo=echo,
+        )
+    finally:
+        writer.close()
+    return dict(frozen or {}, **deployed(state))
+
+
+def _with_const(jitted, const, state, batch):
+    return jitted(state, batch, const)
+
+
+def load_task_params(config, workdir: str, task: str, *, echo=print) -> tuple[dict, str]:
+    """The deployed parameters of `task` trained in `workdir` and a description of where they came from.
+
+    FileNotFoundError (saying which config to train) when the stage, or for a shared segmentation stage
+    the reconstruction stage, has no checkpoint.
+    """
+    check_task(task)
+    model = build_model(config)
+    mesh = parallel.make_mesh()
+    step, state = loop.restore_stage(workdir, task, config.train, abstract_state(model, config, task, mesh))
+    if state is None:
+        raise _missing(workdir, task)
+    params, source = dict(deployed(state)), f"trained {task} checkpoint (step {step})"
+    if is_shared(config, task):
+        frozen, recon_step = _shared_parts(config, workdir, model, mesh)
+        _check_transmitter(state, recon_step, echo)
+        params = dict(frozen, **params)
+        source += f" on the shared transmitter of the reconstruction stage (step {recon_step})"
+    return params, source
+
+
+def batches_for_eval(config, task: str, *, batch_size: int, image_size=None) -> Iterator[Mapping[str, np.ndarray]]:
+    """One padded pass over `config.data.eval_split` of `task` in file order."""
+    return make_batches(
+        config, task, config.data.eval_split, batch_size=batch_size, shuffle_seed=None, repeat=False,
+        image_size=image_size,
+    )

@@ -1,0 +1,62 @@
+"""Benchmark plumbing (not timings): FLOP accounting, report structure, the quality comparison."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from casc_jax import benchmark
+from configs import casc_base
+
+
+def _tiny():
+    c = casc_base.base_config(preset="smoke")
+    c.autoencoder.update(ch=8, num_codes=32)
+    c.unet.update(ch=16, head_dim=16)
+    c.diffusion.num_timesteps = 6
+    c.benchmark.update(batch_size=2, repeats=1, max_timed_steps=3, ddim_steps=(2,), dpm_steps=(2,))
+    return c
+
+
+def test_flops_of_matmul_matches_closed_form():
+    a = jnp.ones((64, 32))
+    b = jnp.ones((32, 16))
+    assert benchmark.flops_of(jax.jit(lambda a, b: a @ b), a, b) == 2 * 64 * 32 * 16
+
+
+def test_speed_report_rows_and_extrapolation(tmp_path):
+    config = _tiny()
+    variants = [
+        benchmark.Variant("ddpm", {"name": "ddpm"}),
+        benchmark.Variant("ddim", {"name": "ddim", "steps": 2}),
+        benchmark.Variant("loop", {"name": "ddpm"}, dispatch="loop"),
+        benchmark.Variant("nocan", {"name": "ddpm"}, can=False),
+    ]
+    report = benchmark.speed(config, echo=lambda s: None, variants=variants)
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert report["matmul_peak_gflops"] > 0
+    # T=6 > max_timed_steps=3: DDPM is timed on 3 steps and scaled to 6.
+    assert rows["ddpm"]["extrapolated"] and rows["ddpm"]["timed_steps"] == 3 and rows["ddpm"]["steps"] == 6
+    assert not rows["ddim"]["extrapolated"] and rows["ddim"]["steps"] == 2
+    # FLOPs/image = steps x denoiser + (CAN + decoder): DDPM's 6 steps cost more than DDIM's 2.
+    per_step = rows["ddpm"]["denoiser_gflop_per_image_per_step"]
+    np.testing.assert_allclose(
+        rows["ddpm"]["gflop_per_image"] - rows["ddim"]["gflop_per_image"], 4 * per_step, rtol=1e-6
+    )
+    assert rows["nocan"]["denoiser_gflop_per_image_per_step"] < per_step
+    for r in rows.values():
+        assert r["ms_per_image"] > 0 and r["achieved_gflops"] > 0
+    path = benchmark.write_report(report, str(tmp_path), echo=lambda s: None)
+    assert path.endswith("benchmark.json")
+
+
+def test_quality_compares_every_sampler_with_ddpm():
+    config = _tiny()
+    from casc_jax.system import build_casc
+
+    params = build_casc(config).init(jax.random.key(0))
+    images = np.asarray(jax.random.uniform(jax.random.key(1), (2, 32, 32, 3), minval=-1, maxval=1))
+    report = benchmark.quality(config, params, images, echo=lambda s: None)
+    labels = [r["sampler"] for r in report["rows"]]
+    assert labels[0] == "ddpm" and any(s.startswith("ddim") for s in labels) and any("dpmpp" in s for s in labels)
+    assert report["rows"][0]["psnr_vs_ddpm"] == 100.0  # DDPM against itself, capped
+    assert report["fastest_within_0.3db"] in labels
