@@ -17,6 +17,7 @@ keeps quality.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -173,7 +174,7 @@ def speed(config, params=None, echo=print, variants: list[Variant] | None = None
         kwargs, _ = sampler_options(sampler)
         steps_timed = kwargs["steps"] or T_used
         if v.dispatch == "loop":
-            fn = lambda p, c, k: _loop_receiver(model, sampler, p, c, k)  # noqa: E731
+            fn = functools.partial(_loop_receiver, model, sampler)
             first, median, runs = timed(fn, p, c_hat, key, repeats=repeats)
         else:
             fn = jax.jit(receive)
@@ -224,7 +225,6 @@ def write_report(report: dict, workdir: str, echo=print) -> str:
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
     rows = report["rows"]
-    base = {r["variant"]: r for r in rows}
     echo(f"\n[benchmark] {report['device']}")
     echo(f"{'variant':<34}{'ms/image':>10}{'GFLOP/img':>11}{'GFLOP/s':>9}{'% peak':>8}")
     for r in rows:
@@ -244,7 +244,6 @@ def write_report(report: dict, workdir: str, echo=print) -> str:
         echo(f"CAN overhead: {100 * (scan['ms_per_image'] / nocan['ms_per_image'] - 1):+.1f}% (CASC vs no-CAN)")
     echo("* timed on fewer steps of the same per-step program and scaled to the full chain")
     echo(f"wrote {path}")
-    del base
     return path
 
 

@@ -113,7 +113,9 @@ def test_can_zero_init_equals_static_and_differs_per_condition_after_training():
     assert not np.allclose(np.asarray(aware_out), np.asarray(static_out), atol=1e-4)
 
 
-@pytest.mark.parametrize(("hw", "stride", "padding"), [(2, 1, "SAME"), (5, 2, "VALID"), (4, 2, "SAME"), (7, 1, "VALID")])
+@pytest.mark.parametrize(
+    ("hw", "stride", "padding"), [(2, 1, "SAME"), (5, 2, "VALID"), (4, 2, "SAME"), (7, 1, "VALID")]
+)
 def test_conv_taps_equals_xla_conv(hw, stride, padding):
     x = jax.random.normal(jax.random.key(0), (2, hw, hw + 1, 3))
     k = jax.random.normal(jax.random.key(1), (3, 3, 3, 4))
