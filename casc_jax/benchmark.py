@@ -160,7 +160,7 @@ def speed(config, params=None, echo=print, variants: list[Variant] | None = None
     mesh = parallel.make_mesh()
     peak = matmul_peak()
     echo(f"[benchmark] device: {device_description()}; f32 matmul peak {peak:.1f} GFLOP/s")
-    rows = []
+    rows, costs = [], {}
     for v in variants or default_variants(config):
         sampler, T_used, scale = _truncate(config, v.sampler, max_steps)
         model = _model_for(config, v.can, T_used)
@@ -179,14 +179,18 @@ def speed(config, params=None, echo=print, variants: list[Variant] | None = None
         else:
             fn = jax.jit(receive)
             first, median, runs = timed(fn, p, c_hat, key, repeats=repeats)
-        dynamic = jax.jit(can)(p, c_hat)
         z = jnp.zeros((batch,) + model.latent_shape)
-        t = jnp.zeros((batch,), jnp.int32)
-        eps_flops = flops_of(jax.jit(one_eps), p, c_hat, dynamic, z, t) / batch
-        dec_flops = flops_of(jax.jit(decode), p, z) / batch
-        can_flops = flops_of(jax.jit(can), p, c_hat) / batch
+        cost_key = (v.can, sampler_options(sampler)[1])
+        if cost_key not in costs:  # FLOPs depend on the network and dtype only, not on the sampler
+            dynamic = jax.jit(can)(p, c_hat)
+            t = jnp.zeros((batch,), jnp.int32)
+            costs[cost_key] = (
+                flops_of(jax.jit(one_eps), p, c_hat, dynamic, z, t) / batch,
+                flops_of(jax.jit(decode), p, z) / batch + flops_of(jax.jit(can), p, c_hat) / batch,
+            )
+        eps_flops, fixed_flops = costs[cost_key]
         steps_full = int(round(steps_timed * scale))
-        flops = steps_full * eps_flops + dec_flops + can_flops
+        flops = steps_full * eps_flops + fixed_flops
         seconds = median * scale if scale == 1.0 else _scaled_time(median, scale, model, p, z, decode)
         row = {
             "variant": v.label,

@@ -182,7 +182,7 @@ def markdown_tables(records: Sequence[Mapping], cr: str) -> str:
 # -- figures ---------------------------------------------------------------------------------------
 def plot_comparison(records: Sequence[Mapping], path: str, title: str) -> None:
     """PSNR, LPIPS and FID against SNR, one line per method, paper labels and fixed colours."""
-    plot_metrics_vs_snr(records, path, title=title, style=_style)
+    plot_metrics_vs_snr(records, path, title=title, style=_style, legend_below=True)
 
 
 def visual_grid(rows: Sequence[tuple[str, np.ndarray]], path: str, title: str | None = None) -> None:

@@ -172,11 +172,13 @@ def plot_metrics_vs_snr(
     path: str,
     title: str | None = None,
     style: Callable[[str, str], Mapping] | None = None,
+    legend_below: bool = False,
 ) -> None:
     """One panel per metric against SNR, one line per (method, CR).
 
     `style(method, cr)` optionally returns matplotlib line options (label, color, marker, linestyle)
-    that replace the defaults (label "method (CR cr)", marker "o").
+    that replace the defaults (label "method (CR cr)", marker "o"). `legend_below` puts one legend
+    for all panels under them instead of inside the first panel (for many lines).
     """
     import matplotlib
 
@@ -197,10 +199,14 @@ def plot_metrics_vs_snr(
         ax.grid(alpha=0.3)
         if not ax.lines:
             ax.text(0.5, 0.5, f"{metric.upper()} unavailable", ha="center", va="center", transform=ax.transAxes)
-    axes[0].legend(fontsize=8)
+    if legend_below:
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=9, frameon=False)
+    else:
+        axes[0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1) if legend_below else None)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

@@ -152,7 +152,7 @@ def make_train_step(model: MultiTaskSystem, task: str, stage_cfg, train_snrs, tx
     return step
 
 
-def initial_state(model: MultiTaskSystem, config, task: str, key) -> loop.TrainState:
+def initial_state(model: MultiTaskSystem, config, task: str, key, reconstruction_step: int = 0) -> loop.TrainState:
     """A fresh stage state: the trainable parts of `model.init(key)`, AdamW state, EMA copy if enabled.
 
     A shared segmentation stage's `extra` records the reconstruction step its frozen parts came from.
@@ -161,7 +161,7 @@ def initial_state(model: MultiTaskSystem, config, task: str, key) -> loop.TrainS
     params = model.init(key)
     trainable = {k: params[k] for k in trainable_parts(config, task)}
     ema = jax.tree.map(jnp.copy, trainable) if stage_cfg.ema_decay else None
-    extra = {"reconstruction_step": jnp.int32(0)} if is_shared(config, task) else None
+    extra = {"reconstruction_step": jnp.int32(reconstruction_step)} if is_shared(config, task) else None
     tx = optimizer(stage_cfg, config.train.batch_size)
     return loop.TrainState(jnp.int32(0), trainable, tx.init(trainable), ema, extra)
 
@@ -218,15 +218,18 @@ def train_task(config: ml_collections.ConfigDict, workdir: str, task: str | None
     global_batch = config.train.batch_size
     local_batch = parallel.check_batch_size(global_batch, mesh)
     stage_cfg = config.train[task]
-    frozen, state = None, initial_state(model, config, task, jax.random.key(config.seed))
+    frozen, recon_step = None, 0
     if is_shared(config, task):
         frozen, recon_step = _shared_parts(config, workdir, model, mesh)
-        state = state.replace(extra={"reconstruction_step": jnp.int32(recon_step)})
         echo(f"[{task}] frozen {', '.join(SHARED_PARTS)} from the reconstruction stage at step {recon_step}")
         _, previous = loop.restore_stage(workdir, task, config.train, abstract_state(model, config, task, mesh))
         if previous is not None:
             _check_transmitter(previous, recon_step, echo)
-    state = parallel.replicate(state, mesh)
+    # Created by one jitted call, directly replicated (eager init dispatches thousands of small ops).
+    state = jax.jit(
+        lambda k: initial_state(model, config, task, k, reconstruction_step=recon_step),
+        out_shardings=parallel.replicated(mesh),
+    )(jax.random.key(config.seed))
     steps = stage_cfg.num_steps or loop.num_steps(stage_cfg, num_examples(config, task, "train"), global_batch)
     seed = config.seed + _SEED_OFFSET[task]
     step = make_train_step(model, task, stage_cfg, config.channel.train_snrs, optimizer(stage_cfg, global_batch), seed)
