@@ -98,6 +98,19 @@ def transmit(config, workdir, options, echo=print):
 
 
 
+def load_config(spec: str):
+    """'configs/diffsc_cr48.py[:preset]' -> that file's get_config(preset)."""
+    import importlib.util
+
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_loaded_config", path)
+    if module_spec is None or not os.path.exists(path):
+        raise FileNotFoundError(f"config file {path!r} not found")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
 def benchmark(config, workdir, options, echo=print):
     """Speed of the receiver per sampler (random weights when WORKDIR holds no trained model)."""
     from casc_jax import benchmark as bench
@@ -107,6 +120,9 @@ def benchmark(config, workdir, options, echo=print):
     echo(f"[benchmark] weights: {source}")
     report = bench.speed(config, params if source != "random weights" else None, echo=echo)
     report["weights"] = source
+    if config.benchmark.diffsc_config:
+        diffsc = load_config(config.benchmark.diffsc_config)
+        report["rows"].append(bench.diffsc_row(config, diffsc, echo=echo))
     return bench.write_report(report, workdir, echo=echo)
 
 

@@ -102,6 +102,7 @@ def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_
             dpm_steps=(20, 10),
             spacing="logsnr",
             quality_images=256,
+            diffsc_config="",  # e.g. configs/diffsc_cr48.py: time DiffSC's receiver beside CASC's
             quality_snr=20.0,
         )
     )

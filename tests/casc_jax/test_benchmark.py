@@ -61,3 +61,15 @@ def test_quality_compares_every_sampler_with_ddpm():
     assert labels[0] == "ddpm" and any(s.startswith("ddim") for s in labels) and any("dpmpp" in s for s in labels)
     assert report["rows"][0]["psnr_vs_ddpm"] == 100.0  # DDPM against itself, capped
     assert report["fastest_within_0.3db"] in labels
+
+
+def test_diffsc_row_is_timed_like_casc():
+    from casc_jax.run import load_config
+
+    config = _tiny()
+    diffsc = load_config("configs/diffsc_cr48.py:smoke")
+    diffsc.diffsc.unet.update(ch=16, head_dim=16)
+    diffsc.diffusion.num_timesteps = 6
+    row = benchmark.diffsc_row(config, diffsc, echo=lambda s: None)
+    assert row["steps"] == 6 and row["timed_steps"] == 3 and row["extrapolated"]
+    assert row["ms_per_image"] > 0 and row["gflop_per_image"] > 6 * row["denoiser_gflop_per_image_per_step"]
