@@ -213,6 +213,11 @@ def speed(config, params=None, echo=print, variants: list[Variant] | None = None
             f"[benchmark] {v.label:<32} {row['ms_per_image']:9.2f} ms/image  {row['gflop_per_image']:8.2f} GFLOP/image"
             f"  {row['achieved_gflops']:7.1f} GFLOP/s ({100 * row['fraction_of_matmul_peak']:.0f}% of peak){tag}"
         )
+    # Peak again at the end: on a shared machine the first reading may catch a busy moment; keep the best.
+    peak = max(peak, matmul_peak())
+    for row in rows:
+        row["fraction_of_matmul_peak"] = row["achieved_gflops"] / peak
+    echo(f"[benchmark] f32 matmul peak (best of start and end): {peak:.1f} GFLOP/s")
     return {"device": device_description(), "matmul_peak_gflops": peak, "paper_ms_per_image": PAPER_MS_PER_IMAGE,
             "rows": rows}
 
