@@ -124,7 +124,9 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
     del tiny["channel"]
     c.model = tiny  # Swin embed 12, DiT hidden 32 / depth 2
     c.model.image_size = (64, 64)  # channel input 4 x 4 x 4: 32 channel uses
-    c.model.diffusion.num_timesteps = 100
+    # T = 100 with the T = 1000 betas scaled by 1000 / T (as DDPM's schedule rule), so that abar_T ~ 4e-5
+    # and x_T is pure noise as at T = 1000 (betas 1e-4..0.02 over 100 steps would leave abar_T ~ 0.37).
+    c.model.diffusion.update(num_timesteps=100, beta_start=1e-3, beta_end=0.2)
     c.data.source = "embedded"
     if c.task == "reconstruction":
         c.data.eval_sizes = ((64, 64), (64, 96))  # square and wide, as the paper's two validation sizes

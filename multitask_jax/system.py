@@ -225,7 +225,12 @@ def model_config(preset: str = "paper") -> ml_collections.ConfigDict:
     c.seg = dict(hidden=128 if not tiny else 16, num_classes=21, dropout=0.1)
     c.dit = dataclasses.asdict(dit_config(preset))
     steps = 1000 if not tiny else 8
-    c.diffusion = dict(schedule="linear", num_timesteps=steps, beta_start=1e-4, beta_end=0.02)
+    # DDPM's 1e-4..0.02 is set for T = 1000; shorter chains scale the betas by 1000 / T so that x_T
+    # is still (nearly) pure noise, as the samplers assume.
+    scale = 1000 / steps
+    c.diffusion = dict(
+        schedule="linear", num_timesteps=steps, beta_start=min(1e-4 * scale, 0.5), beta_end=min(0.02 * scale, 0.999)
+    )
     c.channel = dict(kind="awgn", equalizer="zf")
     c.clip_x0 = 1.0
     return c

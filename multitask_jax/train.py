@@ -47,6 +47,7 @@ _SEED_OFFSET = {RECONSTRUCTION: 1, SEGMENTATION: 2}
 
 
 def check_task(task: str) -> str:
+    """`task` if the system has it, else ValueError naming the tasks."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; the multi-task system has the tasks {TASKS}")
     return task
@@ -64,6 +65,7 @@ def build_model(config: ml_collections.ConfigDict, image_size=None) -> MultiTask
 
 
 def image_hw(config) -> tuple[int, int]:
+    """(H, W) of `config.model.image_size` (an int S means S x S)."""
     size = config.model.image_size
     return (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
 

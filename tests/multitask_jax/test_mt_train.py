@@ -30,7 +30,6 @@ def _tiny(task, steps=4, shared=False):
     c.model.image_size = (32, 32)
     c.model.swin.update(depths=(1, 1, 1), num_heads=(1, 1, 1))  # compile time is most of these tests' cost
     c.model.dit.depth = 1
-    c.model.diffusion.num_timesteps = 10
     c.sampler.steps = 2
     c.channel.update(train_snrs=(0.0, 20.0), eval_snrs=(0.0, 20.0))
     c.train.update(batch_size=4, log_every=2, checkpoint_every=2)
@@ -66,6 +65,11 @@ def test_paper_config_follows_section_VA_and_table_I():
     assert multitask_base.base_config("reconstruction").data.eval_sizes == ((224, 224), (512, 768))
     with pytest.raises(ValueError, match="preset"):
         multitask_base.base_config("segmentation", "huge")
+    smoke = multitask_base.base_config("segmentation", "smoke")
+    assert mt_train.num_examples(smoke, "segmentation", "train") == 32  # the embedded VOC masks
+    assert mt_train.trainable_parts(smoke, "segmentation") == mt_train.TASK_PARTS["segmentation"]
+    smoke.train.segmentation.shared = True
+    assert mt_train.trainable_parts(smoke, "segmentation") == ("seg_decoder",)
 
 
 def test_optimizer_is_adamw_with_the_configured_hyperparameters():
@@ -100,6 +104,7 @@ def test_shared_segmentation_needs_the_reconstruction_stage(tmp_path):
 def test_segmentation_smoke_nan_stop_resume_and_artefacts(tmp_path, monkeypatch):
     """The segmentation smoke job (shrunk): NaN at step 3 stops it, a rerun resumes from step 2 and evaluates."""
     config, workdir = _tiny("segmentation"), str(tmp_path)
+    config.channel.kind = "rayleigh"  # block fading here, AWGN in the reconstruction test
     real = mt_train.make_batches
 
     def poisoned(*args, **kwargs):
@@ -122,7 +127,7 @@ def test_segmentation_smoke_nan_stop_resume_and_artefacts(tmp_path, monkeypatch)
         assert r["channel_uses"] == 2 * 2 * 4 // 2 and r["overhead_bits"] == 8 * 64  # 32/8/2 = 2x2 grid, C_out 4
         iou = np.array([np.nan if v is None else v for v in r["per_class_iou"]])
         assert r["miou"] == pytest.approx(np.nanmean(iou), abs=1e-6)  # mIoU over classes with a union
-        assert 0.0 <= r["pixel_accuracy"] <= 1.0
+        assert 0.0 <= r["pixel_accuracy"] <= 1.0 and r["channel"] == "rayleigh"
     with open(os.path.join(out, "metrics.csv")) as f:
         header = f.readline().strip().split(",")
     assert header[:4] == ["task", "method", "size", "snr_db"] and "miou" in header and "per_class_iou" not in header
