@@ -23,7 +23,9 @@ SYSTEMS = {
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:preset]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory (default: runs/<config name>[_smoke])")
-_MODE = flags.DEFINE_string("mode", "train", "train | eval | sample | transmit | compare")
+_MODE = flags.DEFINE_string(
+    "mode", "train", "train | eval | sample | transmit | benchmark | quality (CASC) | compare"
+)
 _IMAGES = flags.DEFINE_multi_string("image", [], "transmit: an image file (repeat for several)")
 _SNRS = flags.DEFINE_list("snr", [], "transmit: SNRs in dB (default: the config's eval SNRs)")
 _FIT = flags.DEFINE_enum("fit", "pad", ["pad", "crop"], "transmit: letterbox (pad) or centre-crop")
