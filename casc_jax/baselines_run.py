@@ -10,14 +10,12 @@ to be timed beside CASC's receiver on the same batch, T and device.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from casc_jax import data as data_lib
+from casc_jax import run as casc_run
 from casc_jax.baselines import DiffSC, build_diffsc
 from casc_jax.evaluate import sweep
 from casc_jax.system import sampler_options
@@ -91,47 +89,19 @@ def evaluate(config, workdir, options, echo=print):
 def sample(config, workdir, options, echo=print):
     """A grid of test images and their reconstructions at each evaluation SNR -> WORKDIR/samples.png."""
     params, _ = _params(config, workdir, echo)
-    mesh = parallel.make_mesh()
-    n = config.eval.grid_images
-    batch = next(
-        data_lib.make_dataset(config.data, config.data.eval_split, batch_size=n, shuffle_seed=None, repeat=False)
-    )
-    reconstruct = reconstructor(build_model(config), params, mesh, sampler_of(config))
-    rows = [batch["image"]]
-    for i, snr in enumerate(config.channel.eval_snrs):
-        rows.append(np.asarray(reconstruct(batch["image"], jax.random.key(i), float(snr))))
-    path = os.path.join(workdir, "samples.png")
-    data_lib.save_png(data_lib.to_float(data_lib.image_grid(np.concatenate(rows), n)), path)
-    echo(f"[sample] rows: source, then SNR {list(config.channel.eval_snrs)} dB -> {path}")
-    return path
+    reconstruct = reconstructor(build_model(config), params, parallel.make_mesh(), sampler_of(config))
+    return casc_run.sample_grid(config, workdir, reconstruct, echo)
 
 
 def transmit(config, workdir, options, echo=print):
     """A user's own images -> reconstructed PNGs at each SNR in `--snr` (default: the eval SNRs)."""
-    paths = options.get("images") or []
-    if not paths:
-        raise ValueError("--mode=transmit needs --image=PATH (repeat the flag for several images)")
-    snrs = options.get("snrs") or tuple(config.channel.eval_snrs)
-    out_dir = options.get("out_dir") or os.path.join(workdir, "transmit")
-    fit = options.get("fit", "pad")
-    images, sizes = data_lib.load_images_for_transmit(paths, config.data.image_size, fit=fit)
+    casc_run.check_transmit_options(options)
     model = build_model(config)
     mesh = parallel.make_mesh()
     params, _ = _params(config, workdir, echo)
-    echo(f"[transmit] {len(paths)} image(s), {model.num_channel_uses} channel uses each")
+    echo(f"[transmit] {model.num_channel_uses} channel uses per image")
     reconstruct = reconstructor(model, params, mesh, sampler_of(config))
-    padded = -len(images) % mesh.devices.size
-    batch = np.concatenate([images, np.zeros((padded,) + images.shape[1:], images.dtype)])
-    written = []
-    for snr in snrs:
-        out = np.asarray(reconstruct(batch, jax.random.key(int(snr * 10)), float(snr)))[: len(images)]
-        for path, image, original in zip(paths, out, sizes):
-            stem = os.path.splitext(os.path.basename(path))[0]
-            target = os.path.join(out_dir, f"{stem}_snr{snr:g}.png")
-            data_lib.save_png(data_lib.restore_size(image, original, fit=fit), target)
-            written.append(target)
-    echo(f"[transmit] wrote {len(written)} file(s) to {out_dir}")
-    return written
+    return casc_run.transmit_images(config, workdir, options, reconstruct, mesh.devices.size, echo)
 
 
 MODES = {"train": train, "eval": evaluate, "sample": sample, "transmit": transmit}

@@ -49,40 +49,36 @@ def evaluate(config, workdir, options, echo=print):
     return _sweep(config, workdir, params, echo)
 
 
-def sample(config, workdir, options, echo=print):
-    """A grid of test images and their reconstructions at each evaluation SNR -> WORKDIR/samples.png."""
-    model = build_casc(config)
-    mesh = parallel.make_mesh()
-    params, source = load_trained_params(config, workdir)
+def sample_grid(config, workdir, reconstruct, echo=print) -> str:
+    """Test images and their reconstructions at each eval SNR -> WORKDIR/samples.png (any system)."""
     n = config.eval.grid_images
-    batch = next(data_lib.make_dataset(config.data, config.data.eval_split, batch_size=n, shuffle_seed=None,
-                                       repeat=False))
-    reconstruct = casc_reconstructor(model, params, mesh, config.sampler.to_dict())
+    batch = next(
+        data_lib.make_dataset(config.data, config.data.eval_split, batch_size=n, shuffle_seed=None, repeat=False)
+    )
     rows = [batch["image"]]
     for i, snr in enumerate(config.channel.eval_snrs):
         rows.append(np.asarray(reconstruct(batch["image"], jax.random.key(i), float(snr))))
     path = os.path.join(workdir, "samples.png")
     data_lib.save_png(data_lib.to_float(data_lib.image_grid(np.concatenate(rows), n)), path)
-    echo(f"[sample] {source}; rows: source, then SNR {list(config.channel.eval_snrs)} dB -> {path}")
+    echo(f"[sample] rows: source, then SNR {list(config.channel.eval_snrs)} dB -> {path}")
     return path
 
 
-def transmit(config, workdir, options, echo=print):
-    """A user's own images -> reconstructed PNGs at each SNR in `--snr` (default: the eval SNRs)."""
+def check_transmit_options(options) -> list[str]:
     paths = options.get("images") or []
     if not paths:
         raise ValueError("--mode=transmit needs --image=PATH (repeat the flag for several images)")
+    return paths
+
+
+def transmit_images(config, workdir, options, reconstruct, num_devices: int, echo=print) -> list[str]:
+    """A user's own images -> reconstructed PNGs (original size) at each SNR in `--snr` (any system)."""
+    paths = check_transmit_options(options)
     snrs = options.get("snrs") or tuple(config.channel.eval_snrs)
     out_dir = options.get("out_dir") or os.path.join(workdir, "transmit")
-    size = config.data.image_size
-    images, sizes = data_lib.load_images_for_transmit(paths, size, fit=options.get("fit", "pad"))
-    model = build_casc(config)
-    mesh = parallel.make_mesh()
-    params, source = load_trained_params(config, workdir)
-    echo(f"[transmit] {source}; {len(paths)} image(s), {model.num_channel_uses} channel uses each")
-    reconstruct = casc_reconstructor(model, params, mesh, config.sampler.to_dict())
-    devices = mesh.devices.size
-    padded = -len(images) % devices
+    fit = options.get("fit", "pad")
+    images, sizes = data_lib.load_images_for_transmit(paths, config.data.image_size, fit=fit)
+    padded = -len(images) % num_devices  # the batch must split evenly over the devices
     batch = np.concatenate([images, np.zeros((padded,) + images.shape[1:], images.dtype)])
     written = []
     for snr in snrs:
@@ -90,12 +86,29 @@ def transmit(config, workdir, options, echo=print):
         for path, image, original in zip(paths, out, sizes):
             stem = os.path.splitext(os.path.basename(path))[0]
             target = os.path.join(out_dir, f"{stem}_snr{snr:g}.png")
-            data_lib.save_png(data_lib.restore_size(image, original, fit=options.get("fit", "pad")), target)
+            data_lib.save_png(data_lib.restore_size(image, original, fit=fit), target)
             written.append(target)
     echo(f"[transmit] wrote {len(written)} file(s) to {out_dir}")
     return written
 
 
+def sample(config, workdir, options, echo=print):
+    """A grid of test images and their reconstructions at each evaluation SNR -> WORKDIR/samples.png."""
+    params, source = load_trained_params(config, workdir)
+    echo(f"[sample] {source}")
+    reconstruct = casc_reconstructor(build_casc(config), params, parallel.make_mesh(), config.sampler.to_dict())
+    return sample_grid(config, workdir, reconstruct, echo)
+
+
+def transmit(config, workdir, options, echo=print):
+    """A user's own images -> reconstructed PNGs at each SNR in `--snr` (default: the eval SNRs)."""
+    check_transmit_options(options)
+    model = build_casc(config)
+    mesh = parallel.make_mesh()
+    params, source = load_trained_params(config, workdir)
+    echo(f"[transmit] {source}; {model.num_channel_uses} channel uses per image")
+    reconstruct = casc_reconstructor(model, params, mesh, config.sampler.to_dict())
+    return transmit_images(config, workdir, options, reconstruct, mesh.devices.size, echo)
 
 
 def load_config(spec: str):
