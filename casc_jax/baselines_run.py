@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from casc_jax import run as casc_run
 from casc_jax.baselines import DiffSC, build_diffsc
-from casc_jax.evaluate import sweep
+from casc_jax.evaluate import config_sweep
 from casc_jax.system import sampler_options
 from casc_jax.train import parallel
 from casc_jax.train.baselines import build_model, load_trained_params, train_baseline
@@ -49,24 +49,7 @@ def reconstructor(model, params, mesh, sampler: Mapping | None = None) -> Callab
 def _sweep(config, workdir, params, echo):
     mesh = parallel.make_mesh()
     sampler = sampler_of(config)
-    return sweep(
-        method=config.name,
-        cr=config.cr,
-        reconstruct=reconstructor(build_model(config), params, mesh, sampler),
-        data_cfg=config.data,
-        split=config.data.eval_split,
-        snrs=tuple(config.channel.eval_snrs),
-        batch_size=config.eval.batch_size,
-        num_images=config.eval.num_images,
-        mesh=mesh,
-        lpips_net=config.eval.lpips_net,
-        fid_weights=config.eval.fid_weights,
-        grid_images=config.eval.grid_images,
-        sampler=sampler,
-        workdir=workdir,
-        seed=config.seed,
-        echo=echo,
-    )
+    return config_sweep(config, workdir, reconstructor(build_model(config), params, mesh, sampler), mesh, sampler, echo)
 
 
 def _params(config, workdir, echo):

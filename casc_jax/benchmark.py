@@ -192,21 +192,9 @@ def speed(config, params=None, echo=print, variants: list[Variant] | None = None
         steps_full = int(round(steps_timed * scale))
         flops = steps_full * eps_flops + fixed_flops
         seconds = median * scale if scale == 1.0 else _scaled_time(median, scale, model, p, z, decode)
-        row = {
-            "variant": v.label,
-            "sampler": dict(sampler, steps=steps_full if kwargs["steps"] else None),
-            "batch": batch,
-            "steps": steps_full,
-            "timed_steps": steps_timed,
-            "extrapolated": scale != 1.0,
-            "ms_per_image": 1e3 * seconds / batch,
-            "compile_s": first - median,
-            "gflop_per_image": flops / 1e9,
-            "denoiser_gflop_per_image_per_step": eps_flops / 1e9,
-            "achieved_gflops": flops * batch / seconds / 1e9,
-            "fraction_of_matmul_peak": flops * batch / seconds / 1e9 / peak,
-            "runs_s": runs,
-        }
+        row = _row(v.label, dict(sampler, steps=steps_full if kwargs["steps"] else None), batch, steps_full,
+                   steps_timed, seconds, first - median, flops, eps_flops, runs)
+        row["fraction_of_matmul_peak"] = row["achieved_gflops"] / peak
         rows.append(row)
         tag = f" (timed {steps_timed} steps, scaled)" if scale != 1.0 else ""
         echo(
@@ -220,6 +208,24 @@ def speed(config, params=None, echo=print, variants: list[Variant] | None = None
     echo(f"[benchmark] f32 matmul peak (best of start and end): {peak:.1f} GFLOP/s")
     return {"device": device_description(), "matmul_peak_gflops": peak, "paper_ms_per_image": PAPER_MS_PER_IMAGE,
             "rows": rows}
+
+
+def _row(label, sampler, batch, steps, timed_steps, seconds, compile_s, flops, eps_flops, runs) -> dict:
+    """One timing row: per-image time and FLOPs of a receiver at `batch` (FLOPs are per image)."""
+    return {
+        "variant": label,
+        "sampler": sampler,
+        "batch": batch,
+        "steps": steps,
+        "timed_steps": timed_steps,
+        "extrapolated": timed_steps != steps,
+        "ms_per_image": 1e3 * seconds / batch,
+        "compile_s": compile_s,
+        "gflop_per_image": flops / 1e9,
+        "denoiser_gflop_per_image_per_step": eps_flops / 1e9,
+        "achieved_gflops": flops * batch / seconds / 1e9,
+        "runs_s": runs,
+    }
 
 
 def diffsc_row(config, diffsc_config, echo=print) -> dict:
@@ -244,20 +250,8 @@ def diffsc_row(config, diffsc_config, echo=print) -> dict:
     scale = T / timed_T
     seconds = cond_s + scale * max(median - cond_s, 0.0)
     flops = T * eps_flops + cond_flops
-    row = {
-        "variant": f"DiffSC DDPM T={T}",
-        "sampler": diffsc_config.sampler.to_dict(),
-        "batch": batch,
-        "steps": T,
-        "timed_steps": timed_T,
-        "extrapolated": scale != 1.0,
-        "ms_per_image": 1e3 * seconds / batch,
-        "compile_s": first - median,
-        "gflop_per_image": flops / 1e9,
-        "denoiser_gflop_per_image_per_step": eps_flops / 1e9,
-        "achieved_gflops": flops * batch / seconds / 1e9,
-        "runs_s": runs,
-    }
+    row = _row(f"DiffSC DDPM T={T}", diffsc_config.sampler.to_dict(), batch, T, timed_T, seconds, first - median,
+               flops, eps_flops, runs)
     echo(f"[benchmark] {row['variant']:<32} {row['ms_per_image']:9.2f} ms/image  {row['gflop_per_image']:8.2f} "
          f"GFLOP/image  {row['achieved_gflops']:7.1f} GFLOP/s")
     return row

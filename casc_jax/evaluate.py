@@ -122,6 +122,28 @@ def sweep(
     return records
 
 
+def config_sweep(config, workdir: str, reconstruct: Callable, mesh, sampler: Mapping | None, echo=print) -> list[dict]:
+    """`sweep` with a config's name, CR, data, channel and eval sections (every CIFAR system)."""
+    return sweep(
+        method=config.name,
+        cr=config.cr,
+        reconstruct=reconstruct,
+        data_cfg=config.data,
+        split=config.data.eval_split,
+        snrs=tuple(config.channel.eval_snrs),
+        batch_size=config.eval.batch_size,
+        num_images=config.eval.num_images,
+        mesh=mesh,
+        lpips_net=config.eval.lpips_net,
+        fid_weights=config.eval.fid_weights,
+        grid_images=config.eval.grid_images,
+        sampler=sampler,
+        workdir=workdir,
+        seed=config.seed,
+        echo=echo,
+    )
+
+
 def write_results(records: list[dict], out_dir: str, grids: Mapping[float, np.ndarray], ncols: int) -> None:
     """metrics.json, metrics.csv, metrics_vs_snr.png and one sample grid for the highest SNR."""
     os.makedirs(out_dir, exist_ok=True)

@@ -8,33 +8,17 @@ import jax
 import numpy as np
 
 from casc_jax import data as data_lib
-from casc_jax.evaluate import casc_reconstructor, sweep
+from casc_jax.evaluate import casc_reconstructor, config_sweep
 from casc_jax.system import build_casc
 from casc_jax.train import parallel
 from casc_jax.train.casc import load_trained_params, train_casc
 
 
 def _sweep(config, workdir, params, echo):
-    model = build_casc(config)
     mesh = parallel.make_mesh()
-    return sweep(
-        method=config.name,
-        cr=config.cr,
-        reconstruct=casc_reconstructor(model, params, mesh, config.sampler.to_dict()),
-        data_cfg=config.data,
-        split=config.data.eval_split,
-        snrs=tuple(config.channel.eval_snrs),
-        batch_size=config.eval.batch_size,
-        num_images=config.eval.num_images,
-        mesh=mesh,
-        lpips_net=config.eval.lpips_net,
-        fid_weights=config.eval.fid_weights,
-        grid_images=config.eval.grid_images,
-        sampler=config.sampler.to_dict(),
-        workdir=workdir,
-        seed=config.seed,
-        echo=echo,
-    )
+    sampler = config.sampler.to_dict()
+    reconstruct = casc_reconstructor(build_casc(config), params, mesh, sampler)
+    return config_sweep(config, workdir, reconstruct, mesh, sampler, echo)
 
 
 def train(config, workdir, options, echo=print):
