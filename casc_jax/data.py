@@ -23,6 +23,15 @@ Sources (``cfg.source``, the ``data`` section of a config):
   resized, and given label 0.
 - ``'embedded'``: 200 bit-exact CIFAR-10 **test** images shipped in ``casc_jax/assets``. Every split name
   gives the same 200 images. The smoke presets train on them only to check the pipeline.
+- ``'npz:PATH'`` or ``'npz:train=PATH,test=PATH'``: images in numpy archives, one file for every split or
+  one per split. An archive holds either ``images`` (N, H, W, 3) uint8, or encoded files as ``jpeg``
+  (all files' bytes concatenated, uint8) with ``offsets`` (N + 1,) int64, as the CIFAR-10 JPEG copies in
+  the project's shared data; ``labels`` (N,) is optional. The examples are put in a fixed pseudo-random
+  order (seed 0) when loaded, so that any prefix (an evaluation subset) mixes the classes of a
+  class-sorted archive.
+
+Training streams resume exactly: ``start_batch=k`` yields the batches an uninterrupted stream would
+yield from its k-th batch on (same order, same epochs), so a restored run sees the data it would have.
 
 TensorFlow is imported only on the TFDS path, so importing this module stays cheap.
 """
@@ -43,7 +52,8 @@ import numpy as np
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 EMBEDDED_ASSET = "cifar10_test_200.npz"
-ARRAY_SPLITS = ("train", "test", "validation")  # split names of the folder and embedded sources
+ARRAY_SPLITS = ("train", "test", "validation")  # split names of the folder, embedded and npz sources
+NPZ_ORDER_SEED = 0  # the fixed order of an npz source's examples
 LETTERBOX_RGB = (128, 128, 128)  # pad colour of fit='pad', 0.0039 in [-1, 1]
 _CACHE_LIMIT_BYTES = 2 * 1024**3  # cache decoded TFDS shards in memory up to this size
 _SHUFFLE_BUFFER_MAX = 50_000
@@ -332,6 +342,13 @@ def num_eval_batches(num_examples: int, batch_size: int, process_count: int) -> 
     return math.ceil(math.ceil(num_examples / process_count) / batch_size)
 
 
+def epoch_order(local: np.ndarray, shuffle_seed: int | None, epoch: int) -> np.ndarray:
+    """The order of this process's examples in training epoch `epoch`: a function of (seed, epoch) alone."""
+    if shuffle_seed is None:
+        return local
+    return np.random.default_rng([shuffle_seed, epoch]).permutation(local)
+
+
 def array_batches(
     images: np.ndarray,
     labels: np.ndarray,
@@ -341,25 +358,26 @@ def array_batches(
     repeat: bool,
     process_index: int,
     process_count: int,
+    start_batch: int = 0,
 ) -> Iterator[Batch]:
     """Batches of in-memory uint8 images (N, S, S, 3); see the module docstring for the layout."""
     n = len(images)
     local = np.arange(n)[process_index::process_count]
-    rng = None if shuffle_seed is None else np.random.default_rng(shuffle_seed)
     if repeat and len(local) == 0:
         raise ValueError(f"{n} examples cannot give every one of {process_count} processes a shard")
 
     def stream() -> Iterator[Batch]:
-        pending = np.zeros(0, np.int64)
+        epoch, offset = divmod(start_batch * batch_size, len(local))
+        pending = epoch_order(local, shuffle_seed, epoch)[offset:]
         while True:
             while len(pending) < batch_size:
-                epoch = local if rng is None else rng.permutation(local)
-                pending = np.concatenate([pending, epoch])
+                epoch += 1
+                pending = np.concatenate([pending, epoch_order(local, shuffle_seed, epoch)])
             idx, pending = pending[:batch_size], pending[batch_size:]
             yield dict(image=to_float(images[idx]), label=labels[idx], valid=np.ones(batch_size, bool))
 
     def single_pass() -> Iterator[Batch]:
-        order = local if rng is None else rng.permutation(local)
+        order = epoch_order(local, shuffle_seed, 0)
         for b in range(num_eval_batches(n, batch_size, process_count)):
             idx = order[b * batch_size : (b + 1) * batch_size]
             image = np.zeros((batch_size, *images.shape[1:]), np.float32)
@@ -368,6 +386,85 @@ def array_batches(
             yield dict(image=image, label=label, valid=np.arange(batch_size) < len(idx))
 
     return stream() if repeat else single_pass()
+
+
+# ----------------------------------------------------------------------------------------------
+# Numpy archives (npz source).
+
+
+def parse_npz_paths(arg: str) -> dict[str, str]:
+    """'PATH' -> {'*': PATH}; 'train=A,test=B' -> {'train': A, 'test': B}."""
+    if "=" not in arg:
+        return {"*": arg}
+    paths = {}
+    for part in arg.split(","):
+        split, sep, path = part.partition("=")
+        if not sep or not split or not path:
+            raise ValueError(f"data.source=npz:{arg} is malformed; use npz:PATH or npz:train=PATH,test=PATH")
+        paths[split.strip()] = path.strip()
+    return paths
+
+
+def npz_path(arg: str, split: str) -> str:
+    """The archive of `split` named by an npz source argument (ValueError naming the choices)."""
+    paths = parse_npz_paths(arg)
+    path = paths.get(split, paths.get("*"))
+    if path is None:
+        base = split.split("[")[0]
+        path = paths.get(base)
+    if path is None:
+        raise ValueError(f"data.source=npz:{arg} names no archive for split {split!r}; it has {sorted(paths)}")
+    return path
+
+
+def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray, path: str) -> np.ndarray:
+    from PIL import Image
+
+    images = []
+    for i in range(len(offsets) - 1):
+        try:
+            with Image.open(io.BytesIO(blob[offsets[i] : offsets[i + 1]].tobytes())) as img:
+                images.append(np.asarray(img.convert("RGB"), np.uint8))
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ValueError(f"{path}: encoded image {i} cannot be decoded ({exc}); the archive is corrupt") from exc
+    if len({x.shape for x in images}) > 1:
+        raise ValueError(f"{path}: the encoded images differ in size; an npz source needs images of one size")
+    return np.stack(images)
+
+
+@functools.cache
+def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """An npz archive -> uint8 images (N, H, W, 3) and int32 labels (N,), in the source's fixed order.
+
+    Accepts ``images`` (N, H, W, 3) uint8, or ``jpeg`` + ``offsets`` (encoded files); ``labels`` optional.
+    """
+    file = pathlib.Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"npz archive not found: {file} (data.source=npz:...)")
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files if k in ("images", "jpeg", "offsets", "labels")}
+    except (OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"{file} is not a readable npz archive ({exc})") from exc
+    if "images" in arrays:
+        images = arrays["images"]
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"{file}: 'images' must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+    elif "jpeg" in arrays and "offsets" in arrays:
+        offsets = arrays["offsets"].astype(np.int64)
+        if offsets.ndim != 1 or len(offsets) < 2 or np.any(np.diff(offsets) <= 0) or offsets[-1] > arrays["jpeg"].size:
+            raise ValueError(f"{file}: 'offsets' must be increasing (N + 1,) positions into 'jpeg'")
+        images = _decode_jpegs(arrays["jpeg"], offsets, str(file))
+    else:
+        raise ValueError(f"{file} holds neither 'images' nor 'jpeg' + 'offsets' (it has {sorted(arrays) or 'none'})")
+    labels = arrays.get("labels", np.zeros(len(images)))
+    if len(labels) != len(images):
+        raise ValueError(f"{file}: {len(labels)} labels for {len(images)} images")
+    order = np.random.default_rng(NPZ_ORDER_SEED).permutation(len(images))
+    images, labels = images[order], labels[order].astype(np.int32)
+    images.flags.writeable = False
+    labels.flags.writeable = False
+    return images, labels
 
 
 # ----------------------------------------------------------------------------------------------
@@ -466,8 +563,11 @@ def _tfds_batches(
     repeat: bool,
     process_index: int,
     process_count: int,
+    start_batch: int = 0,
 ) -> Iterator[Batch]:
-    """tf.data pipeline: shard by process, decode, cache, (shuffle, repeat), scale, batch, prefetch."""
+    """tf.data pipeline: shard by process, decode, cache, (shuffle, repeat), scale, batch, prefetch.
+
+    The shuffle is seeded, so the stream is the same on every run and `start_batch` skips into it."""
     import tensorflow_datasets as tfds
 
     size = _check_image_size(cfg_get(cfg, "image_size", 32))
@@ -501,7 +601,10 @@ def _tfds_batches(
             valid=tf.constant(False),
         )
         ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(pad))
-    ds = ds.batch(batch_size, drop_remainder=True).prefetch(autotune)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    if start_batch:
+        ds = ds.skip(start_batch)
+    ds = ds.prefetch(autotune)
     return iter(tfds.as_numpy(ds))
 
 
@@ -509,17 +612,22 @@ def _tfds_batches(
 # Entry points.
 
 
+SOURCE_KINDS = ("tfds", "folder", "npz")
+
+
 def parse_source(source: str) -> tuple[str, str]:
-    """'tfds:NAME' -> ('tfds', NAME), 'folder:PATH' -> ('folder', PATH), 'embedded' -> ('embedded', '')."""
+    """'tfds:NAME' -> ('tfds', NAME), 'folder:PATH' -> ('folder', PATH), 'npz:...' -> ('npz', ...),
+    'embedded' -> ('embedded', '')."""
     if not isinstance(source, str):
         raise ValueError(f"data.source must be a string, got {source!r}")
     if source == "embedded":
         return "embedded", ""
     kind, sep, arg = source.partition(":")
-    if sep and kind in ("tfds", "folder") and arg:
+    if sep and kind in SOURCE_KINDS and arg:
         return kind, arg
     raise ValueError(
-        f"unknown data.source {source!r}; use 'tfds:NAME' (e.g. tfds:cifar10), 'folder:PATH' or 'embedded'"
+        f"unknown data.source {source!r}; use 'tfds:NAME' (e.g. tfds:cifar10), 'folder:PATH', 'npz:PATH' "
+        "(or npz:train=PATH,test=PATH) or 'embedded'"
     )
 
 
@@ -539,6 +647,14 @@ def _array_source(cfg, kind: str, arg: str, split: str) -> tuple[np.ndarray, np.
     if split not in ARRAY_SPLITS:
         raise ValueError(f"data.source={kind} supports the splits {ARRAY_SPLITS}, got {split!r}")
     size = cfg_get(cfg, "image_size", 32)
+    if kind == "npz":
+        images, labels = load_npz(npz_path(arg, split))
+        if images.shape[1:3] != (size, size):
+            raise ValueError(
+                f"{npz_path(arg, split)} holds {images.shape[1]}x{images.shape[2]} images but data.image_size is "
+                f"{size}; set --config.data.image_size={images.shape[1]} or use images of that size"
+            )
+        return images, labels
     return load_embedded(size) if kind == "embedded" else load_image_folder(arg, size)
 
 
@@ -551,6 +667,7 @@ def make_dataset(
     repeat: bool,
     process_index: int | None = None,
     process_count: int | None = None,
+    start_batch: int = 0,
 ) -> Iterator[Batch]:
     """Numpy batches of ``split`` for this process; the layout is in the module docstring.
 
@@ -563,6 +680,7 @@ def make_dataset(
       repeat: True for an endless training stream; False for one padded evaluation pass.
       process_index, process_count: this process's shard; default ``jax.process_index()`` and
         ``jax.process_count()``.
+      start_batch: with ``repeat``, start the stream at its ``start_batch``-th batch (exact resume).
 
     Raises:
       DatasetUnavailableError: a TFDS dataset that is not prepared and cannot be downloaded.
@@ -578,6 +696,7 @@ def make_dataset(
         repeat=bool(repeat),
         process_index=process_index,
         process_count=process_count,
+        start_batch=int(start_batch) if repeat else 0,
     )
     if kind == "tfds":
         return _tfds_batches(cfg, arg, split, **kwargs)
@@ -594,4 +713,6 @@ def num_examples(cfg, split: str) -> int:
         raise ValueError(f"data.source={kind} supports the splits {ARRAY_SPLITS}, got {split!r}")
     if kind == "embedded":
         return len(_embedded_arrays()[1])
+    if kind == "npz":
+        return len(load_npz(npz_path(arg, split))[1])
     return len(list_image_files(arg))

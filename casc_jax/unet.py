@@ -3,6 +3,8 @@
 Concat-conditioned on the received condition C_hat reshaped to the latent grid (B, h, w, L);
 sinusoidal timestep embedding; ResBlocks whose last conv is zero-initialised; self-attention at
 the resolutions in `attn_resolutions` (given as downsampling factors, 1 = the latent grid).
+Follows LDM's openaimodel where it differs from the autoencoder's blocks: GroupNorm eps 1e-5 and
+stride-2 downsampling convs padded by one pixel on every side.
 Every conv / dense layer may be made condition-aware by the CAN through the `dynamic` collection.
 """
 
@@ -14,7 +16,15 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from casc_jax.nn.dynamic import CondConv, CondDense
-from casc_jax.nn.layers import AttnBlock, Downsample, ResBlock, Upsample, group_norm, timestep_embedding
+from casc_jax.nn.layers import (
+    UNET_NORM_EPS,
+    AttnBlock,
+    Downsample,
+    ResBlock,
+    Upsample,
+    group_norm,
+    timestep_embedding,
+)
 
 
 class UNet(nn.Module):
@@ -32,8 +42,14 @@ class UNet(nn.Module):
 
     @nn.compact
     def __call__(self, z_t, t, c_hat, *, train: bool = False):
-        block = dict(dropout=self.dropout, zero_init_last=True, dtype=self.dtype, dynamic_impl=self.dynamic_impl)
-        attn = dict(head_dim=self.head_dim, zero_init_proj=True, dtype=self.dtype)
+        block = dict(
+            dropout=self.dropout,
+            zero_init_last=True,
+            dtype=self.dtype,
+            dynamic_impl=self.dynamic_impl,
+            norm_eps=UNET_NORM_EPS,
+        )
+        attn = dict(head_dim=self.head_dim, zero_init_proj=True, dtype=self.dtype, norm_eps=UNET_NORM_EPS)
 
         temb = timestep_embedding(t, self.ch)
         temb = CondDense(4 * self.ch, dtype=self.dtype, name="temb_dense0")(temb)
@@ -50,7 +66,7 @@ class UNet(nn.Module):
                     h = AttnBlock(**attn, name=f"down{i}_attn{j}")(h)
                 skips.append(h)
             if i != len(self.ch_mult) - 1:
-                h = Downsample(dtype=self.dtype, name=f"down{i}_downsample")(h)
+                h = Downsample(dtype=self.dtype, symmetric=True, name=f"down{i}_downsample")(h)
                 skips.append(h)
                 ds *= 2
 
@@ -68,7 +84,7 @@ class UNet(nn.Module):
                 h = Upsample(dtype=self.dtype, name=f"up{i}_upsample")(h)
                 ds //= 2
 
-        h = nn.swish(group_norm(h.shape[-1], "norm_out")(h))
+        h = nn.swish(group_norm(h.shape[-1], "norm_out", UNET_NORM_EPS)(h))
         out = CondConv(
             self.out_channels,
             (3, 3),

@@ -3,6 +3,8 @@
 Presets (the part after ':' in --config=configs/casc_cr48.py:PRESET):
   ''      the paper: CIFAR-10, LDM VQ-f4 autoencoder, LDM-sized U-Net, T = 1000 DDPM, 500 epochs per stage.
   'smoke' the whole job offline on 2 CPU cores in minutes: embedded data, tiny widths, a few steps.
+  'cpu'   real CIFAR-10 training sized for 2 CPU cores (the reproduction in docs/results/cifar10_cpu);
+          see `_cpu` for how the sizes were chosen.
 
 Learning rates follow LDM's convention: `base_lr` is per example and the optimiser uses
 base_lr * global_batch_size when `scale_lr` is True (LDM's main.py scales by batch size and number
@@ -71,6 +73,7 @@ def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_
     c.train.keep_checkpoints = 3
     c.train.stage1 = ml_collections.ConfigDict(
         dict(
+            batch_size=0,  # > 0 overrides train.batch_size for this stage
             base_lr=4.5e-6,
             scale_lr=True,
             epochs=500,
@@ -83,10 +86,22 @@ def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_
             disc_start=0,  # PatchGAN hinge discriminator from this step; < 0 disables it
             disc_weight=0.75,
             disc_layers=2,
+            workdir="",  # another CASC workdir whose trained autoencoder this job uses (no stage-1 training)
         )
     )
     c.train.stage2 = ml_collections.ConfigDict(
-        dict(base_lr=1e-6, scale_lr=True, epochs=500, num_steps=0, adam_b1=0.9, adam_b2=0.999, ema_decay=0.9999)
+        # AdamW as LDM's LatentDiffusion.configure_optimizers (torch's default weight decay 0.01).
+        dict(
+            batch_size=0,
+            base_lr=1e-6,
+            scale_lr=True,
+            epochs=500,
+            num_steps=0,
+            adam_b1=0.9,
+            adam_b2=0.999,
+            weight_decay=0.01,
+            ema_decay=0.9999,
+        )
     )
     c.eval = ml_collections.ConfigDict(
         dict(batch_size=256, num_images=0, lpips_net="alex", fid_weights="", grid_images=8)
@@ -109,9 +124,42 @@ def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_
 
     if preset == "smoke":
         _smoke(c)
+    elif preset == "cpu":
+        _cpu(c)
     elif preset:
-        raise ValueError(f"unknown preset {preset!r}; choose '' or 'smoke'")
+        raise ValueError(f"unknown preset {preset!r}; choose '', 'smoke' or 'cpu'")
     return c
+
+
+CPU_EVAL_SAMPLER = dict(name="dpmpp_2m", steps=20, eta=0.0, spacing="logsnr", dtype="float32")
+CPU_EVAL_IMAGES = 2000  # a fixed subset of the 10,000 test images (the npz source's seeded order)
+
+
+def _cpu(c: ml_collections.ConfigDict) -> None:
+    """CIFAR-10 on 2 CPU cores: every stage sized by measured step time (2026-12-02, this machine,
+    with other jobs running: the numbers are upper bounds for a quiet machine).
+
+    Tried: autoencoder ch 64 (10.7M params): 4.3 s per batch-32 step (7.5 images/s), too slow for even one
+    epoch; ch 32 (2.7M): 1.3 s (25 images/s) once LPIPS-VGG ran its 2x2 convs as tap matmuls (3.4 s before).
+    U-Net ch 64, mult (1, 2, 2), 1 res block (4.6M + CAN 2.7M): 0.42 s per batch-64 step (150 images/s).
+    Chosen: stage 1 800 steps x 32 (about 17 min, half an epoch; shared by casc_cr48, casc_cr96 and the no-CAN
+    ablation through train.stage1.workdir), stage 2 2000 steps x 64 (about 14 min, 2.6 epochs).
+    Learning rates: LDM's per-example rate for stage 1 (4.5e-6 x 32); stage 2 uses 1e-4 flat, as LDM's
+    1e-6 x 64 = 6.4e-5 is made for 500 epochs; EMA 0.999 for the short run.
+    Evaluation: DPM-Solver++(2M), 20 log-SNR steps, on 2000 test images per SNR (the paper's 1000-step
+    DDPM would take hours here; `--mode=quality` measures the gap on 256 images).
+    """
+    c.data.source = "tfds:cifar10"  # the reproduction passes the npz copy: --config.data.source=npz:...
+    c.autoencoder.update(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, num_codes=1024)
+    c.unet.update(ch=64, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(2, 4), head_dim=32, dropout=0.1)
+    c.sampler.update(CPU_EVAL_SAMPLER)
+    c.train.batch_size = 64
+    c.train.log_every = 50
+    c.train.checkpoint_every = 250
+    c.train.stage1.update(batch_size=32, num_steps=800, disc_start=400)
+    c.train.stage2.update(base_lr=1e-4, scale_lr=False, num_steps=2000, ema_decay=0.999)
+    c.eval.update(batch_size=200, num_images=CPU_EVAL_IMAGES)
+    c.benchmark.update(quality_images=256)
 
 
 def _smoke(c: ml_collections.ConfigDict) -> None:

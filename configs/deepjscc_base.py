@@ -5,6 +5,7 @@ Presets (the part after ':' in --config=configs/deepjscc_mse_cr48.py:PRESET):
           at 5, 10, 15, 20 dB, CR 1/48 or 1/96 (the same data, channel and CR accounting as CASC's configs).
   'smoke' the whole job offline on 2 CPU cores: embedded data, few steps, a tiny U-Net (measured with 4
           other jobs on the machine: DeepJSCC about 40 s, DiffSC about 3 min, training plus evaluation).
+  'cpu'   real CIFAR-10 training sized for 2 CPU cores (docs/results/cifar10_cpu); see `_cpu`.
 
 Training settings. The CASC paper gives none for its baselines; the choices, per stage:
 - 'deepjscc' (DeepJSCC-MSE, DeepJSCC-LPIPS, and DiffSC's first stage): Bourtsoulatze et al. (2019) as we
@@ -129,8 +130,37 @@ def diffsc_config(cr: str = "1/48", preset: str = "") -> ml_collections.ConfigDi
 def _preset(c: ml_collections.ConfigDict, preset: str) -> None:
     if preset == "smoke":
         _smoke(c)
+    elif preset == "cpu":
+        _cpu(c)
     elif preset:
-        raise ValueError(f"unknown preset {preset!r}; choose '' or 'smoke'")
+        raise ValueError(f"unknown preset {preset!r}; choose '', 'smoke' or 'cpu'")
+
+
+def _cpu(c: ml_collections.ConfigDict) -> None:
+    """CIFAR-10 on 2 CPU cores, sized by measured step time (2026-12-02, this machine, other jobs running).
+
+    DeepJSCC (the paper's architecture, unchanged): 0.053 s per batch-64 step with the MSE loss, 0.24 s with
+    AlexNet LPIPS. MSE: 12,000 steps (about 11 min, 15 epochs); LPIPS: 4,000 steps (about 16 min, 5 epochs);
+    lr 1e-3, /10 after half the steps, as the full recipe.
+    DiffSC's pixel-space U-Net: ch 32, mult (1, 2, 2), 1 res block, attention in the middle only (1.06M params):
+    1.75 s per batch-64 step (37 images/s; the 35.7M DDPM U-Net is out of reach here). 1,000 steps of batch 32
+    (about 15 min, 0.6 epoch) on the reproduction's trained DeepJSCC-MSE (diffsc.deepjscc_workdir); lr 2e-4
+    with 100 warm-up steps, EMA 0.995.
+    Evaluation as CASC's CPU preset: 2000 test images per SNR; DiffSC samples with DPM-Solver++(2M), 20
+    log-SNR steps (as CASC's CPU evaluation), x0 clipped to [-1, 1].
+    """
+    from configs.casc_base import CPU_EVAL_IMAGES, CPU_EVAL_SAMPLER
+
+    c.train.log_every = 100
+    c.train.checkpoint_every = 1000
+    steps = 12_000 if c.train.deepjscc.loss == "mse" else 4_000
+    c.train.deepjscc.update(batch_size=64, num_steps=steps)
+    if c.system == "diffsc":
+        c.diffsc.unet.update(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), head_dim=64, dropout=0.1)
+        c.train.checkpoint_every = 250
+        c.train.diffsc.update(batch_size=32, num_steps=1000, warmup_steps=100, ema_decay=0.995)
+        c.sampler.update(CPU_EVAL_SAMPLER)
+    c.eval.update(batch_size=200, num_images=CPU_EVAL_IMAGES)
 
 
 def _smoke(c: ml_collections.ConfigDict) -> None:

@@ -243,7 +243,9 @@ def train_task(config: ml_collections.ConfigDict, workdir: str, task: str | None
             train_cfg=config.train,
             initial_state=state,
             step_fn=functools.partial(_with_const, parallel.jit_data_parallel(step, mesh), frozen),
-            batches=make_batches(config, task, "train", batch_size=local_batch, shuffle_seed=seed, repeat=True),
+            make_batches=lambda start: loop.skip_batches(
+                make_batches(config, task, "train", batch_size=local_batch, shuffle_seed=seed, repeat=True), start
+            ),
             total_steps=int(steps),
             mesh=mesh,
             writer=writer,

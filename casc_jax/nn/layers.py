@@ -17,9 +17,13 @@ from casc_jax.nn.dynamic import CondConv, CondDense
 zeros = nn.initializers.zeros
 
 
-def group_norm(channels: int, name: str | None = None) -> nn.GroupNorm:
+AE_NORM_EPS = 1e-6  # LDM's autoencoder (taming `Normalize`)
+UNET_NORM_EPS = 1e-5  # LDM's denoiser (openaimodel `GroupNorm32`, torch's default)
+
+
+def group_norm(channels: int, name: str | None = None, eps: float = AE_NORM_EPS) -> nn.GroupNorm:
     """GroupNorm(32) as in LDM; fewer groups for narrow (test-sized) layers."""
-    return nn.GroupNorm(num_groups=math.gcd(32, channels), epsilon=1e-6, name=name)
+    return nn.GroupNorm(num_groups=math.gcd(32, channels), epsilon=eps, name=name)
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
@@ -43,14 +47,15 @@ class ResBlock(nn.Module):
     zero_init_last: bool = False
     dtype: jnp.dtype | None = None
     dynamic_impl: str = "patches"
+    norm_eps: float = AE_NORM_EPS
 
     @nn.compact
     def __call__(self, x, temb=None, *, train: bool = False):
-        h = nn.swish(group_norm(x.shape[-1], "norm1")(x))
+        h = nn.swish(group_norm(x.shape[-1], "norm1", self.norm_eps)(x))
         h = CondConv(self.features, (3, 3), dtype=self.dtype, impl=self.dynamic_impl, name="conv1")(h)
         if temb is not None:
             h = h + CondDense(self.features, dtype=self.dtype, name="temb_proj")(nn.swish(temb))[:, None, None]
-        h = nn.swish(group_norm(self.features, "norm2")(h))
+        h = nn.swish(group_norm(self.features, "norm2", self.norm_eps)(h))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         init = zeros if self.zero_init_last else nn.linear.default_kernel_init
         h = CondConv(
@@ -70,12 +75,13 @@ class AttnBlock(nn.Module):
     head_dim: int = 64
     zero_init_proj: bool = False
     dtype: jnp.dtype | None = None
+    norm_eps: float = AE_NORM_EPS
 
     @nn.compact
     def __call__(self, x):
         b, h, w, c = x.shape
         heads = max(1, c // self.head_dim)
-        y = group_norm(c, "norm")(x).reshape(b, h * w, c)
+        y = group_norm(c, "norm", self.norm_eps)(x).reshape(b, h * w, c)
         qkv = CondDense(3 * c, dtype=self.dtype, name="qkv")(y)
         q, k, v = (a.reshape(b, h * w, heads, c // heads) for a in jnp.split(qkv, 3, axis=-1))
         y = nn.dot_product_attention(q, k, v).reshape(b, h * w, c)
@@ -85,13 +91,19 @@ class AttnBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Strided 3x3 conv halving H and W (LDM pads (0, 1) on each spatial axis)."""
+    """Strided 3x3 conv halving H and W.
+
+    `symmetric` pads one pixel on every side (LDM's denoiser, openaimodel `Downsample`); otherwise
+    (0, 1) on each spatial axis (LDM's autoencoder). The two sample different grids.
+    """
 
     dtype: jnp.dtype | None = None
+    symmetric: bool = False
 
     @nn.compact
     def __call__(self, x):
-        x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        pad = (1, 1) if self.symmetric else (0, 1)
+        x = jnp.pad(x, ((0, 0), pad, pad, (0, 0)))
         return CondConv(x.shape[-1], (3, 3), strides=2, padding="VALID", dtype=self.dtype, name="conv")(x)
 
 

@@ -52,11 +52,6 @@ def build_model(config) -> DeepJSCC | DiffSC:
 
 
 # -- optimiser ------------------------------------------------------------------------------------
-def stage_batch_size(config, stage: str) -> int:
-    """Global batch of `stage`: its own `batch_size` when > 0, else `config.train.batch_size`."""
-    return int(config.train[stage].get("batch_size", 0) or config.train.batch_size)
-
-
 def lr_schedule(stage_cfg, global_batch: int, total_steps: int):
     """count -> lr: linear warm-up to the base rate, then x lr_decay_factor after lr_decay_at x total_steps."""
     peak = loop.learning_rate(stage_cfg, global_batch)
@@ -143,7 +138,7 @@ def initial_states(model, config, key, total_steps=None) -> dict[str, loop.Train
     params = jscc.init(k_jscc)
 
     def tx(stage):
-        return optimizer(config.train[stage], stage_batch_size(config, stage), total_steps.get(stage, 1))
+        return optimizer(config.train[stage], loop.stage_batch_size(config.train, stage), total_steps.get(stage, 1))
 
     states = {"deepjscc": loop.TrainState(jnp.int32(0), params, tx("deepjscc").init(params))}
     if isinstance(model, DiffSC):
@@ -194,7 +189,7 @@ def train_baseline(config: ml_collections.ConfigDict, workdir: str, echo=print) 
     train_snrs = tuple(config.channel.train_snrs)
     stages = STAGES[system]
     external = external_deepjscc_workdir(config, workdir)
-    batches = {s: stage_batch_size(config, s) for s in stages}
+    batches = {s: loop.stage_batch_size(config.train, s) for s in stages}
     total = {s: loop.num_steps(config.train[s], examples, batches[s]) for s in stages}
     local = {s: parallel.check_batch_size(batches[s], mesh) for s in stages}
     states = parallel.replicate(initial_states(model, config, jax.random.key(config.seed), total), mesh)
@@ -208,7 +203,9 @@ def train_baseline(config: ml_collections.ConfigDict, workdir: str, echo=print) 
             train_cfg=config.train,
             initial_state=states[name],
             step_fn=functools.partial(_with_const, parallel.jit_data_parallel(step, mesh), const),
-            batches=data_lib.make_dataset(config.data, "train", batch_size=local[name], shuffle_seed=seed, repeat=True),
+            make_batches=lambda start: data_lib.make_dataset(
+                config.data, "train", batch_size=local[name], shuffle_seed=seed, repeat=True, start_batch=start
+            ),
             total_steps=total[name],
             mesh=mesh,
             writer=writer,

@@ -6,11 +6,15 @@ Stage 2: the autoencoder frozen; f, the CAN and the U-Net trained with L_denoise
 the channel at an SNR drawn per example from the training set {5, 10, 15, 20} dB.
 
 Each stage checkpoints into WORKDIR/<stage>/checkpoints and resumes from there when rerun.
+The autoencoder does not depend on the CR or the CAN, so `train.stage1.workdir` may name another
+CASC workdir whose trained stage 1 is used as it is (CR 1/96 and the no-CAN ablation reuse the
+autoencoder of CR 1/48 in the CPU reproduction); that config's `autoencoder` section must match.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 
 import jax
@@ -119,25 +123,27 @@ def make_stage2_step(model: CASC, cfg, train_snrs, tx, seed: int) -> Callable:
 
 # -- orchestration --------------------------------------------------------------------------------
 def _optimizer(stage_cfg, global_batch: int):
-    return loop.adam(loop.learning_rate(stage_cfg, global_batch), stage_cfg.adam_b1, stage_cfg.adam_b2)
+    """Adam (stage 1, as LDM's autoencoder) or AdamW when `weight_decay` is set (stage 2, as LDM's denoiser)."""
+    lr = loop.learning_rate(stage_cfg, global_batch)
+    return loop.adam(lr, stage_cfg.adam_b1, stage_cfg.adam_b2, weight_decay=stage_cfg.get("weight_decay", 0.0))
 
 
 def initial_states(model: CASC, config, key) -> dict[str, loop.TrainState]:
     """Fresh stage-1 and stage-2 states (also used, abstractly, as restore targets)."""
     params = model.init(key)
-    batch = config.train.batch_size
+    b1, b2 = (loop.stage_batch_size(config.train, s) for s in STAGES)
     s1, s2 = config.train.stage1, config.train.stage2
     extra = None
     if s1.disc_start >= 0:
         disc = PatchGAN(num_layers=s1.disc_layers)
         d_params = disc.init(jax.random.fold_in(key, 1), jnp.zeros((1,) + model.image_shape))["params"]
-        extra = {"disc_params": d_params, "disc_opt_state": _optimizer(s1, batch).init(d_params)}
+        extra = {"disc_params": d_params, "disc_opt_state": _optimizer(s1, b1).init(d_params)}
     ae = params["autoencoder"]
     trainable = {k: params[k] for k in STAGE2_PARTS}
     return {
-        "stage1": loop.TrainState(jnp.int32(0), ae, _optimizer(s1, batch).init(ae), None, extra),
+        "stage1": loop.TrainState(jnp.int32(0), ae, _optimizer(s1, b1).init(ae), None, extra),
         "stage2": loop.TrainState(
-            jnp.int32(0), trainable, _optimizer(s2, batch).init(trainable), jax.tree.map(jnp.copy, trainable)
+            jnp.int32(0), trainable, _optimizer(s2, b2).init(trainable), jax.tree.map(jnp.copy, trainable)
         ),
     }
 
@@ -153,8 +159,8 @@ def train_casc(config: ml_collections.ConfigDict, workdir: str, echo=print) -> d
     """Run (or resume) stage 1 then stage 2; return the full parameter tree (EMA denoiser weights)."""
     model = build_casc(config)
     mesh = parallel.make_mesh()
-    global_batch = config.train.batch_size
-    local_batch = parallel.check_batch_size(global_batch, mesh)
+    batch = {s: loop.stage_batch_size(config.train, s) for s in STAGES}
+    local_batch = {s: parallel.check_batch_size(batch[s], mesh) for s in STAGES}
     examples = data_lib.num_examples(config.data, "train")
     writer = loop.make_writer(workdir)
     states = parallel.replicate(initial_states(model, config, jax.random.key(config.seed)), mesh)
@@ -167,29 +173,48 @@ def train_casc(config: ml_collections.ConfigDict, workdir: str, echo=print) -> d
             train_cfg=config.train,
             initial_state=states[name],
             step_fn=functools.partial(_with_const, jitted, const),
-            batches=data_lib.make_dataset(
-                config.data, "train", batch_size=local_batch, shuffle_seed=seed, repeat=True
+            make_batches=lambda start: data_lib.make_dataset(
+                config.data, "train", batch_size=local_batch[name], shuffle_seed=seed, repeat=True, start_batch=start
             ),
-            total_steps=loop.num_steps(stage_cfg, examples, global_batch),
+            total_steps=loop.num_steps(stage_cfg, examples, batch[name]),
             mesh=mesh,
             writer=writer,
             echo=echo,
         )
 
-    # Stage 1: the autoencoder.
+    # Stage 1: the autoencoder (trained here, or taken from `train.stage1.workdir`).
     s1 = config.train.stage1
-    disc, lpips_vars = stage1_parts(model, s1)
-    disc_tx = _optimizer(s1, global_batch) if disc is not None else None
-    step1 = make_stage1_step(model, s1, disc, _optimizer(s1, global_batch), disc_tx, config.seed)
-    lpips_vars = parallel.replicate(lpips_vars, mesh) if lpips_vars is not None else None
-    state1 = run("stage1", step1, lpips_vars, s1, config.seed)
+    external = stage1_workdir(config, workdir)
+    if external is not None:
+        abstract = abstract_states(model, config, mesh)["stage1"]
+        step, state1 = loop.restore_stage(external, "stage1", config.train, abstract)
+        if state1 is None:
+            raise FileNotFoundError(
+                f"train.stage1.workdir={external!r} holds no trained autoencoder ({external}/stage1/checkpoints). "
+                "Train that CASC job first, or leave train.stage1.workdir empty to train stage 1 here."
+            )
+        echo(f"[stage1] using the autoencoder of {external} (step {step})")
+    else:
+        disc, lpips_vars = stage1_parts(model, s1)
+        disc_tx = _optimizer(s1, batch["stage1"]) if disc is not None else None
+        step1 = make_stage1_step(model, s1, disc, _optimizer(s1, batch["stage1"]), disc_tx, config.seed)
+        lpips_vars = parallel.replicate(lpips_vars, mesh) if lpips_vars is not None else None
+        state1 = run("stage1", step1, lpips_vars, s1, config.seed)
 
     # Stage 2: the denoiser, the CAN and the condition-channel encoder, autoencoder frozen.
     s2 = config.train.stage2
-    step2 = make_stage2_step(model, s2, tuple(config.channel.train_snrs), _optimizer(s2, global_batch), config.seed)
+    step2 = make_stage2_step(model, s2, tuple(config.channel.train_snrs), _optimizer(s2, batch["stage2"]), config.seed)
     state2 = run("stage2", step2, state1.params, s2, config.seed + 1)
     writer.close()
     return dict(state2.ema_params, autoencoder=state1.params)
+
+
+def stage1_workdir(config, workdir: str) -> str | None:
+    """`train.stage1.workdir` as an absolute path, or None when this job trains its own autoencoder."""
+    source = config.train.stage1.get("workdir") or ""
+    if not source or os.path.abspath(source) == os.path.abspath(workdir):
+        return None
+    return os.path.abspath(source)
 
 
 def _with_const(jitted, const, state, batch):
@@ -205,7 +230,9 @@ def load_trained_params(config, workdir: str, *, allow_random: bool = False, ech
     model = build_casc(config)
     mesh = parallel.make_mesh()
     abstract = abstract_states(model, config, mesh)
-    (step1, state1), (step2, state2) = (loop.restore_stage(workdir, s, config.train, abstract[s]) for s in STAGES)
+    stage1_dir = stage1_workdir(config, workdir) or workdir
+    step1, state1 = loop.restore_stage(stage1_dir, "stage1", config.train, abstract["stage1"])
+    step2, state2 = loop.restore_stage(workdir, "stage2", config.train, abstract["stage2"])
     if state1 is not None and state2 is not None:
         params = dict(state2.ema_params, autoencoder=state1.params)
         return params, f"trained checkpoint (stage 1 step {step1}, stage 2 step {step2})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -56,6 +57,11 @@ def all_finite(*trees) -> jax.Array:
 def guarded(new_state: TrainState, old_state: TrainState, finite: jax.Array) -> TrainState:
     """Keep the old state when the step produced non-finite values."""
     return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, old_state)
+
+
+def stage_batch_size(train_cfg, stage: str) -> int:
+    """Global batch of `stage`: its own `batch_size` when > 0, else `train.batch_size`."""
+    return int(train_cfg[stage].get("batch_size", 0) or train_cfg.batch_size)
 
 
 def num_steps(stage_cfg, examples: int, global_batch: int) -> int:
@@ -153,14 +159,35 @@ def stage_checkpointer(workdir: str, stage: str, train_cfg) -> Checkpointer:
     )
 
 
-def run_stage(*, name: str, workdir: str, train_cfg, initial_state: TrainState, **fit_kwargs) -> TrainState:
-    """Resume stage `name` from its latest checkpoint (or start from `initial_state`) and `fit` it."""
+def run_stage(
+    *,
+    name: str,
+    workdir: str,
+    train_cfg,
+    initial_state: TrainState,
+    make_batches: Callable[[int], Iterator[Mapping[str, np.ndarray]]],
+    **fit_kwargs,
+) -> TrainState:
+    """Resume stage `name` from its latest checkpoint (or start from `initial_state`) and `fit` it.
+
+    `make_batches(k)` is the training stream from its k-th batch on: a run restored at step k sees the
+    batches an uninterrupted run would, and its random keys are folded from the step, so it ends with
+    the same parameters.
+    """
     ckpt = stage_checkpointer(workdir, name, train_cfg)
     try:
         state = ckpt.restore(initial_state) or initial_state
-        return fit(name=name, state=state, checkpointer=ckpt, log_every=train_cfg.log_every, **fit_kwargs)
+        batches = make_batches(int(jax.device_get(state.step)))
+        return fit(
+            name=name, state=state, checkpointer=ckpt, log_every=train_cfg.log_every, batches=batches, **fit_kwargs
+        )
     finally:
         ckpt.close()
+
+
+def skip_batches(batches: Iterator, start: int) -> Iterator:
+    """A deterministic stream from its `start`-th batch, for pipelines that cannot seek (reads and drops)."""
+    return itertools.islice(batches, start, None)
 
 
 def restore_stage(workdir: str, name: str, train_cfg, abstract_state) -> tuple[int | None, TrainState | None]:

@@ -1,0 +1,165 @@
+"""The CIFAR-10 reproduction on CPU: train every CASC-paper system, evaluate, compare, publish.
+
+    python -m casc_jax.reproduce --data=DIR [--workdir=runs/cifar10_cpu] [--out=docs/results/cifar10_cpu]
+
+DIR holds the CIFAR-10 JPEG archives (cifar10_train_50k_jpeg.npz, cifar10_test_10k_jpeg.npz; see
+`casc_jax.data`'s npz source), or `--data=tfds` reads the prepared TFDS cifar10. Every job is
+`launch.py --config=configs/<job>.py:cpu` in its own process, logging to WORKDIR/<job>/log.txt; a finished
+job leaves WORKDIR/<job>/job.json and is skipped on a rerun, an unfinished one resumes from its last
+checkpoint. After the jobs: `--mode=quality` on CASC CR 1/48, the comparison figures, and OUT/ with
+metrics.csv, the figures and results.md (the command, commit, wall time per job, data and tables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NPZ_FILES = {"train": "cifar10_train_50k_jpeg.npz", "test": "cifar10_test_10k_jpeg.npz"}
+CSV_COLUMNS = ("method", "cr", "snr_db", "psnr", "lpips", "fid", "num_images")
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One `launch.py` run: a config (':cpu' preset), its mode and the workdirs it builds on."""
+
+    name: str
+    config: str
+    mode: str = "train"
+    uses: Mapping[str, str] = dataclasses.field(default_factory=dict)  # config field -> job whose workdir it takes
+
+    def command(self, root: str, source: str) -> list[str]:
+        args = [
+            sys.executable,
+            os.path.join(REPO, "launch.py"),
+            f"--config={os.path.join(REPO, 'configs', self.config)}.py:cpu",
+            f"--workdir={os.path.join(root, self.config)}",
+            f"--mode={self.mode}",
+            f"--config.data.source={source}",
+        ]
+        return args + [f"--config.{field}={os.path.join(root, job)}" for field, job in self.uses.items()]
+
+
+_AE = {"train.stage1.workdir": "casc_cr48"}  # CR 1/96 and the ablation reuse CR 1/48's autoencoder
+# In the order they run: the CR 1/48 comparison first, then CR 1/96, then the sampler quality table.
+JOBS = (
+    Job("deepjscc_mse_cr48", "deepjscc_mse_cr48"),
+    Job("casc_cr48", "casc_cr48"),
+    Job("casc_cr48_nocan", "casc_cr48_nocan", uses=_AE),
+    Job("deepjscc_lpips_cr48", "deepjscc_lpips_cr48"),
+    Job("diffsc_cr48", "diffsc_cr48", uses={"diffsc.deepjscc_workdir": "deepjscc_mse_cr48"}),
+    Job("casc_cr96", "casc_cr96", uses=_AE),
+    Job("deepjscc_mse_cr96", "deepjscc_mse_cr96"),
+    Job("deepjscc_lpips_cr96", "deepjscc_lpips_cr96"),
+    Job("quality_casc_cr48", "casc_cr48", mode="quality"),
+)
+
+
+def data_source(data: str) -> str:
+    """`--data` -> a data.source string: 'tfds' -> tfds:cifar10, a folder -> the npz archives in it."""
+    if data == "tfds":
+        return "tfds:cifar10"
+    paths = {split: os.path.join(os.path.abspath(data), name) for split, name in NPZ_FILES.items()}
+    missing = [p for p in paths.values() if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(
+            f"--data={data}: {', '.join(missing)} not found; pass the folder holding {' and '.join(NPZ_FILES.values())}"
+            " (the CIFAR-10 JPEG archives), or --data=tfds for a prepared TFDS cifar10"
+        )
+    return "npz:" + ",".join(f"{split}={path}" for split, path in paths.items())
+
+
+def _record_path(root: str, job: Job) -> str:
+    return os.path.join(root, job.config, f"job_{job.mode}.json")
+
+
+def run_job(job: Job, root: str, source: str, echo: Callable[[str], None] = print) -> dict:
+    """Run `job` unless it finished before; its output goes to WORKDIR/<config>/log.txt. Returns its record."""
+    path = _record_path(root, job)
+    if os.path.exists(path):
+        with open(path) as f:
+            record = json.load(f)
+        echo(f"[reproduce] {job.name}: done before ({record['seconds'] / 60:.1f} min), skipped")
+        return record
+    workdir = os.path.join(root, job.config)
+    os.makedirs(workdir, exist_ok=True)
+    echo(f"[reproduce] {job.name}: running, log in {workdir}/log.txt")
+    started = time.time()
+    with open(os.path.join(workdir, "log.txt"), "a") as log:
+        log.write(f"\n$ {' '.join(job.command(root, source))}\n")
+        log.flush()
+        proc = subprocess.Popen(
+            job.command(root, source), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for line in proc.stdout:
+            log.write(line)
+            log.flush()
+            if line.startswith("["):  # our own progress lines, not library logging
+                echo(f"  {job.name} {line.rstrip()}")
+        code = proc.wait()
+    seconds = time.time() - started
+    if code:
+        raise RuntimeError(f"{job.name} failed (exit {code}) after {seconds / 60:.1f} min; see {workdir}/log.txt")
+    record = {"job": job.name, "mode": job.mode, "seconds": round(seconds, 1), "command": job.command(root, source)}
+    with open(path, "w") as f:
+        json.dump(record, f, indent=2)
+    return record
+
+
+def eval_records(root: str, jobs: Sequence[Job]) -> list[dict]:
+    """Every evaluated job's eval/metrics.json records, in job order."""
+    records = []
+    for job in jobs:
+        path = os.path.join(root, job.config, "eval", "metrics.json")
+        if job.mode == "train" and os.path.exists(path):
+            with open(path) as f:
+                records += json.load(f)
+    return records
+
+
+def write_metrics_csv(records: Sequence[Mapping], path: str) -> None:
+    """metrics.csv with CSV_COLUMNS (fid empty when unavailable)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for r in records:
+            writer.writerow(["" if r.get(k) is None else r[k] for k in CSV_COLUMNS])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="folder of the CIFAR-10 npz archives, or 'tfds'")
+    parser.add_argument("--workdir", default=os.path.join("runs", "cifar10_cpu"))
+    parser.add_argument("--out", default=os.path.join("docs", "results", "cifar10_cpu"))
+    parser.add_argument("--jobs", default="", help="comma-separated job names to run (default: all, in order)")
+    parser.add_argument("--train_only", action="store_true", help="run the jobs, do not write OUT")
+    args = parser.parse_args(argv)
+    try:
+        source = data_source(args.data)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    root = os.path.abspath(args.workdir)
+    chosen = [j for j in JOBS if not args.jobs or j.name in args.jobs.split(",")]
+    started = time.time()
+    for job in chosen:
+        run_job(job, root, source)
+    if args.train_only:
+        return 0
+    from casc_jax import results
+
+    results.publish(root, os.path.abspath(args.out), JOBS, args, source)
+    print(f"[reproduce] finished in {(time.time() - started) / 60:.1f} min; results in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
