@@ -229,11 +229,8 @@ def _build_chain(eps_fn, schedule, shape, key, sampler, steps, eta, clip_x0, x_T
         return x_T, body, xs, lambda x: x
 
     # descending, S entries: the denoiser is evaluated S times (steps=None: every integer timestep)
-    if steps is None:
-        ts = np.arange(T - 1, -1, -1, dtype=np.int32)
-    else:
-        log_abar = None if spacing == "uniform" else schedule.log_alphas_cumprod
-        ts = make_timesteps(T, steps, spacing, log_alphas_cumprod=log_abar)
+    log_abar = None if spacing == "uniform" or steps is None else schedule.log_alphas_cumprod
+    ts = make_timesteps(T, steps, spacing, log_alphas_cumprod=log_abar)
     ts_next = np.append(ts[1:], -1).astype(ts.dtype)  # the last step goes to the clean data
     if sampler == "dpmpp_3m":
         try:

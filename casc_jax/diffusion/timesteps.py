@@ -33,8 +33,8 @@ def make_timesteps(
 
     Args:
       num_timesteps: T.
-      steps: ``None`` (all T), a count S, or an explicit sequence of distinct timesteps in
-        ``[0, T-1]`` (any order; ``spacing`` is then ignored).
+      steps: ``None`` (every integer timestep, for any spacing), a count S, or an explicit sequence
+        of distinct timesteps in ``[0, T-1]`` (any order; ``spacing`` is then ignored).
       spacing: for a count S: ``'uniform'`` is DDIM's ``t_i = floor(i (T-1) / (S-1))``, i = 0..S-1;
         ``'logsnr'`` is uniform in ``lambda`` from ``lambda_{T-1}`` to ``lambda_0`` at real timesteps
         (continuous time, exact end points T-1 and 0); ``'logsnr_int'`` rounds those to the nearest
@@ -48,7 +48,7 @@ def make_timesteps(
     if spacing not in SPACINGS:
         raise ValueError(f"Unknown timestep spacing {spacing!r}; choose one of {list(SPACINGS)}.")
     if steps is None:
-        steps = T
+        return np.arange(T - 1, -1, -1, dtype=np.int32)
     if isinstance(steps, (int, np.integer)):
         S = int(steps)
         if not 1 <= S <= T:
