@@ -165,7 +165,7 @@ def sampler_options(sampler: Mapping | None) -> tuple[dict, jnp.dtype | None]:
 
     Keys: name, steps, eta, spacing, dtype and, for 'dpmpp_3m', corrector and final_order. steps 0 /
     None means every timestep; a missing or empty spacing is `diffusion.DEFAULT_SPACING` ('logsnr',
-    continuous time); dtype 'bfloat16' runs the denoiser in bf16 (params stay f32).
+    uniform in log-SNR on integer timesteps); dtype 'bfloat16' runs the denoiser in bf16 (params stay f32).
     """
     sampler = dict(sampler or {})
     kwargs = dict(

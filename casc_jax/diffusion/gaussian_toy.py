@@ -28,12 +28,13 @@ VARIANTS = (
     ("DDIM uniform", dict(sampler="ddim", spacing="uniform")),
     ("DDIM logsnr", dict(sampler="ddim", spacing="logsnr")),
     ("2M uniform", dict(sampler="dpmpp_2m", spacing="uniform")),
-    ("2M logsnr_int", dict(sampler="dpmpp_2m", spacing="logsnr_int")),
     ("2M logsnr", dict(sampler="dpmpp_2m", spacing="logsnr")),
-    ("3M logsnr_int", dict(sampler="dpmpp_3m", spacing="logsnr_int")),
-    ("3M logsnr", dict(sampler="dpmpp_3m", spacing="logsnr")),
-    ("3M logsnr c1", dict(sampler="dpmpp_3m", spacing="logsnr", corrector=1)),
-    ("3M logsnr c3", dict(sampler="dpmpp_3m", spacing="logsnr", corrector=3)),
+    ("2M logsnr_cont", dict(sampler="dpmpp_2m", spacing="logsnr_cont")),
+    ("3M logsnr (default)", dict(sampler="dpmpp_3m", spacing="logsnr")),
+    ("3M logsnr_cont", dict(sampler="dpmpp_3m", spacing="logsnr_cont")),
+    ("3M logsnr final_order=1", dict(sampler="dpmpp_3m", spacing="logsnr", final_order=1)),
+    ("3M logsnr corrector=1", dict(sampler="dpmpp_3m", spacing="logsnr", corrector=1)),
+    ("3M logsnr corrector=3", dict(sampler="dpmpp_3m", spacing="logsnr", corrector=3)),
 )
 
 

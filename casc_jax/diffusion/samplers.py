@@ -2,7 +2,7 @@
 
 A sampler takes a denoiser ``eps_fn(x_t, t) -> eps_hat`` (closed over parameters and condition;
 ``x_t`` (B, ...), ``t`` (B,) the timestep in ``[0, T-1]``: int32, or float32 on the continuous-time
-``'logsnr'`` grid, the fast samplers' default) and a :class:`~casc_jax.diffusion.schedules.Schedule`.
+``'logsnr_cont'`` grid) and a :class:`~casc_jax.diffusion.schedules.Schedule`.
 It knows nothing about the model.
 
 Conventions:
@@ -303,8 +303,9 @@ def sample(
       eta: DDIM's stochasticity (0 = deterministic).
       clip_x0: clip the predicted ``x_0`` to ``[-c, c]`` in every step, or ``None``.
       x_T: the starting noise (default: ``N(0, I)`` drawn from ``key``).
-      spacing: ``'logsnr'`` (default: uniform in log-SNR at real timesteps, so ``eps_fn`` gets float32
-        ``t``), ``'logsnr_int'`` (rounded to integer timesteps) or ``'uniform'`` (DDIM's integer grid);
+      spacing: ``'logsnr'`` (default: uniform in log-SNR, rounded to integer timesteps),
+        ``'logsnr_cont'`` (exactly uniform, at real timesteps: ``eps_fn`` gets float32 ``t``) or
+        ``'uniform'`` (DDIM's integer grid);
         see :func:`make_timesteps`. The log-SNR grids need a concrete, closed-over schedule.
       corrector: ``'dpmpp_3m'`` only: 0, or the past evaluations (1..3) used by the corrector.
       final_order: ``'dpmpp_3m'`` only: 1 or 2 (default) for the last step to the clean data.

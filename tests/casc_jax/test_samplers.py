@@ -90,7 +90,7 @@ def _scan_lengths(jaxpr):
         (dict(sampler="ddim", steps=10, spacing="uniform"), 10),
         (dict(sampler="dpmpp_2m", steps=12, spacing="uniform"), 12),
         (dict(sampler="ddim", steps=10), 10),
-        (dict(sampler="dpmpp_2m", steps=12, spacing="logsnr_int"), 12),
+        (dict(sampler="dpmpp_2m", steps=12, spacing="logsnr"), 12),
         (dict(sampler="dpmpp_3m", steps=12), 12),
         (dict(sampler="dpmpp_3m", steps=7, corrector=3, final_order=1), 7),
     ],
@@ -123,9 +123,9 @@ def test_timestep_grids():
     _, abar = _np_abar(1000)
     lam = 0.5 * np.log(abar / (1 - abar))
     for S in (2, 5, 20, 100, 1000):
-        ts = make_timesteps(1000, S, "logsnr_int", abar)
+        ts = make_timesteps(1000, S, "logsnr", abar)
         assert ts.size == S and np.all(np.diff(ts) < 0) and ts[0] == 999 and ts[-1] == 0
-    ts = make_timesteps(1000, 20, "logsnr_int", abar)
+    ts = make_timesteps(1000, 20, "logsnr", abar)
     # nearly uniform in lambda: steps within a factor ~1.5 of the mean away from the t ~ 0 end
     dl = np.diff(lam[ts])
     np.testing.assert_allclose(dl[:-3], (lam[0] - lam[999]) / 19, rtol=0.5)
@@ -367,8 +367,8 @@ def _w2(mu, var):
         ),
         (dict(sampler="dpmpp_2m", steps=None), lambda: _ref_dpmpp_2m(np.arange(T)[::-1]), 0.015),
         (
-            dict(sampler="dpmpp_2m", steps=25, spacing="logsnr_int"),
-            lambda: _ref_dpmpp_2m(make_timesteps(T, 25, "logsnr_int", ABAR)),
+            dict(sampler="dpmpp_2m", steps=25, spacing="logsnr"),
+            lambda: _ref_dpmpp_2m(make_timesteps(T, 25, "logsnr", ABAR)),
             0.015,
         ),
     ],
@@ -396,7 +396,7 @@ def test_ddim_eta0_is_deterministic(gauss):
     assert np.abs(c - d).mean() > 0.05  # with eta > 0 the key does matter
 
 
-@pytest.mark.parametrize("spacing", ["uniform", "logsnr_int"])
+@pytest.mark.parametrize("spacing", ["uniform", "logsnr"])
 def test_dpmpp_2m_beats_ddim_at_20_steps(gauss, spacing):
     ts = make_timesteps(T, 20, spacing, ABAR)
     x_ddim = gauss(sampler="ddim", steps=20, spacing=spacing)

@@ -59,7 +59,7 @@ def test_continuous_schedule_matches_discrete_and_float64_interpolation():
 def test_logsnr_grid_is_uniform_in_lambda_at_real_timesteps():
     log_abar = _np_log_abar()
     for S in (2, 5, 20):
-        ts = make_timesteps(T, S, "logsnr", log_alphas_cumprod=log_abar)
+        ts = make_timesteps(T, S, "logsnr_cont", log_alphas_cumprod=log_abar)
         assert ts.dtype == np.float64 and ts[0] == T - 1 and ts[-1] == 0 and np.all(np.diff(ts) < 0)
         lam = _np_alpha_sigma_lambda(ts)[2]
         np.testing.assert_allclose(np.diff(lam), (lam[-1] - lam[0]) / (S - 1), rtol=1e-9)
@@ -67,7 +67,7 @@ def test_logsnr_grid_is_uniform_in_lambda_at_real_timesteps():
     # the denoiser receives float32 t on this grid, int32 on the integer grids
     seen = []
     sch = make_schedule("ldm_linear", 50)
-    for spacing, dtype in (("logsnr", jnp.float32), ("logsnr_int", jnp.int32), ("uniform", jnp.int32)):
+    for spacing, dtype in (("logsnr_cont", jnp.float32), ("logsnr", jnp.int32), ("uniform", jnp.int32)):
         sample(lambda x, t: seen.append(t.dtype) or x * 0, sch, (2, 3), jax.random.key(0), sampler="ddim",
                steps=4, spacing=spacing)
         assert seen[-1] == dtype
@@ -168,12 +168,13 @@ def test_multistep_engine_at_order_2_is_dpmpp_2m():
     """The planned chain with order 2, no corrector and a first-order end is the in-graph 2M chain."""
     sch = make_schedule("ldm_linear", T)
     x_T = jax.random.normal(jax.random.key(4), (3, 2))
-    ts = make_timesteps(T, 9, "logsnr", log_alphas_cumprod=sch.log_alphas_cumprod)
+    ts = make_timesteps(T, 9, "logsnr_cont", log_alphas_cumprod=sch.log_alphas_cumprod)
     al, sg, lam = solvers.grid_coefficients(sch, ts)
     coef = solvers.plan(al, sg, lam, order=2, corrector=0, final_order=1)
     carry, body, xs, final = solvers.multistep_chain(_toy_eps, ts, al, sg, coef, x_T, None)
     got = final(jax.lax.scan(body, carry, xs)[0])
-    ref = sample(_toy_eps, sch, x_T.shape, jax.random.key(0), sampler="dpmpp_2m", steps=9, x_T=x_T)
+    kw = dict(sampler="dpmpp_2m", steps=9, x_T=x_T, spacing="logsnr_cont")
+    ref = sample(_toy_eps, sch, x_T.shape, jax.random.key(0), **kw)
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-4, atol=1e-4)
 
 
@@ -187,7 +188,7 @@ def test_default_fast_sampler_on_the_gaussian_toy(toy):
     sch, problem = toy
     err = lambda n, **kw: gaussian_toy.rms_error(sch, problem, n, **kw)
     fast = {n: err(n, sampler=FAST_SAMPLER) for n in (5, 10, 20)}  # default spacing: 'logsnr'
-    base = {n: err(n, sampler="dpmpp_2m", spacing="logsnr_int") for n in (5, 20)}
+    base = {n: err(n, sampler="dpmpp_2m", spacing="logsnr") for n in (5, 20)}
     assert fast[10] < 0.0138 and fast[20] < 0.0052, fast
     assert fast[5] < base[5], (fast, base)
     assert fast[20] < 0.5 * base[20], (fast, base)  # third order pays off once steps are short
