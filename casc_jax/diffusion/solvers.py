@@ -12,7 +12,7 @@ integrates it exactly: ``x_t = (sigma_t / sigma_s) x_s + alpha_t sum_j w_j D_j``
   ``x_t = (sigma_t / sigma_s) x_s - alpha_t phi_1 D_s + alpha_t phi_2 D1 - 2 alpha_t phi_3 D2``.
   Note the 2: ``D2 ~ h^2 D'' / 2``, so the exact integral of the quadratic needs ``2 phi_3 D2``; the
   reference implementations' ``phi_3 D2`` (dpm-solver, diffusers, k-diffusion) halves the third-order
-  term and converges only at second order (measured in ``tests/casc_jax/test_samplers.py``).
+  term and converges only at second order (measured in ``tests/casc_jax/test_solvers.py``).
 - An optional corrector (UniPC's idea, Zhao et al. 2023, here with exact Adams-Moulton weights)
   redoes each step with the polynomial that also passes through the new evaluation ``D_t`` (taken at
   the predicted ``x_t``), so it costs no extra denoiser call.
