@@ -10,9 +10,9 @@ integrates it exactly: ``x_t = (sigma_t / sigma_s) x_s + alpha_t sum_j w_j D_j``
   ``D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1)``, ``D2 = (D1_0 - D1_1) / (r0 + r1)`` and
   ``phi_1 = e^{-h} - 1``, ``phi_2 = phi_1 / h + 1``, ``phi_3 = phi_2 / h - 1/2``:
   ``x_t = (sigma_t / sigma_s) x_s - alpha_t phi_1 D_s + alpha_t phi_2 D1 - 2 alpha_t phi_3 D2``.
-  Note the 2: ``D2 ~ h^2 D'' / 2``, so the exact integral of the quadratic needs ``2 phi_3 D2``; the
-  reference implementations' ``phi_3 D2`` (dpm-solver, diffusers, k-diffusion) halves the third-order
-  term and converges only at second order (measured in ``tests/casc_jax/test_solvers.py``).
+  Note the 2: ``D2 ~ h^2 D'' / 2``, so the exact integral of the quadratic needs ``2 phi_3 D2``. The
+  ``phi_3 D2`` of dpm-solver's ``dpm_solver_pytorch.py`` and diffusers' multistep scheduler halves the
+  third-order term, and that update converges only at second order (``tests/casc_jax/test_solvers.py``).
 - An optional corrector (UniPC's idea, Zhao et al. 2023, here with exact Adams-Moulton weights)
   redoes each step with the polynomial that also passes through the new evaluation ``D_t`` (taken at
   the predicted ``x_t``), so it costs no extra denoiser call.
@@ -36,9 +36,10 @@ import numpy as np
 from casc_jax.diffusion.schedules import Schedule, lambda_np
 
 HISTORY = 3  # D values kept besides the newest: enough for order 3 and a 4-node corrector
-# Longest step (in lambda) taken at third order. On the Gaussian toy (``gaussian_toy``) third-order
-# extrapolation over h ~ 0.85 (10 steps on LDM's schedule, lambda in [-4.4, 3.3]) is 2.6x less accurate
-# than 2M, while from h ~ 0.7 (12 steps) on it wins; longer steps fall back to DPM-Solver++(2M).
+# Longest step (in lambda) taken at third order; longer steps use DPM-Solver++(2M)'s update. On the
+# Gaussian toy (``gaussian_toy``, LDM's schedule, lambda in [-4.4, 3.25]) third order over h ~ 0.85
+# (10 steps) is 2.6x less accurate than 2M, at h ~ 0.7 (12 steps) the two are within about 20%, and
+# from 15 steps on (h <= 0.55) third order wins by 2x and more.
 MAX_H3 = 0.75
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(24)
 
@@ -93,6 +94,9 @@ def plan(
       corrector: 0 (none) or the number of past evaluations the corrector's polynomial uses besides
         the new one (1..HISTORY).
       final_order: 1 (``x_0 = D``) or 2 (Adams-Bashforth 2 in ``rho``) for the last step to the data.
+        2 removes the first-order floor (about 0.003 rms on the toy), but it extrapolates ``eps``: a
+        denoiser whose ``x_0`` error does not shrink with ``sigma`` (an x0-prediction network) can make
+        it worse than 1.
       max_h3: steps with ``h = lambda_t - lambda_s`` above this use order 2 (third-order extrapolation
         loses accuracy on long steps).
     Returns:
