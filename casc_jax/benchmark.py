@@ -297,14 +297,17 @@ def write_report(report: dict, workdir: str, echo=print) -> str:
 
 
 def quality_variants(config) -> list[dict]:
-    """Fast samplers to compare with DDPM: DDIM and DPM-Solver++ at the configured step counts."""
+    """Fast samplers to compare with DDPM: DDIM, DPM-Solver++(2M) (uniform and `benchmark.spacing`) and
+    the default fast sampler (DPM-Solver++(3M)) at the configured step counts."""
+    spacing = config.benchmark.spacing or diffusion.DEFAULT_SPACING
     rows = []
     for steps in config.benchmark.ddim_steps:
-        rows.append({"name": "ddim", "steps": steps})
+        rows.append({"name": "ddim", "steps": steps, "spacing": spacing})
     for steps in config.benchmark.dpm_steps:
-        rows.append({"name": "dpmpp_2m", "steps": steps})
-        if config.benchmark.spacing != "uniform":
-            rows.append({"name": "dpmpp_2m", "steps": steps, "spacing": config.benchmark.spacing})
+        rows.append({"name": "dpmpp_2m", "steps": steps, "spacing": "uniform"})
+        if spacing != "uniform":
+            rows.append({"name": "dpmpp_2m", "steps": steps, "spacing": spacing})
+        rows.append({"name": diffusion.FAST_SAMPLER, "steps": steps, "spacing": spacing})
     return rows
 
 

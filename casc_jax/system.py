@@ -161,17 +161,22 @@ class CASC:
 
 
 def sampler_options(sampler: Mapping | None) -> tuple[dict, jnp.dtype | None]:
-    """A config's `sampler` section {name, steps, eta, spacing, dtype} -> (diffusion.sample kwargs, dtype).
+    """A config's `sampler` section -> (diffusion.sample kwargs, dtype).
 
-    steps 0 / None means every timestep; dtype 'bfloat16' runs the denoiser in bf16 (params stay f32).
+    Keys: name, steps, eta, spacing, dtype and, for 'dpmpp_3m', corrector and final_order. steps 0 /
+    None means every timestep; a missing or empty spacing is `diffusion.DEFAULT_SPACING` ('logsnr',
+    uniform in log-SNR on integer timesteps); dtype 'bfloat16' runs the denoiser in bf16 (params stay f32).
     """
     sampler = dict(sampler or {})
     kwargs = dict(
         sampler=sampler.get("name", "ddpm"),
         steps=sampler.get("steps") or None,
         eta=sampler.get("eta", 0.0),
-        spacing=sampler.get("spacing", "uniform"),
+        spacing=sampler.get("spacing") or diffusion.DEFAULT_SPACING,
     )
+    for key in ("corrector", "final_order"):
+        if sampler.get(key) is not None:
+            kwargs[key] = sampler[key]
     dtype = sampler.get("dtype") or "float32"
     return kwargs, (None if dtype == "float32" else jnp.dtype(dtype))
 

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from casc_jax.diffusion import Schedule, extract
+from casc_jax.diffusion import Schedule, alpha_sigma
 from casc_jax.nn.layers import timestep_embedding
 from multitask_jax.jscc import depth_to_space, space_to_depth
 
@@ -163,7 +163,10 @@ class DiT(nn.Module):
 
 
 def eps_from_x0(schedule: Schedule, x_t: jax.Array, t: jax.Array, x0: jax.Array) -> jax.Array:
-    """eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t): an x0 prediction as the samplers' noise input."""
-    return (x_t - extract(schedule.sqrt_alphas_cumprod, t, x_t) * x0) / extract(
-        schedule.sqrt_one_minus_alphas_cumprod, t, x_t
-    )
+    """eps = (x_t - alpha_t x0) / sigma_t: an x0 prediction as the samplers' noise input.
+
+    t: (B,) int, or real on the samplers' continuous-time grid (``diffusion.alpha_sigma``).
+    """
+    alpha, sigma = alpha_sigma(schedule, t)
+    shape = (-1,) + (1,) * (x_t.ndim - 1)
+    return (x_t - alpha.reshape(shape).astype(x_t.dtype) * x0) / sigma.reshape(shape).astype(x_t.dtype)

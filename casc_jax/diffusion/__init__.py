@@ -4,6 +4,7 @@ Knows nothing about CASC: samplers take a denoiser ``eps_fn(x_t, t)`` and a :cla
 """
 
 from casc_jax.diffusion.samplers import (
+    FAST_SAMPLER,
     SAMPLERS,
     SPACINGS,
     ddim_step,
@@ -17,6 +18,7 @@ from casc_jax.diffusion.samplers import (
 from casc_jax.diffusion.schedules import (
     SCHEDULE_KINDS,
     Schedule,
+    alpha_sigma,
     epsilon_loss,
     extract,
     make_betas,
@@ -24,15 +26,21 @@ from casc_jax.diffusion.schedules import (
     predict_x0,
     q_sample,
 )
+from casc_jax.diffusion.solvers import dpmpp_3m_step
+from casc_jax.diffusion.timesteps import DEFAULT_SPACING
 
 __all__ = [
+    "DEFAULT_SPACING",
+    "FAST_SAMPLER",
     "SAMPLERS",
     "SCHEDULE_KINDS",
     "SPACINGS",
     "Schedule",
+    "alpha_sigma",
     "ddim_step",
     "ddpm_step",
     "dpmpp_2m_step",
+    "dpmpp_3m_step",
     "epsilon_loss",
     "extract",
     "make_betas",

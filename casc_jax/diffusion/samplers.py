@@ -1,16 +1,20 @@
-"""Reverse-chain samplers: DDPM ancestral, DDIM and DPM-Solver++(2M).
+"""Reverse-chain samplers: DDPM ancestral, DDIM, DPM-Solver++(2M) and DPM-Solver++(3M).
 
 A sampler takes a denoiser ``eps_fn(x_t, t) -> eps_hat`` (closed over parameters and condition;
-``x_t`` (B, ...), ``t`` int32 (B,) holding the discrete timestep ``0..T-1``) and a
-:class:`~casc_jax.diffusion.schedules.Schedule`. It knows nothing about the model.
+``x_t`` (B, ...), ``t`` (B,) the timestep in ``[0, T-1]``: int32, or float32 on the continuous-time
+``'logsnr_cont'`` grid) and a :class:`~casc_jax.diffusion.schedules.Schedule`.
+It knows nothing about the model.
 
 Conventions:
-- Discrete timestep ``t`` has ``alpha_t = sqrt(abar_t)``, ``sigma_t = sqrt(1 - abar_t)`` and
-  ``lambda_t = log(alpha_t / sigma_t)`` (half the log-SNR). The clean data is timestep ``-1`` with
-  ``abar = 1`` (``alpha = 1``, ``sigma = 0``, ``lambda = +inf``): every sampler ends there.
-- Each per-step function (:func:`ddpm_step`, :func:`ddim_step`, :func:`dpmpp_2m_step`) is the only
-  home of its update rule; :func:`sample` runs them in one ``jax.lax.scan`` and :func:`sample_loop`
-  runs the same scan body in a Python loop (debugging, per-step dispatch baseline).
+- Timestep ``t`` has ``alpha_t = sqrt(abar_t)``, ``sigma_t = sqrt(1 - abar_t)`` and
+  ``lambda_t = log(alpha_t / sigma_t)`` (half the log-SNR); at real ``t``, ``log abar`` is interpolated
+  linearly (``schedules.alpha_sigma``). The clean data is timestep ``-1`` with ``abar = 1``
+  (``alpha = 1``, ``sigma = 0``, ``lambda = +inf``): every sampler ends there.
+- Each per-step function (:func:`ddpm_step`, :func:`ddim_step`, :func:`dpmpp_2m_step`,
+  ``solvers.dpmpp_3m_step``) is the only home of its update rule; :func:`sample` runs a chain in one
+  ``jax.lax.scan`` and :func:`sample_loop` runs the same scan body in a Python loop (debugging,
+  per-step dispatch baseline). DPM-Solver++(3M) runs ``solvers.multistep_chain``, whose float64
+  coefficients are planned from the grid.
 - Keys: ``key_T, key_chain = jax.random.split(key)``; ``x_T ~ N(0, I)`` is drawn from ``key_T``
   (unless given) and step ``i`` (0-based, in chain order) uses ``jax.random.fold_in(key_chain, i)``.
 """
@@ -23,11 +27,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from casc_jax.diffusion.schedules import Schedule, extract, predict_x0
+from casc_jax.diffusion import solvers
+from casc_jax.diffusion.schedules import Schedule, alpha_sigma, extract, predict_x0
+from casc_jax.diffusion.timesteps import DEFAULT_SPACING, SPACINGS, make_timesteps
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_3m")
+FAST_SAMPLER = "dpmpp_3m"  # the recommended few-step sampler (with the default spacing 'logsnr')
 
 
 def sampler_names() -> tuple[str, ...]:
@@ -38,99 +45,32 @@ def sampler_names() -> tuple[str, ...]:
 # ----------------------------------------------------------------------------- helpers
 
 
+def _t(t) -> jax.Array:
+    """A timestep as int32, or float32 if it is real-valued (continuous time)."""
+    t = jnp.asarray(t)
+    return t.astype(jnp.int32 if jnp.issubdtype(t.dtype, jnp.integer) else jnp.float32)
+
+
 def _eps(eps_fn: EpsFn, x: jax.Array, t: jax.Array) -> jax.Array:
     """Call the denoiser with the scalar timestep broadcast to (B,); result in ``x``'s dtype."""
-    tb = jnp.full((x.shape[0],), t, dtype=jnp.int32)
-    return eps_fn(x, tb).astype(x.dtype)
+    t = _t(t)
+    return eps_fn(x, jnp.full((x.shape[0],), t, dtype=t.dtype)).astype(x.dtype)
 
 
 def _clip(x0: jax.Array, clip_x0: float | None) -> jax.Array:
     return x0 if clip_x0 is None else jnp.clip(x0, -clip_x0, clip_x0)
 
 
-def _abar(schedule: Schedule, t: jax.Array) -> jax.Array:
-    """``abar_t`` for a scalar int timestep, with ``abar_{-1} = 1`` (clean data)."""
-    t = jnp.asarray(t, jnp.int32)
-    return jnp.where(t >= 0, schedule.alphas_cumprod[jnp.maximum(t, 0)], 1.0)
-
-
 def _alpha_sigma(schedule: Schedule, t: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(alpha_t, sigma_t) = (sqrt(abar_t), sqrt(1 - abar_t))``; ``(1, 0)`` at ``t = -1``."""
-    t = jnp.asarray(t, jnp.int32)
-    ti = jnp.maximum(t, 0)
-    alpha = jnp.where(t >= 0, schedule.sqrt_alphas_cumprod[ti], 1.0)
-    sigma = jnp.where(t >= 0, schedule.sqrt_one_minus_alphas_cumprod[ti], 0.0)
-    return alpha, sigma
+    """``(alpha_t, sigma_t)`` at a scalar int or real timestep; ``(1, 0)`` at ``t < 0`` (clean data)."""
+    t = _t(t)
+    alpha, sigma = alpha_sigma(schedule, jnp.maximum(t, 0))
+    return jnp.where(t >= 0, alpha, 1.0), jnp.where(t >= 0, sigma, 0.0)
 
 
-SPACINGS = ("uniform", "logsnr")
-
-
-def make_timesteps(
-    num_timesteps: int,
-    steps: int | Sequence[int] | None,
-    spacing: str = "uniform",
-    alphas_cumprod: np.ndarray | jax.Array | None = None,
-) -> np.ndarray:
-    """The descending timestep sub-sequence a DDIM / DPM-Solver chain evaluates the denoiser at.
-
-    Args:
-      num_timesteps: T.
-      steps: ``None`` (all T), a count S, or an explicit sequence of distinct timesteps in
-        ``[0, T-1]`` (any order; ``spacing`` is then ignored).
-      spacing: for a count S: ``'uniform'`` is DDIM's uniform spacing, the round-down linspace
-        ``t_i = floor(i (T-1) / (S-1))``, i = 0..S-1 (it always spans 0 and T-1); ``'logsnr'`` is
-        uniform in ``lambda_t = log(alpha_t / sigma_t)`` between ``lambda_{T-1}`` and ``lambda_0``
-        (DPM-Solver's "logSNR" skip type), rounded to the nearest discrete timestep and made distinct.
-      alphas_cumprod: ``abar`` (T,), concrete (not traced); needed only for ``'logsnr'``.
-    Returns:
-      int32 array (S,), strictly decreasing.
-    """
-    T = int(num_timesteps)
-    if spacing not in SPACINGS:
-        raise ValueError(f"Unknown timestep spacing {spacing!r}; choose one of {list(SPACINGS)}.")
-    if steps is None:
-        steps = T
-    if isinstance(steps, (int, np.integer)):
-        S = int(steps)
-        if not 1 <= S <= T:
-            raise ValueError(f"steps must be in [1, T={T}], got {S}.")
-        if S == 1:
-            return np.array([T - 1], dtype=np.int32)
-        if spacing == "uniform":
-            ts = (np.arange(S, dtype=np.int64) * (T - 1)) // (S - 1)
-            return ts[::-1].astype(np.int32)
-        return _logsnr_timesteps(T, S, alphas_cumprod)
-    ts = np.asarray(list(steps))
-    if ts.ndim != 1 or ts.size == 0 or not np.issubdtype(ts.dtype, np.integer):
-        raise ValueError(f"steps must be an int or a non-empty sequence of int timesteps, got {steps!r}.")
-    if ts.min() < 0 or ts.max() > T - 1:
-        raise ValueError(f"explicit timesteps must lie in [0, {T - 1}], got min {ts.min()}, max {ts.max()}.")
-    if np.unique(ts).size != ts.size:
-        raise ValueError(f"explicit timesteps must be distinct, got {list(ts)}.")
-    return np.sort(ts)[::-1].astype(np.int32)
-
-
-def _logsnr_timesteps(T: int, S: int, alphas_cumprod) -> np.ndarray:
-    """S distinct descending timesteps, uniform in ``lambda_t`` (see :func:`make_timesteps`)."""
-    if alphas_cumprod is None:
-        raise ValueError("spacing='logsnr' needs the schedule's alphas_cumprod.")
-    try:
-        abar = np.asarray(alphas_cumprod, dtype=np.float64)
-    except jax.errors.TracerArrayConversionError as e:
-        raise ValueError(
-            "spacing='logsnr' needs a concrete schedule: close over the Schedule instead of passing it "
-            "as a traced argument of jax.jit."
-        ) from e
-    lam = 0.5 * np.log(abar / (1.0 - abar))  # decreasing in t
-    target = np.linspace(lam[T - 1], lam[0], S)  # increasing lambda = decreasing t
-    ts = np.array([int(np.argmin(np.abs(lam - v))) for v in target], dtype=np.int64)
-    for i in range(1, S):  # strictly decreasing, top down ...
-        ts[i] = min(ts[i], ts[i - 1] - 1)
-    ts[S - 1] = max(ts[S - 1], 0)
-    for i in range(S - 2, -1, -1):  # ... and non-negative, bottom up (S <= T keeps ts[0] <= T-1)
-        ts[i] = max(ts[i], ts[i + 1] + 1)
-    return ts.astype(np.int32)
+def _abar(schedule: Schedule, t: jax.Array) -> jax.Array:
+    """``abar_t`` at a scalar int or real timestep, with ``abar = 1`` at ``t < 0`` (clean data)."""
+    return jnp.square(_alpha_sigma(schedule, t)[0])
 
 
 # ----------------------------------------------------------------------------- per-step updates
@@ -185,7 +125,6 @@ def ddim_step(
     ``x_{t_prev} = sqrt(a_p) x0_hat + sqrt(1 - a_p - sigma^2) eps + sigma z``.
     ``eta = 0`` is the deterministic DDIM; ``eta = 1`` with consecutive steps is DDPM's ``beta_tilde``.
     """
-    t = jnp.asarray(t, jnp.int32)
     eps = _eps(eps_fn, x_t, t)
     a_t = _abar(schedule, t)
     a_p = _abar(schedule, t_prev)
@@ -223,7 +162,6 @@ def dpmpp_2m_step(
     Returns:
       ``(x_t, D_s)``: the new state and this step's data prediction (the next step's history).
     """
-    s = jnp.asarray(s, jnp.int32)
     eps = _eps(eps_fn, x_s, s)
     alpha_s, sigma_s = _alpha_sigma(schedule, s)
     alpha_t, sigma_t = _alpha_sigma(schedule, t)
@@ -248,7 +186,7 @@ def dpmpp_2m_step(
 # ----------------------------------------------------------------------------- whole chains
 
 
-def _check_sampler(sampler: str, steps, eta, spacing: str, num_timesteps: int) -> None:
+def _check_sampler(sampler: str, steps, eta, spacing: str, num_timesteps: int, corrector, final_order) -> None:
     if sampler not in SAMPLERS:
         raise ValueError(f"Unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}.")
     if sampler == "ddpm" and steps is not None and not (
@@ -256,18 +194,24 @@ def _check_sampler(sampler: str, steps, eta, spacing: str, num_timesteps: int) -
     ):
         raise ValueError(
             f"The 'ddpm' sampler runs all T={num_timesteps} ancestral steps; got steps={steps!r}. "
-            "Use steps=None, or sampler='ddim' / 'dpmpp_2m' for fewer steps."
+            "Use steps=None, or sampler='ddim' / 'dpmpp_2m' / 'dpmpp_3m' for fewer steps."
         )
     if spacing not in SPACINGS:
         raise ValueError(f"Unknown timestep spacing {spacing!r}; choose one of {list(SPACINGS)}.")
     if sampler != "ddim" and isinstance(eta, (int, float)) and eta != 0:
         raise ValueError(f"eta={eta} only applies to sampler='ddim' (got sampler={sampler!r}).")
+    if sampler != "dpmpp_3m" and (corrector or final_order != 1):
+        raise ValueError(f"corrector and final_order apply only to sampler='dpmpp_3m' (got {sampler!r}).")
+    if not 0 <= int(corrector) <= solvers.HISTORY or final_order not in (1, 2):
+        raise ValueError(f"need 0 <= corrector <= {solvers.HISTORY} and final_order in (1, 2); "
+                         f"got {corrector}, {final_order}.")
 
 
-def _build_chain(eps_fn, schedule, shape, key, sampler, steps, eta, clip_x0, x_T, spacing):
+def _build_chain(eps_fn, schedule, shape, key, sampler, steps, eta, clip_x0, x_T, spacing, corrector, final_order):
     """The scan pieces shared by :func:`sample` and :func:`sample_loop`: (carry0, body, xs, final)."""
     T = schedule.num_timesteps
-    _check_sampler(sampler, steps, eta, spacing, T)
+    final_order = 2 if final_order is None and sampler == "dpmpp_3m" else (final_order or 1)
+    _check_sampler(sampler, steps, eta, spacing, T, corrector, final_order)
     key_T, key_chain = jax.random.split(key)
     if x_T is None:
         x_T = jax.random.normal(key_T, tuple(shape), jnp.float32)
@@ -284,9 +228,18 @@ def _build_chain(eps_fn, schedule, shape, key, sampler, steps, eta, clip_x0, x_T
 
         return x_T, body, xs, lambda x: x
 
-    # descending, S entries: the denoiser is evaluated S times
-    ts = make_timesteps(T, steps, spacing, schedule.alphas_cumprod)
-    ts_next = np.append(ts[1:], -1).astype(np.int32)  # the last step goes to the clean data
+    # descending, S entries: the denoiser is evaluated S times (steps=None: every integer timestep)
+    log_abar = None if spacing == "uniform" or steps is None else schedule.log_alphas_cumprod
+    ts = make_timesteps(T, steps, spacing, log_alphas_cumprod=log_abar)
+    ts_next = np.append(ts[1:], -1).astype(ts.dtype)  # the last step goes to the clean data
+    if sampler == "dpmpp_3m":
+        try:
+            alphas, sigmas, lams = solvers.grid_coefficients(schedule, ts)
+        except jax.errors.TracerArrayConversionError as e:
+            raise ValueError("sampler='dpmpp_3m' needs a concrete schedule: close over the Schedule "
+                             "instead of passing it as a traced argument of jax.jit.") from e
+        coef = solvers.plan(alphas, sigmas, lams, 3, int(corrector), final_order)
+        return solvers.multistep_chain(eps_fn, ts, alphas, sigmas, coef, x_T, clip_x0)
     if sampler == "ddim":
         xs = (jnp.arange(ts.size, dtype=jnp.int32), jnp.asarray(ts), jnp.asarray(ts_next))
 
@@ -311,7 +264,7 @@ def _build_chain(eps_fn, schedule, shape, key, sampler, steps, eta, clip_x0, x_T
         x_t, d_s = dpmpp_2m_step(eps_fn, schedule, x, s, t, x0_prev, s_prev, second_order, clip_x0)
         return (x_t, d_s, s), None
 
-    carry0 = (x_T, jnp.zeros_like(x_T), jnp.asarray(ts[0], jnp.int32))
+    carry0 = (x_T, jnp.zeros_like(x_T), xs[0][0])
     return carry0, body, xs, lambda c: c[0]
 
 
@@ -326,32 +279,41 @@ def sample(
     eta: float = 0.0,
     clip_x0: float | None = None,
     x_T: jax.Array | None = None,
-    spacing: str = "uniform",
+    spacing: str = DEFAULT_SPACING,
+    corrector: int = 0,
+    final_order: int | None = None,
 ) -> jax.Array:
     """Run the whole reverse chain ``x_T -> x_0`` as one ``jax.lax.scan``.
 
-    Jit-able: ``sampler``, ``steps``, ``spacing``, ``shape`` and ``clip_x0`` are static (close over
-    them or mark them static); ``schedule``, ``key``, ``x_T`` and ``eta`` may be traced.
+    Jit-able: ``sampler``, ``steps``, ``spacing``, ``corrector``, ``final_order``, ``shape`` and
+    ``clip_x0`` are static (close over them or mark them static); ``key``, ``x_T`` and ``eta`` may be
+    traced, and so may ``schedule`` for ``'ddpm'`` and for ``'ddim'`` / ``'dpmpp_2m'`` on the
+    ``'uniform'`` spacing (the log-SNR grids and DPM-Solver++(3M)'s float64 plan need it concrete).
 
     Args:
       eps_fn: denoiser ``(x_t (B, ...), t int32 (B,)) -> eps_hat (B, ...)``.
       schedule: the discrete schedule (T timesteps).
       shape: ``(B, ...)`` of the samples.
       key: PRNG key (see the module docstring for how it is split).
-      sampler: one of :func:`sampler_names`: ``'ddpm'`` (T ancestral steps), ``'ddim'``, ``'dpmpp_2m'``.
-      steps: ``None`` (T), a step count for DDIM / DPM-Solver++ (uniform spacing, see
-        :func:`make_timesteps`) or an explicit sequence of timesteps. ``'ddpm'`` accepts only None or T.
+      sampler: one of :func:`sampler_names`: ``'ddpm'`` (T ancestral steps), ``'ddim'``, ``'dpmpp_2m'``,
+        ``'dpmpp_3m'`` (:data:`FAST_SAMPLER`, see ``solvers``).
+      steps: ``None`` (every integer timestep), a step count for DDIM / DPM-Solver++ (placed by
+        ``spacing``, see :func:`make_timesteps`) or an explicit sequence of int timesteps. ``'ddpm'``
+        accepts only None or T.
       eta: DDIM's stochasticity (0 = deterministic).
       clip_x0: clip the predicted ``x_0`` to ``[-c, c]`` in every step, or ``None``.
       x_T: the starting noise (default: ``N(0, I)`` drawn from ``key``).
-      spacing: ``'uniform'`` (default) or ``'logsnr'`` timesteps for a step count (see
-        :func:`make_timesteps`; ``'logsnr'`` needs a concrete, closed-over schedule). DPM-Solver++ at
-        few steps is far more accurate with ``'logsnr'`` on LDM's schedule.
+      spacing: ``'logsnr'`` (default: uniform in log-SNR, rounded to integer timesteps),
+        ``'logsnr_cont'`` (exactly uniform, at real timesteps: ``eps_fn`` gets float32 ``t``) or
+        ``'uniform'`` (DDIM's integer grid);
+        see :func:`make_timesteps`. The log-SNR grids need a concrete, closed-over schedule.
+      corrector: ``'dpmpp_3m'`` only: 0, or the past evaluations (1..3) used by the corrector.
+      final_order: ``'dpmpp_3m'`` only: 1 or 2 (default) for the last step to the clean data.
     Returns:
       x_0, shape ``shape``, float32 (``x_T``'s dtype when given).
     """
     carry0, body, xs, final = _build_chain(
-        eps_fn, schedule, shape, key, sampler, steps, eta, clip_x0, x_T, spacing
+        eps_fn, schedule, shape, key, sampler, steps, eta, clip_x0, x_T, spacing, corrector, final_order
     )
     carry, _ = jax.lax.scan(body, carry0, xs)
     return final(carry)
@@ -368,7 +330,9 @@ def sample_loop(
     eta: float = 0.0,
     clip_x0: float | None = None,
     x_T: jax.Array | None = None,
-    spacing: str = "uniform",
+    spacing: str = DEFAULT_SPACING,
+    corrector: int = 0,
+    final_order: int | None = None,
     jit_step: bool = False,
 ) -> jax.Array:
     """:func:`sample` as a Python loop over the same scan body (reference / debugging).
@@ -377,7 +341,7 @@ def sample_loop(
     each step is a jitted call: the per-step dispatch baseline that the scanned form is compared to.
     """
     carry, body, xs, final = _build_chain(
-        eps_fn, schedule, shape, key, sampler, steps, eta, clip_x0, x_T, spacing
+        eps_fn, schedule, shape, key, sampler, steps, eta, clip_x0, x_T, spacing, corrector, final_order
     )
     step = jax.jit(body) if jit_step else body
     n = jax.tree.leaves(xs)[0].shape[0]

@@ -35,6 +35,7 @@ class Schedule:
         ``t = 1`` one (LDM's clipping, since ``beta_tilde_0 = 0``).
       posterior_mean_coef1: ``beta_t sqrt(abar_{t-1}) / (1 - abar_t)``, the coefficient of ``x_0``.
       posterior_mean_coef2: ``(1 - abar_{t-1}) sqrt(alpha_t) / (1 - abar_t)``, the coefficient of ``x_t``.
+      log_alphas_cumprod: ``log abar_t``, the knots of the continuous-time schedule (:func:`alpha_sigma`).
     """
 
     betas: jax.Array
@@ -46,6 +47,7 @@ class Schedule:
     posterior_log_variance_clipped: jax.Array
     posterior_mean_coef1: jax.Array
     posterior_mean_coef2: jax.Array
+    log_alphas_cumprod: jax.Array
 
     @property
     def num_timesteps(self) -> int:
@@ -103,7 +105,57 @@ def make_schedule(
         posterior_log_variance_clipped=f32(np.log(post_var_clip)),
         posterior_mean_coef1=f32(betas * np.sqrt(abar_prev) / (1.0 - abar)),
         posterior_mean_coef2=f32((1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar)),
+        log_alphas_cumprod=f32(np.cumsum(np.log1p(-betas))),
     )
+
+
+# ----------------------------------------------------------------------------- continuous time
+#
+# The discrete schedule extends to real t in [0, T-1] as DPM-Solver's "discrete" noise schedule does:
+# log abar(t) is the piecewise-linear interpolation of log abar_t between integer timesteps, so
+#   alpha(t) = exp(log abar(t) / 2),  sigma(t) = sqrt(1 - abar(t)) = sqrt(-expm1(log abar(t))),
+#   lambda(t) = log(alpha(t) / sigma(t)),
+# which equal the discrete values at every integer t. lambda(t) is strictly decreasing, and
+# t(lambda) is exact: log abar = -log(1 + e^{-2 lambda}), then the inverse of the linear pieces.
+
+
+def alpha_sigma(schedule: Schedule, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(alpha(t), sigma(t))`` at int or real timesteps ``t`` in ``[0, T-1]`` (any shape), float32.
+
+    Real ``t`` uses the piecewise-linear ``log abar`` above; integer ``t`` gives the discrete values.
+    """
+    log_abar = log_abar_at(schedule.log_alphas_cumprod, t)
+    return jnp.exp(0.5 * log_abar), jnp.sqrt(-jnp.expm1(log_abar))
+
+
+def log_abar_at(log_abar: jax.Array, t: jax.Array) -> jax.Array:
+    """Piecewise-linear interpolation of the knots ``log_abar`` (T,) at int or real ``t`` (any shape)."""
+    t = jnp.asarray(t)
+    if jnp.issubdtype(t.dtype, jnp.integer):
+        return log_abar[t]
+    T = log_abar.shape[0]
+    t = jnp.clip(t.astype(jnp.float32), 0.0, T - 1.0)
+    lo = jnp.clip(jnp.floor(t).astype(jnp.int32), 0, max(T - 2, 0))
+    frac = t - lo
+    return log_abar[lo] + frac * (log_abar[jnp.minimum(lo + 1, T - 1)] - log_abar[lo])
+
+
+def lambda_np(log_abar: np.ndarray) -> np.ndarray:
+    """``lambda = log(alpha / sigma) = (log abar - log(1 - abar)) / 2`` in float64."""
+    log_abar = np.asarray(log_abar, np.float64)
+    return 0.5 * (log_abar - np.log(-np.expm1(log_abar)))
+
+
+def t_of_lambda(log_abar: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    """Real timesteps with ``lambda(t) = lam`` (float64), the exact inverse of the continuous schedule.
+
+    Args:
+      log_abar: the knots ``log abar_t`` (T,); lam: target values within ``[lambda_{T-1}, lambda_0]``.
+    """
+    log_abar = np.asarray(log_abar, np.float64)
+    target = -np.logaddexp(0.0, -2.0 * np.asarray(lam, np.float64))  # log abar of each lambda
+    # log abar is decreasing in t; np.interp needs increasing x
+    return np.interp(target, log_abar[::-1], np.arange(log_abar.size - 1, -1, -1, dtype=np.float64))
 
 
 def extract(a: jax.Array, t: jax.Array, x: jax.Array) -> jax.Array:

@@ -33,6 +33,7 @@ def _reference(kind, T, b0=B0, b1=B1):
         "posterior_log_variance_clipped": np.log(np.concatenate([[post_var[1]], post_var[1:]])),
         "posterior_mean_coef1": betas * np.sqrt(abar_prev) / (1 - abar),
         "posterior_mean_coef2": (1 - abar_prev) * np.sqrt(1 - betas) / (1 - abar),
+        "log_alphas_cumprod": np.log(abar),
     }
 
 
@@ -71,7 +72,7 @@ def test_unknown_kind_and_bad_betas_raise():
 
 def test_schedule_is_a_pytree_usable_under_jit():
     sch = make_schedule("ldm_linear", 20)
-    assert len(jax.tree.leaves(sch)) == 9
+    assert len(jax.tree.leaves(sch)) == 10
     f = jax.jit(lambda s: s.betas.sum() + s.num_timesteps)
     ref = float(np.sum(_reference("ldm_linear", 20)["betas"])) + 20
     np.testing.assert_allclose(float(f(sch)), ref, rtol=1e-6)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from casc_jax.diffusion import (
+    alpha_sigma,
     ddim_step,
     ddpm_step,
     dpmpp_2m_step,
@@ -48,7 +49,13 @@ def test_scanned_ddpm_equals_step_by_step_loop():
 
 
 @pytest.mark.parametrize(
-    "kw", [dict(sampler="ddpm"), dict(sampler="ddim", steps=7, eta=0.7), dict(sampler="dpmpp_2m", steps=9)]
+    "kw",
+    [
+        dict(sampler="ddpm"),
+        dict(sampler="ddim", steps=7, eta=0.7),
+        dict(sampler="dpmpp_2m", steps=9),
+        dict(sampler="dpmpp_3m", steps=8, corrector=2),
+    ],
 )
 def test_sample_equals_sample_loop(kw):
     sch = make_schedule("ldm_linear", T_SMALL)
@@ -80,14 +87,21 @@ def _scan_lengths(jaxpr):
     "kw,length",
     [
         (dict(sampler="ddpm"), T_SMALL),
+        (dict(sampler="ddim", steps=10, spacing="uniform"), 10),
+        (dict(sampler="dpmpp_2m", steps=12, spacing="uniform"), 12),
         (dict(sampler="ddim", steps=10), 10),
-        (dict(sampler="dpmpp_2m", steps=12), 12),
+        (dict(sampler="dpmpp_2m", steps=12, spacing="logsnr"), 12),
+        (dict(sampler="dpmpp_3m", steps=12), 12),
+        (dict(sampler="dpmpp_3m", steps=7, corrector=3, final_order=1), 7),
     ],
 )
 def test_jaxpr_has_exactly_one_scan_of_chain_length(kw, length):
     sch = make_schedule("ldm_linear", T_SMALL)
-    f = jax.jit(lambda k, s: sample(_toy_eps, s, (2, 3), k, **kw))
-    jaxpr = jax.make_jaxpr(f)(jax.random.key(0), sch)
+    if kw.get("spacing") == "uniform" or kw["sampler"] == "ddpm":  # the schedule may be traced
+        f = jax.jit(lambda k, s: sample(_toy_eps, s, (2, 3), k, **kw))
+        jaxpr = jax.make_jaxpr(f)(jax.random.key(0), sch)
+    else:  # log-SNR grids and the 3M plan need it concrete (closed over)
+        jaxpr = jax.make_jaxpr(jax.jit(lambda k: sample(_toy_eps, sch, (2, 3), k, **kw)))(jax.random.key(0))
     assert _scan_lengths(jaxpr.jaxpr) == [length]
 
 
@@ -96,13 +110,13 @@ def test_ddim_full_steps_eta1_equals_ddpm():
     sch = make_schedule("ldm_linear", T_SMALL)
     key = jax.random.key(5)
     a = sample(_toy_eps, sch, (4, 2), key, sampler="ddpm")
-    b = sample(_toy_eps, sch, (4, 2), key, sampler="ddim", steps=T_SMALL, eta=1.0)
+    b = sample(_toy_eps, sch, (4, 2), key, sampler="ddim", steps=None, eta=1.0)
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
 
 
 def test_timestep_grids():
     uniform_ref = np.floor(np.linspace(0, 999, 20)).astype(int)[::-1]
-    np.testing.assert_array_equal(make_timesteps(1000, 20), uniform_ref)
+    np.testing.assert_array_equal(make_timesteps(1000, 20, "uniform"), uniform_ref)
     np.testing.assert_array_equal(make_timesteps(50, None), np.arange(49, -1, -1))
     np.testing.assert_array_equal(make_timesteps(50, 1), [49])
     np.testing.assert_array_equal(make_timesteps(50, (3, 40, 0, 17)), [40, 17, 3, 0])
@@ -120,10 +134,10 @@ def test_timestep_grids():
 def test_bad_input_raises():
     sch = make_schedule("ldm_linear", T_SMALL)
     key = jax.random.key(0)
-    assert set(sampler_names()) == {"ddpm", "ddim", "dpmpp_2m"}
+    assert set(sampler_names()) == {"ddpm", "ddim", "dpmpp_2m", "dpmpp_3m"}
     with pytest.raises(ValueError, match="Unknown sampler"):
         sample(_toy_eps, sch, (2, 2), key, sampler="euler")
-    for name in ("ddim", "dpmpp_2m"):
+    for name in ("ddim", "dpmpp_2m", "dpmpp_3m"):
         with pytest.raises(ValueError, match="steps must be in"):
             sample(_toy_eps, sch, (2, 2), key, sampler=name, steps=T_SMALL + 1)
         with pytest.raises(ValueError, match="steps must be in"):
@@ -142,8 +156,13 @@ def test_bad_input_raises():
         sample(_toy_eps, sch, (2, 2), key, sampler="ddim", steps=5, spacing="quadratic")
     with pytest.raises(ValueError, match="spacing"):
         sample(_toy_eps, sch, (2, 2), key, sampler="ddpm", spacing="quadratic")
-    with pytest.raises(ValueError, match="concrete schedule"):
-        jax.jit(lambda s: sample(_toy_eps, s, (2, 2), key, sampler="ddim", steps=5, spacing="logsnr"))(sch)
+    for kw in (dict(sampler="ddim"), dict(sampler="dpmpp_3m", spacing="uniform")):
+        with pytest.raises(ValueError, match="concrete schedule"):
+            jax.jit(lambda s, kw=kw: sample(_toy_eps, s, (2, 2), key, steps=5, **kw))(sch)
+    with pytest.raises(ValueError, match="only to sampler='dpmpp_3m'"):
+        sample(_toy_eps, sch, (2, 2), key, sampler="dpmpp_2m", steps=5, corrector=1)
+    with pytest.raises(ValueError, match="corrector"):
+        sample(_toy_eps, sch, (2, 2), key, sampler="dpmpp_3m", steps=5, corrector=4)
 
 
 # ----------------------------------------------------------------------------- one update step in float64
@@ -311,9 +330,9 @@ def gauss():
     sch = make_schedule("ldm_linear", T)
     m, s = jnp.asarray(M, jnp.float32), jnp.asarray(S, jnp.float32)
 
-    def eps_star(x, t):
-        ab = sch.alphas_cumprod[t][:, None]
-        return (x - jnp.sqrt(ab) * m) * jnp.sqrt(1 - ab) / (ab * s**2 + 1 - ab)
+    def eps_star(x, t):  # int or real t (continuous-time schedule)
+        al, sg = (v[:, None] for v in alpha_sigma(sch, t))
+        return (x - al * m) * sg / (al**2 * s**2 + sg**2)
 
     rng = np.random.default_rng(0)
     x_T = np.sqrt(ABAR[-1]) * M + np.sqrt(ABAR[-1] * S**2 + 1 - ABAR[-1]) * rng.standard_normal((N, M.size))
@@ -340,9 +359,13 @@ def _w2(mu, var):
         # -3.1%, -0.5%, -0.3%; DDIM 250 eta 0.5 -8.6%, -2.1%, -1.4%; DPM-Solver++ 1000 -1.4%, -0.1%,
         # -0.0%; DPM-Solver++ 25 logSNR steps -0.7%, +1.1%, +1.2%.
         (dict(sampler="ddpm"), lambda: _ref_ddpm(), 0.06),
-        (dict(sampler="ddim", steps=1000, eta=0.0), lambda: _ref_ddim(np.arange(T)[::-1], 0.0), 0.035),
-        (dict(sampler="ddim", steps=250, eta=0.5), lambda: _ref_ddim(make_timesteps(T, 250), 0.5), 0.09),
-        (dict(sampler="dpmpp_2m", steps=1000), lambda: _ref_dpmpp_2m(np.arange(T)[::-1]), 0.015),
+        (dict(sampler="ddim", steps=None, eta=0.0), lambda: _ref_ddim(np.arange(T)[::-1], 0.0), 0.035),
+        (
+            dict(sampler="ddim", steps=250, eta=0.5, spacing="uniform"),
+            lambda: _ref_ddim(make_timesteps(T, 250, "uniform"), 0.5),
+            0.09,
+        ),
+        (dict(sampler="dpmpp_2m", steps=None), lambda: _ref_dpmpp_2m(np.arange(T)[::-1]), 0.015),
         (
             dict(sampler="dpmpp_2m", steps=25, spacing="logsnr"),
             lambda: _ref_dpmpp_2m(make_timesteps(T, 25, "logsnr", ABAR)),
