@@ -64,7 +64,7 @@ def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_
     c.diffusion = ml_collections.ConfigDict(
         dict(schedule="ldm_linear", num_timesteps=1000, beta_start=0.0015, beta_end=0.0195)
     )
-    c.sampler = ml_collections.ConfigDict(dict(name="ddpm", steps=0, eta=0.0, spacing="uniform", dtype="float32"))
+    c.sampler = ml_collections.ConfigDict(dict(name="ddpm", steps=0, eta=0.0, spacing="logsnr", dtype="float32"))
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 128

@@ -106,7 +106,7 @@ def diffsc_config(cr: str = "1/48", preset: str = "") -> ml_collections.ConfigDi
         )
     )
     c.diffusion = ml_collections.ConfigDict(dict(schedule="linear", num_timesteps=1000, beta_start=1e-4, beta_end=0.02))
-    c.sampler = ml_collections.ConfigDict(dict(name="ddpm", steps=0, eta=0.0, spacing="uniform", dtype="float32"))
+    c.sampler = ml_collections.ConfigDict(dict(name="ddpm", steps=0, eta=0.0, spacing="logsnr", dtype="float32"))
     c.train.diffsc = ml_collections.ConfigDict(
         dict(
             batch_size=0,

@@ -93,7 +93,7 @@ def base_config(task: str, preset: str = "") -> ml_collections.ConfigDict:
     )
     c.data = _data(task)
     # x0-prediction DiT sampled with DDIM (deterministic) on 50 uniformly spaced steps of T = 1000.
-    c.sampler = ml_collections.ConfigDict(dict(name="ddim", steps=50, eta=0.0, spacing="uniform", dtype="float32"))
+    c.sampler = ml_collections.ConfigDict(dict(name="ddim", steps=50, eta=0.0, spacing="logsnr", dtype="float32"))
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 16
