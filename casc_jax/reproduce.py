@@ -81,7 +81,11 @@ def _record_path(root: str, job: Job) -> str:
     return os.path.join(root, job.config, f"job_{job.mode}.json")
 
 
-def run_job(job: Job, root: str, source: str, echo: Callable[[str], None] = print) -> dict:
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_job(job: Job, root: str, source: str, echo: Callable[[str], None] = _echo) -> dict:
     """Run `job` unless it finished before; its output goes to WORKDIR/<config>/log.txt. Returns its record."""
     path = _record_path(root, job)
     if os.path.exists(path):
@@ -157,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from casc_jax import results
 
     results.publish(root, os.path.abspath(args.out), JOBS, args, source)
-    print(f"[reproduce] finished in {(time.time() - started) / 60:.1f} min; results in {args.out}")
+    _echo(f"[reproduce] finished in {(time.time() - started) / 60:.1f} min; results in {args.out}")
     return 0
 
 

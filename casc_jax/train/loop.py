@@ -108,9 +108,15 @@ def fit(
 
     def check(metrics, step):
         if not bool(jax.device_get(metrics["finite"])):
+            last = checkpointer.latest_step
+            kept = (
+                f"The last good checkpoint (step {last}) is kept in {checkpointer.path}; rerunning resumes from it."
+                if last is not None
+                else "No checkpoint was saved yet, so nothing was kept."
+            )
             raise TrainingDiverged(
-                f"[{name}] non-finite loss or gradients at step {step}; stopped. The last good checkpoint "
-                f"(step {checkpointer.latest_step}) is kept in {checkpointer.path}."
+                f"[{name}] non-finite loss or gradients at step {step}; stopped. {kept} Check the data for NaN/Inf "
+                "values, or lower the learning rate (--config.train.<stage>.base_lr)."
             )
 
     previous = None

@@ -47,8 +47,8 @@ def test_num_steps_and_lr_follow_config():
     np.testing.assert_allclose(loop.learning_rate(c.train.stage1, 128), 4.5e-6 * 128)
 
 
-def test_resume_after_crash_loses_at_most_k_steps(tmp_path, monkeypatch):
-    config = _tiny(steps=4, every=2)
+def test_resume_after_crash_loses_at_most_k_steps_and_ends_where_an_uninterrupted_run_does(tmp_path, monkeypatch):
+    config = _tiny(steps=4, every=2, disc=True)
     real = data_lib.make_dataset
     calls = {"n": 0}
 
@@ -80,6 +80,25 @@ def test_resume_after_crash_loses_at_most_k_steps(tmp_path, monkeypatch):
     assert any("already trained" in line for line in log if line.startswith("[stage2]"))
     for a, b in zip(_leaves(params), _leaves(again)):
         np.testing.assert_array_equal(a, b)
+
+    # Exact resume: the restored run saw the batches and keys the uninterrupted one did (bit-exact on CPU).
+    straight = train_casc(config, str(tmp_path / "uninterrupted"), echo=lambda s: None)
+    for a, b in zip(_leaves(params), _leaves(straight), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_nan_before_any_checkpoint_says_so_and_how_to_continue(tmp_path, monkeypatch):
+    config = _tiny(steps=4, every=2)
+    real = data_lib.make_dataset
+
+    def poisoned(*args, **kwargs):
+        for batch in real(*args, **kwargs):
+            yield dict(batch, image=np.full_like(batch["image"], np.nan))
+
+    monkeypatch.setattr(data_lib, "make_dataset", poisoned)
+    with pytest.raises(loop.TrainingDiverged, match=r"step 1.*No checkpoint was saved yet.*learning rate") as err:
+        train_casc(config, str(tmp_path), echo=lambda s: None)
+    assert "None" not in str(err.value)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):

@@ -1,0 +1,173 @@
+"""Publish a reproduction: metrics.csv, the comparison figures and results.md with the paper's claims checked.
+
+`publish(root, out, jobs, ...)` reads the finished jobs of `casc_jax.reproduce` under `root` (each
+workdir's eval/metrics.json, job_*.json and CASC's benchmark_quality.json) and writes into `out`:
+metrics.csv (method, cr, snr_db, psnr, lpips, fid, num_images), the figures of `casc_jax.compare`
+(comparison_cr48.png, ablation_cr48.png, visual_cr48_snr20.png, ...) and results.md. Every number in
+results.md is read from those files; a claim whose inputs are missing is reported as not measured.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Mapping, Sequence
+
+from casc_jax import channel as ch
+from casc_jax import compare
+
+SNR_HIGH = 20.0
+
+
+def _load(path: str):
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _commit(repo: str) -> str:
+    try:
+        out = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _at(records: Sequence[Mapping], family: str, cr: str, snr: float) -> Mapping | None:
+    return next(
+        (r for r in records if compare.family(r["method"]) == family and r["cr"] == cr and r["snr_db"] == snr), None
+    )
+
+
+def _curve(records: Sequence[Mapping], method: str, metric: str) -> list[tuple[float, float]]:
+    rows = [r for r in records if r["method"] == method and r.get(metric) is not None]
+    rows.sort(key=lambda r: r["snr_db"])
+    return [(r["snr_db"], r[metric]) for r in rows]
+
+
+def claims(records: Sequence[Mapping], speed: Mapping | None = None) -> list[tuple[str, bool | None, str]]:
+    """(claim, holds or None when not measured, the numbers) for each claim the reproduction checks."""
+    out = []
+    for method in sorted({r["method"] for r in records}, key=compare._method_order):
+        psnr, lpips = _curve(records, method, "psnr"), _curve(records, method, "lpips")
+        rises = all(b[1] > a[1] for a, b in zip(psnr, psnr[1:]))
+        falls = all(b[1] < a[1] for a, b in zip(lpips, lpips[1:]))
+        shown = ", ".join(f"{s:g} dB: {p:.2f}/{lp:.3f}" for (s, p), (_, lp) in zip(psnr, lpips))
+        out.append((f"{method}: PSNR rises and LPIPS falls with SNR", rises and falls, f"PSNR/LPIPS at {shown}"))
+
+    def compare_at(text, a, b, cr, metric, snr=SNR_HIGH):
+        ra, rb = _at(records, a, cr, snr), _at(records, b, cr, snr)
+        if ra is None or rb is None or ra.get(metric) is None or rb.get(metric) is None:
+            return out.append((text, None, "not measured (a job has not finished)"))
+        va, vb = ra[metric], rb[metric]
+        holds = va < vb if compare.LOWER_IS_BETTER[metric] else va > vb
+        out.append((text, holds, f"{metric.upper()} at {snr:g} dB: {compare.label(ra['method'])} {va:.4g}, "
+                                 f"{compare.label(rb['method'])} {vb:.4g}"))
+
+    mse = _at(records, "deepjscc_mse", "1/48", SNR_HIGH)
+    out.append((
+        "DeepJSCC (MSE) at CR 1/48, 20 dB reaches 22 dB PSNR",
+        None if mse is None else mse["psnr"] >= 22.0,
+        "not measured" if mse is None else f"PSNR {mse['psnr']:.2f} dB",
+    ))
+    compare_at("CASC beats DeepJSCC (MSE) in LPIPS at 20 dB, CR 1/48 (Fig. 5)", "casc", "deepjscc_mse", "1/48", "lpips")
+    compare_at("CASC beats DeepJSCC (MSE) in LPIPS at 20 dB, CR 1/96 (Fig. 6)", "casc", "deepjscc_mse", "1/96", "lpips")
+    for snr in (5.0, 10.0, 15.0, 20.0):
+        for metric in ("psnr", "lpips"):
+            compare_at(f"CASC beats CASC without CAN in {metric.upper()} at {snr:g} dB, CR 1/48 (Fig. 8)",
+                       "casc", "casc_nocan", "1/48", metric, snr)
+    if speed:
+        casc, diffsc = speed.get("casc_ms"), speed.get("diffsc_ms")
+        out.append(("CASC's receiver is faster than DiffSC's (Table I)", casc < diffsc,
+                    f"{casc:.1f} vs {diffsc:.1f} ms/image ({speed.get('what', '')})"))
+    else:
+        out.append(("CASC's receiver is faster than DiffSC's (Table I)", None, "not measured"))
+    return out
+
+
+def _mark(holds: bool | None) -> str:
+    return {True: "holds", False: "**does not hold**", None: "not measured"}[holds]
+
+
+def quality_table(report: Mapping) -> str:
+    """The sampler quality rows of `--mode=quality` as Markdown."""
+    lines = [
+        f"{report['num_images']} test images at {report['snr_db']:g} dB, one channel draw shared by all samplers; "
+        f"timed on {report['device']}.",
+        "",
+        "| sampler | ms/image | PSNR vs source (dB) | LPIPS vs source | PSNR vs DDPM (dB) | LPIPS vs DDPM |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        lp_src, lp_ddpm = r.get("lpips_vs_source", float("nan")), r.get("lpips_vs_ddpm", float("nan"))
+        lines.append(
+            f"| {r['sampler']} | {r['ms_per_image']:.1f} | {r['psnr_vs_source']:.2f} | {lp_src:.4f} "
+            f"| {r['psnr_vs_ddpm']:.2f} | {lp_ddpm:.4f} |"
+        )
+    best = report.get("fastest_within_tolerance") or report.get("fastest_within_0.3db")
+    lines += ["", f"Fastest sampler within 0.3 dB PSNR and 0.01 LPIPS of the 1000-step DDPM: **{best}**."]
+    return "\n".join(lines)
+
+
+def publish(root: str, out: str, jobs, args, source: str, echo=print) -> str:
+    """Write metrics.csv, the figures and results.md for the jobs finished under `root`; return results.md."""
+    from casc_jax import reproduce
+
+    os.makedirs(out, exist_ok=True)
+    records = reproduce.eval_records(root, jobs)
+    reproduce.write_metrics_csv(records, os.path.join(out, "metrics.csv"))
+    workdirs = [os.path.join(root, j.config) for j in jobs if j.mode == "train"]
+    compare.compare([w for w in workdirs if os.path.exists(os.path.join(w, "eval", "metrics.json"))], out, echo=echo)
+    for name in os.listdir(out):  # the per-CR CSV duplicates metrics.csv with absolute workdirs in it
+        if name.startswith("comparison_") and name.endswith(".csv"):
+            os.remove(os.path.join(out, name))
+    job_rows = []
+    for job in jobs:
+        record = _load(os.path.join(root, job.config, f"job_{job.mode}.json"))
+        job_rows.append(f"| {job.name} | {job.mode} | {'%.1f' % (record['seconds'] / 60) if record else 'not run'} |")
+    quality = _load(os.path.join(root, "casc_cr48", "benchmark_quality.json"))
+    speed = _load(os.path.join(out, "speed.json"))
+    crs = sorted({r["cr"] for r in records}, key=ch.parse_ratio, reverse=True)
+    lines = [
+        "# CIFAR-10 on 2 CPU cores: every CASC-paper system, trained and compared",
+        "",
+        f"Written {datetime.date.today().isoformat()} at commit `{_commit(reproduce.REPO)}` on "
+        f"{platform.machine()} ({os.cpu_count()} CPU cores).",
+        "",
+        "Command (resumable; a rerun skips finished jobs):",
+        "",
+        f"    python -m casc_jax.reproduce --data={args.data} --workdir={args.workdir} --out={args.out}",
+        "",
+        "Data: the CIFAR-10 training set (50,000 images) for training and a fixed subset of 2,000 of the 10,000 test "
+        "images for evaluation, " + ("read from the JPEG copies (quality 75, lossy; not the bit-exact CIFAR-10) of "
+        "the project's shared data" if source.startswith("npz:") else "from TFDS cifar10") + ". The models are the "
+        "`cpu` presets of each config (small widths and short schedules sized for this machine: see the presets' "
+        "docstrings), not the paper's. Numbers at this scale test the direction of the paper's claims, not its "
+        "absolute values.",
+        "",
+        "## Wall time per job (minutes, this machine; other work shared the cores during the first runs)",
+        "",
+        "| job | mode | minutes |",
+        "|---|---|---|",
+        *job_rows,
+        "",
+        "## Results",
+        "",
+    ]
+    for cr in crs:
+        lines.append(compare.markdown_tables([r for r in records if r["cr"] == cr], cr))
+        lines.append("")
+    lines += ["## The paper's claims at this scale", "", "| claim | verdict | numbers |", "|---|---|---|"]
+    lines += [f"| {c} | {_mark(h)} | {d} |" for c, h, d in claims(records, speed)]
+    lines += ["", "## Samplers on the trained CASC (CR 1/48)", ""]
+    lines.append(quality_table(quality) if quality else "Not measured yet (job quality_casc_cr48).")
+    lines += ["", "Figures: comparison_cr48.png, comparison_cr96.png, ablation_cr48.png, visual_cr48_snr20.png.", ""]
+    path = os.path.join(out, "results.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    echo(f"[reproduce] wrote {path}")
+    return path

@@ -1,0 +1,85 @@
+"""The `cpu` presets of the CIFAR-10 reproduction: the models they build and the jobs that run them.
+
+Shapes and sizes only (jax.eval_shape, no training): the presets' time budgets are measured, not tested.
+"""
+
+import math
+import os
+
+import jax
+import pytest
+
+from casc_jax import reproduce
+from casc_jax.baselines import build_deepjscc, build_diffsc
+from casc_jax.run import load_config
+from casc_jax.system import build_casc
+from casc_jax.train import loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(name):
+    return load_config(os.path.join(ROOT, "configs", f"{name}.py:cpu"))
+
+
+def _count(tree):
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize(("name", "channels", "uses", "can"), [
+    ("casc_cr48", 2, 64, True), ("casc_cr96", 1, 32, True), ("casc_cr48_nocan", 2, 64, False),
+])
+def test_casc_cpu_preset_shapes(name, channels, uses, can):
+    c = _config(name)
+    model = build_casc(c)
+    assert model.latent_shape == (8, 8, 3) and model.condition_shape == (8, 8, channels)
+    assert model.num_channel_uses == uses  # 3072 / 48 = 64 complex symbols (CR 1/48)
+    params = jax.eval_shape(model.init, jax.random.key(0))
+    assert 2.5e6 < _count(params["autoencoder"]) < 3e6
+    assert 4e6 < _count(params["unet"]) < 5e6
+    assert bool(params["can"]) == can
+    assert loop.stage_batch_size(c.train, "stage1") == 32 and loop.stage_batch_size(c.train, "stage2") == 64
+    assert c.sampler.name == "dpmpp_2m" and c.sampler.steps == 20 and c.sampler.spacing == "logsnr"
+    assert c.eval.num_images == 2000 and tuple(c.channel.eval_snrs) == (5.0, 10.0, 15.0, 20.0)
+
+
+@pytest.mark.parametrize(("name", "c_out", "steps"), [
+    ("deepjscc_mse_cr48", 2, 12_000), ("deepjscc_lpips_cr48", 2, 4_000),
+    ("deepjscc_mse_cr96", 1, 12_000), ("deepjscc_lpips_cr96", 1, 4_000),
+])
+def test_deepjscc_cpu_preset_keeps_the_paper_architecture(name, c_out, steps):
+    c = _config(name)
+    model = build_deepjscc(c)
+    assert model.latent_shape == (8, 8, c_out)
+    assert c.deepjscc.filters == (16, 32, 32, 32) and c.train.deepjscc.num_steps == steps
+
+
+def test_diffsc_cpu_preset_unet():
+    c = _config("diffsc_cr48")
+    model = build_diffsc(c)
+    params = jax.eval_shape(model.init, jax.random.key(0))
+    assert 1e6 < _count(params["unet"]) < 1.2e6
+    assert loop.stage_batch_size(c.train, "diffsc") == 32 and c.train.diffsc.num_steps == 1000
+    assert c.sampler.name == "dpmpp_2m" and c.sampler.steps == 20
+
+
+def test_reproduction_jobs_chain_their_workdirs(tmp_path):
+    jobs = {j.name: j for j in reproduce.JOBS}
+    assert {"casc_cr48", "casc_cr48_nocan", "casc_cr96", "diffsc_cr48", "quality_casc_cr48"} <= set(jobs)
+    order = [j.name for j in reproduce.JOBS]
+    for job in reproduce.JOBS:  # a job runs after the jobs whose workdirs it uses
+        for used in job.uses.values():
+            assert order.index(used) < order.index(job.name)
+    cmd = jobs["casc_cr96"].command(str(tmp_path), "npz:x.npz")
+    assert f"--config.train.stage1.workdir={tmp_path / 'casc_cr48'}" in cmd
+    assert any(a.endswith("configs/casc_cr96.py:cpu") for a in cmd)
+
+
+def test_reproduction_data_argument(tmp_path):
+    assert reproduce.data_source("tfds") == "tfds:cifar10"
+    with pytest.raises(FileNotFoundError, match="cifar10_train_50k_jpeg.npz"):
+        reproduce.data_source(str(tmp_path))
+    for name in reproduce.NPZ_FILES.values():
+        (tmp_path / name).write_bytes(b"")
+    source = reproduce.data_source(str(tmp_path))
+    assert source.startswith("npz:train=") and ",test=" in source
