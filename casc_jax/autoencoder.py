@@ -15,14 +15,23 @@ import jax.numpy as jnp
 from casc_jax.nn.layers import AttnBlock, Downsample, ResBlock, Upsample, group_norm
 
 
+def _unit(v: jax.Array, eps: float = 1e-6) -> jax.Array:
+    return v / jnp.sqrt(jnp.sum(v**2, axis=-1, keepdims=True) + eps)
+
+
 class VectorQuantizer(nn.Module):
     """Nearest-codebook quantiser with a straight-through estimator (VQ-VAE, Taming Transformers).
 
     Returns (z_q, codebook_loss, indices). codebook_loss = ||sg[z] - e||^2 + beta ||z - sg[e]||^2.
+    With `l2_normalize` z and the codes are compared, and z_q returned, as unit vectors (ViT-VQGAN, Yu et
+    al. 2022): LDM's codebook starts within 1/K of zero and moves at most ~lr per Adam step, so in a short
+    run it never reaches the encoder's scale and collapses (CPU preset, 250 steps: 9 of 1024 codes used,
+    encoder output rms 5.0, reconstruction 14.9 dB); normalised codes are spread over the sphere from the start.
     """
 
     num_codes: int = 8192
     beta: float = 0.25
+    l2_normalize: bool = False
 
     @nn.compact
     def __call__(self, z):
@@ -31,6 +40,8 @@ class VectorQuantizer(nn.Module):
         codebook = self.param(
             "codebook", lambda k, s: jax.random.uniform(k, s, minval=-bound, maxval=bound), (self.num_codes, dim)
         )
+        if self.l2_normalize:
+            z, codebook = _unit(z), _unit(codebook)
         flat = z.reshape(-1, dim).astype(jnp.float32)
         dist = (
             jnp.sum(flat**2, axis=1, keepdims=True) - 2 * flat @ codebook.T + jnp.sum(codebook**2, axis=1)[None]
@@ -118,6 +129,7 @@ class VQAutoencoder(nn.Module):
     num_codes: int = 8192
     beta: float = 0.25
     dropout: float = 0.0
+    l2_codes: bool = False
 
     def setup(self):
         arch = dict(
@@ -131,7 +143,7 @@ class VQAutoencoder(nn.Module):
         self.decoder = Decoder(**arch)
         self.quant_conv = nn.Conv(self.embed_dim, (1, 1))
         self.post_quant_conv = nn.Conv(self.z_channels, (1, 1))
-        self.quantizer = VectorQuantizer(self.num_codes, self.beta)
+        self.quantizer = VectorQuantizer(self.num_codes, self.beta, self.l2_codes)
 
     def encode(self, x, *, train: bool = False):
         """X (B, H, W, 3) in [-1, 1] -> Z (B, H/4, W/4, embed_dim), eq. (1)."""

@@ -200,6 +200,7 @@ def build_casc(config: ml_collections.ConfigDict) -> CASC:
         num_codes=ae_cfg.num_codes,
         beta=ae_cfg.beta,
         dropout=ae_cfg.dropout,
+        l2_codes=ae_cfg.get("l2_codes", False),
     )
     factor = autoencoder.downsampling
     if size % factor:

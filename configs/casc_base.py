@@ -43,6 +43,7 @@ def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_
             num_codes=8192,
             beta=0.25,
             dropout=0.0,
+            l2_codes=False,  # True: compare z and codes as unit vectors (see VectorQuantizer)
         )
     )
     # LDM-sized denoiser on the 8x8 latent: attention at 4x4 and 2x2 (downsampling factors 2, 4).
@@ -150,7 +151,7 @@ def _cpu(c: ml_collections.ConfigDict) -> None:
     DDPM would take hours here; `--mode=quality` measures the gap on 256 images).
     """
     c.data.source = "tfds:cifar10"  # the reproduction passes the npz copy: --config.data.source=npz:...
-    c.autoencoder.update(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, num_codes=1024)
+    c.autoencoder.update(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, num_codes=1024, l2_codes=True)
     c.unet.update(ch=64, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(2, 4), head_dim=32, dropout=0.1)
     c.sampler.update(CPU_EVAL_SAMPLER)
     c.train.batch_size = 64
