@@ -15,8 +15,9 @@ import jax.numpy as jnp
 from casc_jax.nn.layers import AttnBlock, Downsample, ResBlock, Upsample, group_norm
 
 
-def _unit(v: jax.Array, eps: float = 1e-6) -> jax.Array:
-    return v / jnp.sqrt(jnp.sum(v**2, axis=-1, keepdims=True) + eps)
+def _unit(v: jax.Array, tiny: float = 1e-30) -> jax.Array:
+    """v / ||v|| along the last axis (codes start at ~1/K, so no eps may swamp their norm)."""
+    return v * jax.lax.rsqrt(jnp.maximum(jnp.sum(v**2, axis=-1, keepdims=True), tiny))
 
 
 class VectorQuantizer(nn.Module):
