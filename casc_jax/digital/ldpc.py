@@ -31,7 +31,8 @@ DATA = Path(__file__).parent / "data"
 SET_BASES = (2, 3, 5, 7, 9, 11, 13, 15)  # lifting-size set iLS = index: Z = a * 2^j <= 384
 BG_SHAPE = {1: (46, 68), 2: (42, 52)}
 BG_INFO_COLS = {1: 22, 2: 10}
-MAX_K = {1: 8448, 2: 3840}  # largest K' per code block (38.212 5.2.2)
+MAX_K = {1: 8448, 2: 3840}
+FILLER_LLR = 1e9  # filler bits are known zeros  # largest K' per code block (38.212 5.2.2)
 
 
 def lifting_sizes() -> list[int]:
@@ -81,7 +82,7 @@ def lifting_size(bg: int, k: int) -> int:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class NRCode:
-    """One rate-matched 5G NR LDPC code; build it with `make_code`. Identity-hashed (a jit static)."""
+    """One rate-matched 5G NR LDPC code; build it with `make_code`. Identity-hashed: a jit static argument."""
 
     bg: int
     z: int
@@ -194,10 +195,10 @@ def make_code(k: int, e: int, qm: int = 2, bg: int | None = None) -> NRCode:
     tx_index = sel.reshape(qm, e // qm).T.reshape(-1)  # f_{i + j Q} = e_{i E/Q + j}
     reps = -(-e // len(pos))
     rx_index = np.full((reps, n_cols * z), e)  # e = the zero slot appended to the received LLRs
-    seen = np.zeros(n_cols * z, np.int64)
-    for t, p in enumerate(tx_index):
-        rx_index[seen[p], p] = t
-        seen[p] += 1
+    order = np.argsort(tx_index, kind="stable")
+    ranked = tx_index[order]
+    copy = np.arange(e) - np.searchsorted(ranked, ranked)  # 0 for a bit's first copy, 1 for its repeat, ...
+    rx_index[copy, ranked] = order
     # Decoder's variable side: for bit (c, z'), the slots of its edges at position (z' - V) mod Z.
     slot_col = np.concatenate([g[0][..., 0].reshape(-1) // z for g in groups])
     slot_valid = np.concatenate([g[1].reshape(-1) for g in groups])
@@ -218,6 +219,7 @@ def _row_sums(code: NRCode, bits: jax.Array, group: int) -> jax.Array:
     return jnp.sum(jnp.take(bits, jnp.asarray(index), axis=1), axis=2) % 2
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def encode(code: NRCode, info: jax.Array) -> jax.Array:
     """Systematic encoding: info (B, K') bits -> codeword (B, n_cols Z), H c = 0, fillers zero.
 
@@ -239,20 +241,23 @@ def encode(code: NRCode, info: jax.Array) -> jax.Array:
     return x[:, : code.n_cols].reshape(b, -1)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def syndrome_ok(code: NRCode, bits: jax.Array) -> jax.Array:
     """(B,) True where the codeword bits (B, n_cols Z) satisfy every used parity check."""
     ext = jnp.pad(bits.astype(jnp.int32), ((0, 0), (0, code.z)))
     return jnp.all(jnp.stack([jnp.all(_row_sums(code, ext, g) == 0, axis=(1, 2)) for g in range(len(code.groups))]), 0)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def rate_match(code: NRCode, codeword: jax.Array) -> jax.Array:
     """(B, n_cols Z) -> (B, E) transmitted bits (puncture, skip fillers, repeat, interleave)."""
     return jnp.take(codeword, jnp.asarray(code.tx_index), axis=1)
 
 
-def rate_recover(code: NRCode, llr: jax.Array, filler_llr: float = 1e9) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=0)
+def rate_recover(code: NRCode, llr: jax.Array) -> jax.Array:
     """(B, E) received LLRs -> (B, n_cols Z) decoder input: repeats added, punctured 0, fillers +big."""
     ext = jnp.pad(llr.astype(jnp.float32), ((0, 0), (0, 1)))
     out = jnp.sum(jnp.take(ext, jnp.asarray(code.rx_index), axis=1), axis=1)
     lo, hi = code.filler
-    return out.at[:, lo:hi].set(filler_llr)
+    return out.at[:, lo:hi].set(FILLER_LLR)
