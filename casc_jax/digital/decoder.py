@@ -29,62 +29,65 @@ class Decoded(NamedTuple):
 
 
 def _check_update(v2c, valid, scale, offset):
-    """v2c (B, R, d, Z), padding slots +inf -> c2v (B, R, d, Z), padding slots 0."""
+    """v2c (R, d, Z, B), padding slots +inf -> c2v (R, d, Z, B), padding slots 0."""
     mag = jnp.abs(v2c)
     neg = v2c < 0
-    parity = jnp.sum(neg, axis=2, keepdims=True) % 2
-    sign = jnp.where(jnp.logical_xor(parity == 1, neg), -1.0, 1.0)
-    first = jnp.argmin(mag, axis=2, keepdims=True)
-    slot = jnp.arange(mag.shape[2])[None, None, :, None]
-    is_first = slot == first
-    min1 = jnp.min(mag, axis=2, keepdims=True)
-    min2 = jnp.min(jnp.where(is_first, jnp.inf, mag), axis=2, keepdims=True)
+    parity = jnp.sum(neg, axis=1, keepdims=True) % 2
+    sign = jnp.where(jnp.logical_xor(parity == 1, neg), -scale, scale)
+    first = jnp.argmin(mag, axis=1, keepdims=True)
+    is_first = jnp.arange(mag.shape[1])[None, :, None, None] == first
+    min1 = jnp.min(mag, axis=1, keepdims=True)
+    min2 = jnp.min(jnp.where(is_first, jnp.inf, mag), axis=1, keepdims=True)
     m = jnp.where(is_first, min2, min1)
     if offset:
         m = jnp.maximum(m - offset, 0.0)
-    return jnp.where(valid[None, :, :, None], scale * sign * m, 0.0)
+    return jnp.where(valid[:, :, None, None], sign * m, 0.0)
 
 
 @functools.cache
-def decoder(code: NRCode, iterations: int = 20, scale: float = 0.75, offset: float = 0.0):
-    """Jitted `decode(llr (B, n_cols Z)) -> Decoded` for `code` (see `ldpc.rate_recover` for llr)."""
+def decoder(code: NRCode, iterations: int = 20, scale: float = 0.75, offset: float = 0.0, early_stop: bool = True):
+    """Jitted `decode(llr (B, n_cols Z)) -> Decoded` for `code` (see `ldpc.rate_recover` for llr).
+
+    early_stop=False always runs `iterations` (fixed latency; blocks still freeze once their checks hold).
+    Inside, the batch is the last (contiguous) axis: every gather then moves whole rows of B values.
+    """
     groups = [(jnp.asarray(i), jnp.asarray(v)) for i, v in code.groups]
     var_index = jnp.asarray(code.var_index)
     z = code.z
 
-    def hard_ok(post):
-        bits = jnp.pad((post < 0).astype(jnp.int32), ((0, 0), (0, z)))
-        return jnp.all(jnp.stack([jnp.all(jnp.sum(jnp.take(bits, i, axis=1), axis=2) % 2 == 0, axis=(1, 2))
+    def hard_ok(post):  # post (N, B) -> (B,)
+        bits = jnp.pad((post < 0).astype(jnp.int32), ((0, z), (0, 0)))
+        return jnp.all(jnp.stack([jnp.all(jnp.sum(jnp.take(bits, i, axis=0), axis=1) % 2 == 0, axis=(0, 1))
                                   for i, _ in groups]), axis=0)
 
     def posterior(llr, c2v):
-        flat = jnp.concatenate([m.reshape(m.shape[0], -1) for m in c2v] + [jnp.zeros_like(llr[:, :1])], axis=1)
-        return llr + jnp.sum(jnp.take(flat, var_index, axis=1), axis=2).reshape(llr.shape)
+        flat = jnp.concatenate([m.reshape(-1, llr.shape[1]) for m in c2v] + [jnp.zeros_like(llr[:1])], axis=0)
+        return llr + jnp.sum(jnp.take(flat, var_index, axis=0), axis=1).reshape(llr.shape)
 
     @jax.jit
     def decode(llr):
-        llr = llr.astype(jnp.float32)
-        batch = llr.shape[0]
-        c2v0 = tuple(jnp.zeros((batch, *v.shape, z), jnp.float32) for _, v in groups)
+        llr = llr.astype(jnp.float32).T  # (N, B)
+        batch = llr.shape[1]
+        c2v0 = tuple(jnp.zeros((*v.shape, z, batch), jnp.float32) for _, v in groups)
         ok0 = hard_ok(llr)
 
         def cond(state):
-            return (state[0] < iterations) & ~jnp.all(state[3])
+            return (state[0] < iterations) & ~(early_stop & jnp.all(state[3]))
 
         def body(state):
             it, c2v, post, done, out, used = state
-            ext = jnp.pad(post, ((0, 0), (0, z)), constant_values=jnp.inf)
-            c2v = tuple(_check_update(jnp.take(ext, i, axis=1) - m, v, scale, offset)
+            ext = jnp.pad(post, ((0, z), (0, 0)), constant_values=jnp.inf)
+            c2v = tuple(_check_update(jnp.take(ext, i, axis=0) - m, v, scale, offset)
                         for (i, v), m in zip(groups, c2v))
             post = posterior(llr, c2v)
             ok = hard_ok(post)
-            out = jnp.where(done[:, None], out, post)
+            out = jnp.where(done, out, post)
             used = jnp.where(done, used, it + 1)
             return it + 1, c2v, post, done | ok, out, used
 
         state = (jnp.int32(0), c2v0, llr, ok0, llr, jnp.zeros((batch,), jnp.int32))
         _, _, _, done, out, used = jax.lax.while_loop(cond, body, state)
-        info = (out[:, : code.k] < 0).astype(jnp.uint8)
-        return Decoded(info, done, used, out)
+        out = out.T
+        return Decoded((out[:, : code.k] < 0).astype(jnp.uint8), done, used, out)
 
     return decode
