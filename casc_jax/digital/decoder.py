@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from casc_jax.digital.ldpc import NRCode
 
@@ -51,8 +52,9 @@ def decoder(code: NRCode, iterations: int = 20, scale: float = 0.75, offset: flo
     early_stop=False always runs `iterations` (fixed latency; blocks still freeze once their checks hold).
     Inside, the batch is the last (contiguous) axis: every gather then moves whole rows of B values.
     """
-    groups = [(jnp.asarray(i), jnp.asarray(v)) for i, v in code.groups]
-    var_index = jnp.asarray(code.var_index)
+    groups = [(jnp.asarray(i), jnp.asarray(v)) for i, v in code.dec_groups]
+    var_index = [jnp.asarray(v) for v in code.var_index]
+    bit_order, codeword_order = jnp.asarray(code.bit_order), jnp.asarray(np.argsort(code.bit_order))
     z = code.z
 
     def hard_ok(post):  # post (N, B) -> (B,)
@@ -62,11 +64,12 @@ def decoder(code: NRCode, iterations: int = 20, scale: float = 0.75, offset: flo
 
     def posterior(llr, c2v):
         flat = jnp.concatenate([m.reshape(-1, llr.shape[1]) for m in c2v] + [jnp.zeros_like(llr[:1])], axis=0)
-        return llr + jnp.sum(jnp.take(flat, var_index, axis=0), axis=1).reshape(llr.shape)
+        sums = [jnp.sum(jnp.take(flat, v, axis=0), axis=1).reshape(-1, llr.shape[1]) for v in var_index]
+        return llr + jnp.concatenate(sums, axis=0)
 
     @jax.jit
     def decode(llr):
-        llr = llr.astype(jnp.float32).T  # (N, B)
+        llr = jnp.take(llr.astype(jnp.float32), bit_order, axis=1).T  # (N, B), internal bit order
         batch = llr.shape[1]
         c2v0 = tuple(jnp.zeros((*v.shape, z, batch), jnp.float32) for _, v in groups)
         ok0 = hard_ok(llr)
@@ -87,7 +90,7 @@ def decoder(code: NRCode, iterations: int = 20, scale: float = 0.75, offset: flo
 
         state = (jnp.int32(0), c2v0, llr, ok0, llr, jnp.zeros((batch,), jnp.int32))
         _, _, _, done, out, used = jax.lax.while_loop(cond, body, state)
-        out = out.T
+        out = jnp.take(out, codeword_order, axis=0).T
         return Decoded((out[:, : code.k] < 0).astype(jnp.uint8), done, used, out)
 
     return decode

@@ -94,7 +94,9 @@ class NRCode:
     core_plan: tuple  # (b, steps): p0 = roll(sum of core lambdas, b); steps (target, row, [(col, V)], V_t)
     tx_index: np.ndarray  # (E,) codeword position of each transmitted bit
     rx_index: np.ndarray  # (reps, n_cols Z) position in [llr, 0] of each codeword bit's copies
-    var_index: np.ndarray  # (n_cols, dv, Z) flat slot index of each bit's edges (decoder)
+    var_index: tuple  # decoder: per degree bucket (n_b, d_b, Z) flat slot index of each bit's edges
+    bit_order: np.ndarray  # decoder: codeword position of each internal bit position
+    dec_groups: tuple  # decoder: `groups` indexing the internal bit order
 
     @property
     def kb(self) -> int:
@@ -199,18 +201,27 @@ def make_code(k: int, e: int, qm: int = 2, bg: int | None = None) -> NRCode:
     ranked = tx_index[order]
     copy = np.arange(e) - np.searchsorted(ranked, ranked)  # 0 for a bit's first copy, 1 for its repeat, ...
     rx_index[copy, ranked] = order
-    # Decoder's variable side: for bit (c, z'), the slots of its edges at position (z' - V) mod Z.
+    # Decoder's variable side: for bit (c, z'), the slots of its edges at position (z' - V) mod Z. Columns
+    # are bucketed by degree (next power of two) to limit padding; the decoder keeps its bits in that
+    # column order (`bit_order`: internal position -> codeword position) and `dec_groups` index it.
     slot_col = np.concatenate([g[0][..., 0].reshape(-1) // z for g in groups])
     slot_valid = np.concatenate([g[1].reshape(-1) for g in groups])
     slot_shift = np.concatenate([(g[0][..., 0] % z).reshape(-1) for g in groups])
     per_col = [np.flatnonzero((slot_col == c) & slot_valid) for c in range(n_cols)]
-    dv = max(len(p) for p in per_col)
-    n_slots = len(slot_col)
-    var_index = np.full((n_cols, dv, z), n_slots * z)
-    for c, p in enumerate(per_col):
-        zz = np.arange(z)
-        var_index[c, : len(p)] = p[:, None] * z + (zz - slot_shift[p][:, None]) % z
-    return NRCode(bg, z, k, e, qm, n_rows, groups, plan, tx_index, rx_index, var_index)
+    bucket = np.array([1 << max(len(p) - 1, 0).bit_length() for p in per_col])
+    col_order = np.argsort(bucket, kind="stable")
+    var_index = []
+    for d in np.unique(bucket):
+        cols = col_order[bucket[col_order] == d]
+        vi = np.full((len(cols), d, z), len(slot_col) * z)  # padding -> the zero slot appended to c2v
+        for r, c in enumerate(cols):
+            p = per_col[c]
+            vi[r, : len(p)] = p[:, None] * z + (np.arange(z) - slot_shift[p][:, None]) % z
+        var_index.append(vi)
+    bit_order = (col_order[:, None] * z + np.arange(z)).reshape(-1)
+    internal = np.concatenate([np.argsort(bit_order), np.arange(n_cols * z, (n_cols + 1) * z)])
+    dec_groups = tuple((internal[i], v) for i, v in groups)
+    return NRCode(bg, z, k, e, qm, n_rows, groups, plan, tx_index, rx_index, tuple(var_index), bit_order, dec_groups)
 
 
 def _row_sums(code: NRCode, bits: jax.Array, group: int) -> jax.Array:
