@@ -83,7 +83,7 @@ def _simulate(mod, snr_db, method, n_sym, kind="awgn", batch=None, seed=0, equal
 @pytest.mark.parametrize("mod, snr_db", [("qpsk", 4.0), ("16qam", 10.0), ("64qam", 16.0), ("16qam", 4.0)])
 def test_uncoded_ber_awgn_matches_closed_form(mod, snr_db):
     ref = gray_qam_ber(mod, snr_db)
-    n_bits = 600_000
+    n_bits = 300_000
     tol = 4 * math.sqrt(ref * (1 - ref) / n_bits) * 1.5  # 4 sigma, bits within a symbol are correlated
     ber, _ = _simulate(mod, snr_db, "maxlog", n_bits // {"qpsk": 2, "16qam": 4, "64qam": 6}[mod])
     assert abs(ber - ref) < tol, (ber, ref)
