@@ -81,6 +81,14 @@ def rayleigh(
 
     equalizer: 'zf' (y / h), 'mmse' (conj(h) y / (|h|^2 + sigma^2)) or 'none' (y as received).
     """
+    return rayleigh_with_gain(key, x, snr_db, equalizer)[0]
+
+
+def rayleigh_with_gain(
+    key: jax.Array, x: jax.Array, snr_db: jax.Array | float, equalizer: str = "zf"
+) -> tuple[jax.Array, jax.Array]:
+    """`rayleigh` that also returns the fading gain h (B,) complex, for receivers that need the CSI
+    (e.g. a soft demapper's post-equalisation noise variance). Same keys, same draw as `rayleigh`."""
     if equalizer not in EQUALIZERS:
         raise ValueError(f"unknown equalizer {equalizer!r}; choose one of {EQUALIZERS}")
     s = to_complex(x)
@@ -93,7 +101,7 @@ def rayleigh(
         y = y / h
     elif equalizer == "mmse":
         y = jnp.conj(h) * y / (jnp.abs(h) ** 2 + sigma2[:, None])
-    return from_complex(y, x.shape)
+    return from_complex(y, x.shape), h[:, 0]
 
 
 def transmit(
