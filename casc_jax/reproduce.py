@@ -6,8 +6,9 @@ DIR holds the CIFAR-10 JPEG archives (cifar10_train_50k_jpeg.npz, cifar10_test_1
 `casc_jax.data`'s npz source), or `--data=tfds` reads the prepared TFDS cifar10. Every job is
 `launch.py --config=configs/<job>.py:cpu` in its own process, logging to WORKDIR/<job>/log.txt; a finished
 job leaves WORKDIR/<job>/job.json and is skipped on a rerun, an unfinished one resumes from its last
-checkpoint. After the jobs: `--mode=quality` on CASC CR 1/48, the comparison figures, and OUT/ with
-metrics.csv, the figures and results.md (the command, commit, wall time per job, data and tables).
+checkpoint. After the training jobs: `--mode=quality` and `--mode=benchmark` (beside DiffSC) on CASC CR 1/48,
+then OUT/ with metrics.csv, the comparison figures and results.md (the command, commit, wall time per job,
+data, tables and the paper's claims checked).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ JOBS = (
     Job("deepjscc_mse_cr96", "deepjscc_mse_cr96"),
     Job("deepjscc_lpips_cr96", "deepjscc_lpips_cr96"),
     Job("quality_casc_cr48", "casc_cr48", mode="quality"),
+    Job("speed_casc_cr48", "casc_cr48", mode="benchmark"),  # beside DiffSC's receiver (benchmark.diffsc_config)
 )
 
 

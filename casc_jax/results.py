@@ -89,6 +89,18 @@ def claims(records: Sequence[Mapping], speed: Mapping | None = None) -> list[tup
     return out
 
 
+def speed_claim(report: Mapping | None) -> dict | None:
+    """CASC's and DiffSC's full-chain (T = 1000) receiver times from a `--mode=benchmark` report."""
+    if not report:
+        return None
+    casc = report["rows"][0]  # the scanned CASC chain of the config's sampler
+    diffsc = next((r for r in report["rows"] if r["variant"].startswith("DiffSC")), None)
+    if diffsc is None:
+        return None
+    what = f"{casc['variant']} vs {diffsc['variant']}, batch {casc['batch']}, {report['device']}"
+    return {"casc_ms": casc["ms_per_image"], "diffsc_ms": diffsc["ms_per_image"], "what": what}
+
+
 def _mark(holds: bool | None) -> str:
     return {True: "holds", False: "**does not hold**", None: "not measured"}[holds]
 
@@ -130,7 +142,7 @@ def publish(root: str, out: str, jobs, args, source: str, echo=print) -> str:
         record = _load(os.path.join(root, job.config, f"job_{job.mode}.json"))
         job_rows.append(f"| {job.name} | {job.mode} | {'%.1f' % (record['seconds'] / 60) if record else 'not run'} |")
     quality = _load(os.path.join(root, "casc_cr48", "benchmark_quality.json"))
-    speed = _load(os.path.join(out, "speed.json"))
+    speed = speed_claim(_load(os.path.join(root, "casc_cr48", "benchmark.json")))
     crs = sorted({r["cr"] for r in records}, key=ch.parse_ratio, reverse=True)
     lines = [
         "# CIFAR-10 on 2 CPU cores: every CASC-paper system, trained and compared",

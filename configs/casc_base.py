@@ -162,6 +162,8 @@ def _cpu(c: ml_collections.ConfigDict) -> None:
     c.eval.update(batch_size=200, num_images=CPU_EVAL_IMAGES)
     # --mode=quality: every sampler at 5-50 steps against the 1000-step DDPM on 256 test images, timed once.
     c.benchmark.update(quality_images=256, ddim_steps=(5, 10, 20, 50), dpm_steps=(5, 10, 20, 50), repeats=1)
+    # --mode=benchmark: the trained receivers at batch 256, CASC beside the CPU DiffSC (the paper's Table I).
+    c.benchmark.update(diffsc_config="configs/diffsc_cr48.py:cpu", max_timed_steps=20)
 
 
 def _smoke(c: ml_collections.ConfigDict) -> None:
