@@ -60,7 +60,19 @@ def test_quality_compares_every_sampler_with_ddpm():
     labels = [r["sampler"] for r in report["rows"]]
     assert labels[0] == "ddpm" and any(s.startswith("ddim") for s in labels) and any("dpmpp" in s for s in labels)
     assert report["rows"][0]["psnr_vs_ddpm"] == 100.0  # DDPM against itself, capped
-    assert report["fastest_within_0.3db"] in labels
+    assert report["fastest_within_tolerance"] in labels
+
+
+def test_fastest_within_tolerance_needs_both_psnr_and_lpips():
+    rows = [
+        {"sampler": "ddpm", "ms_per_image": 100.0, "psnr_vs_source": 20.0, "lpips_vs_source": 0.20},
+        {"sampler": "fast_blurry", "ms_per_image": 1.0, "psnr_vs_source": 20.1, "lpips_vs_source": 0.25},
+        {"sampler": "fast_noisy", "ms_per_image": 2.0, "psnr_vs_source": 19.5, "lpips_vs_source": 0.20},
+        {"sampler": "good", "ms_per_image": 5.0, "psnr_vs_source": 19.75, "lpips_vs_source": 0.205},
+        {"sampler": "slower_good", "ms_per_image": 9.0, "psnr_vs_source": 20.0, "lpips_vs_source": 0.20},
+    ]
+    assert benchmark.fastest_within_tolerance(rows)["sampler"] == "good"
+    assert benchmark.fastest_within_tolerance(rows[:1])["sampler"] == "ddpm"
 
 
 def test_diffsc_row_is_timed_like_casc():
