@@ -42,8 +42,7 @@ def reconstructor(model, params, mesh, sampler: Mapping | None = None) -> Callab
         def run(params, x, key, snr):
             return model(params, x, key, snr)
 
-    batch = parallel.batch_sharded(mesh)
-    return lambda x, key, snr: run(params, jax.device_put(x, batch), key, jnp.float32(snr))
+    return lambda x, key, snr: run(params, parallel.global_batch(x, mesh), key, jnp.float32(snr))
 
 
 def _sweep(config, workdir, params, echo):
@@ -78,7 +77,6 @@ def sample(config, workdir, options, echo=print):
 
 def transmit(config, workdir, options, echo=print):
     """A user's own images -> reconstructed PNGs at each SNR in `--snr` (default: the eval SNRs)."""
-    casc_run.check_transmit_options(options)
     model = build_model(config)
     mesh = parallel.make_mesh()
     params, _ = _params(config, workdir, echo)

@@ -18,12 +18,15 @@ import os
 import jax
 import numpy as np
 
+from casc_jax import cli
 from casc_jax import data as casc_data
 from casc_jax.train import parallel
 from multitask_jax import evaluate as mt_eval
 from multitask_jax import train as mt_train
 from multitask_jax.data import colorize_mask, voc_colormap
 from multitask_jax.task_kb import RECONSTRUCTION, SEGMENTATION, TaskSelection
+
+build_model = mt_train.build_model  # launch.py's check that the config gives a model
 
 
 def train(config, workdir, options, echo=print):
@@ -111,10 +114,11 @@ def transmit(config, workdir, options, echo=print):
             '--mode=transmit needs --task="<what the receiver should do>", e.g. --task="segment the image" or '
             f'--task="reconstruct the picture" (tasks: {", ".join(mt_train.TASKS)})'
         )
-    paths = options.get("images") or []
-    if not paths:
-        raise ValueError("--mode=transmit needs --image=PATH (repeat the flag for several images)")
+    paths = cli.check_images(options.get("images") or [])
     task = select_task(text, echo).task  # before any model work: an out-of-scope request stops here
+    snrs = options.get("snrs") or tuple(config.channel.eval_snrs)
+    out_dir = options.get("out_dir") or os.path.join(workdir, "transmit")
+    targets = cli.transmit_targets(paths, snrs, out_dir, tag=f"_{task}")
     h, w = mt_train.image_hw(config)
     if h != w:
         raise ValueError(f"transmit letterboxes into a square model input; model.image_size is {(h, w)}")
@@ -131,16 +135,13 @@ def transmit(config, workdir, options, echo=print):
         segment = mt_eval.segmenter(model, params, mesh)
         run = lambda x, key, snr: segment(x, np.zeros(x.shape[:3], np.int32), key, snr)[0]  # noqa: E731
     batch = np.concatenate([images, np.zeros((-len(images) % mesh.devices.size,) + images.shape[1:], images.dtype)])
-    out_dir = options.get("out_dir") or os.path.join(workdir, "transmit")
     written = []
-    for i, snr in enumerate(options.get("snrs") or tuple(config.channel.eval_snrs)):
-        out = np.asarray(run(batch, jax.random.fold_in(jax.random.key(config.seed), i), float(snr)))[: len(images)]
-        for path, result, original in zip(paths, out, sizes):
-            stem = os.path.splitext(os.path.basename(path))[0]
-            target = os.path.join(out_dir, f"{stem}_{task}_snr{snr:g}.png")
-            if task == SEGMENTATION:
+    for i, (snr, row) in enumerate(zip(snrs, targets)):
+        out = parallel.to_host(run(batch, jax.random.fold_in(jax.random.key(config.seed), i), float(snr)))
+        for target, result, original in zip(row, out[: len(images)], sizes):
+            if parallel.is_primary() and task == SEGMENTATION:
                 save_mask_png(restore_mask(result, original, fit=fit), target)
-            else:
+            elif parallel.is_primary():
                 casc_data.save_png(casc_data.restore_size(result, original, fit=fit), target)
             written.append(target)
     echo(f"[transmit] wrote {len(written)} file(s) to {out_dir}")
