@@ -147,7 +147,10 @@ def launch(argv, verbose: bool = False) -> int:
     primary = parallel.env_process_index() in (None, 0)  # only one process of a multi-host job holds the lock
     if primary and plan["uses_workdir"]:
         workdir_lib.check_unlocked(workdir)
-    parallel.maybe_initialize_distributed()
+    if parallel.maybe_initialize_distributed():
+        import jax
+
+        echo(f"[launch] process {jax.process_index()} of {jax.process_count()}, {jax.device_count()} devices in all")
     with cli.native_stderr_silenced(not verbose):  # TensorFlow's start-up notices
         runner = importlib.import_module(plan["module"])
     try:
