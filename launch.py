@@ -83,7 +83,9 @@ def _validate(config, mode: str) -> dict:
                         "or compare")
     _check_mode_flags(mode)
     train_snrs = tuple(config.channel.get("train_snrs") or ())
-    cli.parse_snrs([str(s) for s in config.channel.eval_snrs], flag="--config.channel.eval_snrs", echo=echo)
+    eval_snrs = config.channel.eval_snrs
+    cli.parse_snrs(eval_snrs if isinstance(eval_snrs, str) else [str(s) for s in eval_snrs],
+                   flag="--config.channel.eval_snrs", echo=echo)
     snrs = cli.parse_snrs(_SNRS.value, train_snrs, echo=echo)
     preset = "_smoke" if config.get("data") and config.data.get("source") == "embedded" else ""
     workdir = os.path.abspath(_WORKDIR.value or os.path.join("runs", config.name + preset))

@@ -47,6 +47,20 @@ def quiet_logs(verbose: bool) -> None:
     absl_logging.set_stderrthreshold(absl_logging.WARNING)
     for name in ("absl", "jax", "orbax", "clu", "tensorflow", "tensorflow_datasets"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
+    sys.unraisablehook = _without_closed_loop_noise(sys.unraisablehook)
+
+
+def _without_closed_loop_noise(hook):
+    """An unraisable-exception hook that drops "Event loop is closed": when orbax fails to read a checkpoint,
+    TensorStore reads still in flight finish after orbax's event loop closed, and each prints that."""
+
+    def filtered(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+            return
+        hook(unraisable)
+
+    return filtered
 
 
 @contextlib.contextmanager
@@ -195,6 +209,10 @@ def parse_flags(flag_values, argv) -> list[str]:
 
 def _flag_message(err) -> str:
     text = str(err).strip()
+    m = re.search(r"of field config\.(\S+) is not supported for overriding", text)
+    if m:
+        return (f"--config.{m.group(1)} cannot be set on the command line: its default is None, so its type is "
+                "unknown; set it in the config file (declared there as config_dict.placeholder(TYPE), it could be)")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     last = next((ln for ln in reversed(lines) if re.match(r"^\w+(Error|Exception):", ln)), None)
     if last and "Error whilst parsing config file" in text:
@@ -205,14 +223,17 @@ def _flag_message(err) -> str:
 # -- SNRs -----------------------------------------------------------------------------------------------
 def parse_snrs(values, train_snrs=(), flag: str = "--snr", echo=print) -> tuple[float, ...]:
     """SNR strings in dB -> floats; UserError for non-numbers, NaN and inf; a warning far outside train_snrs."""
+    example = f"{flag}='(5.0, 10.0)'" if flag.startswith("--config.") else f"{flag}=5,10,20"
+    if isinstance(values, str):
+        raise UserError(f"{flag}={values} is not a list of numbers; give SNRs in dB, e.g. {example}")
     snrs = []
     for v in values:
         try:
             snr = float(v)
         except (TypeError, ValueError):
-            raise UserError(f"{flag}={v} is not a number; give SNRs in dB, e.g. {flag}=5,10,20") from None
+            raise UserError(f"{flag}={v} is not a number; give SNRs in dB, e.g. {example}") from None
         if not math.isfinite(snr):
-            raise UserError(f"{flag}={v} is not a finite number of dB; give SNRs in dB, e.g. {flag}=5,10,20")
+            raise UserError(f"{flag}={v} is not a finite number of dB; give SNRs in dB, e.g. {example}")
         snrs.append(snr)
     trained = [float(s) for s in train_snrs or ()]
     if trained:

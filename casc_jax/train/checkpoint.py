@@ -15,6 +15,12 @@ import jax
 import orbax.checkpoint as ocp
 
 
+def _short(err: BaseException, limit: int = 160) -> str:
+    """An orbax/TensorStore error in one short line (they run to kilobytes)."""
+    text = " ".join(str(err).split()).split(" See full TensorStore details")[0]
+    return f"{type(err).__name__}: {text[:limit]}" + ("..." if len(text) > limit else "")
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be restored into the expected state."""
 
@@ -69,7 +75,7 @@ class Checkpointer:
         tried = ", ".join(str(s) for s, _ in failed)
         raise CheckpointError(
             f"no checkpoint in {self.path} can be restored (tried step {tried}); step {first_step}: "
-            f"{type(err).__name__}: {str(err)[:300]}. They are corrupt or were written with another config. "
+            f"{_short(err)}. They are corrupt or were written with another config. "
             "Nothing was overwritten. Use a new --workdir, or move that directory away to start over."
         )
 
@@ -95,8 +101,7 @@ class Checkpointer:
         self._manager.close()
         self._manager = self._open()
         steps = ", ".join(str(s) for s, _ in failed)
-        why = "; ".join(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
-                        for s, e in failed)
+        why = "; ".join(f"step {s}: {_short(e)}" for s, e in failed)
         where = f"; moved to {', '.join(moved)}" if moved else ""
         self._echo(
             f"[checkpoint] step {steps} in {self.path} cannot be restored ({why}); resuming from step {restored}, "
