@@ -77,6 +77,7 @@ def sample(config, workdir, options, echo=print):
 
 def transmit(config, workdir, options, echo=print):
     """A user's own images -> reconstructed PNGs at each SNR in `--snr` (default: the eval SNRs)."""
+    casc_run.check_transmit_options(options)
     model = build_model(config)
     mesh = parallel.make_mesh()
     params, _ = _params(config, workdir, echo)

@@ -22,8 +22,8 @@ EXIT_USER_ERROR = 2
 SNR_MARGIN_DB = 10.0  # an SNR this far outside the trained range gets a warning
 
 
-class UserError(Exception):
-    """A mistake the user can fix; its message says what is wrong and how to fix it."""
+class UserError(ValueError):
+    """A mistake the user can fix (a bad value); its message says what is wrong and how to fix it."""
 
 
 # -- logs and errors --------------------------------------------------------------------------------

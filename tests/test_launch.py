@@ -129,7 +129,7 @@ BAD_INPUTS = [
     ("eval, no workdir", ["--mode=eval"], None, "new", {}, "does not exist; --mode=eval needs a trained model"),
     ("dataset offline", ["--config.data.source=tfds:cifar10"], None, "new", {"TFDS_DATA_DIR": "EMPTY"},
      "is not prepared"),
-    ("all checkpoints corrupt", ["--mode=eval"], lambda w, i: _corrupt_all(w), "trained", {}, "can be restored"),
+    ("all checkpoints corrupt", ["--mode=eval"], lambda w, i: _corrupt_all(w), "trained", {}, "cannot be restored"),
     ("half multi-host env", [], None, "new", {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1"}, "JAX_NUM_PROCESSES"),
 ]
 

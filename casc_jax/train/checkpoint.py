@@ -74,7 +74,7 @@ class Checkpointer:
         first_step, err = failed[0]
         tried = ", ".join(str(s) for s, _ in failed)
         raise CheckpointError(
-            f"no checkpoint in {self.path} can be restored (tried step {tried}); step {first_step}: "
+            f"the checkpoints in {self.path} cannot be restored (tried step {tried}); step {first_step}: "
             f"{_short(err)}. They are corrupt or were written with another config. "
             "Nothing was overwritten. Use a new --workdir, or move that directory away to start over."
         )
