@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-from absl import app, flags  # noqa: F401  (absl.app defines --help, --helpshort, --helpfull)
+from absl import app, flags
 from ml_collections import config_flags
 
 from casc_jax import cli
@@ -47,6 +47,7 @@ _OUT = flags.DEFINE_string("out", None, "transmit: output folder (default WORKDI
                            "--workdir, else runs/compare)")
 _WORKDIRS = flags.DEFINE_list("workdirs", [], "compare: evaluated workdirs to put side by side (no --config needed)")
 _TASK = flags.DEFINE_string("task", None, "transmit (multitask): the task in free text, e.g. \"segment the image\"")
+app.define_help_flags()  # --help, --helpshort, --helpfull
 flags.DEFINE_bool("verbose", False, f"show tracebacks and the libraries' INFO logs (or set {cli.VERBOSE_ENV}=1)")
 
 

@@ -47,19 +47,25 @@ def sample(config, workdir, options, echo=print):
     params, source = mt_train.load_task_params(config, workdir, task, echo=echo)
     mesh = parallel.make_mesh()
     n = parallel.check_batch_size(config.eval.grid_images, mesh)
-    batch = next(mt_train.batches_for_eval(config, task, batch_size=n))
+    local = next(mt_train.batches_for_eval(config, task, batch_size=n))  # this process's share of the grid
+    keys = ("image", "mask") if task == SEGMENTATION else ("image",)
+    batch = parallel.shard_batch({k: local[k] for k in keys}, mesh)
+    host = {k: parallel.to_host(v) for k, v in batch.items()}
     model = mt_train.build_model(config)
-    rows = [("image", casc_data.to_uint8(batch["image"]))]
+    rows = [("image", casc_data.to_uint8(host["image"]))]
     if task == RECONSTRUCTION:
         run = mt_eval.reconstructor(model, params, mesh, config.sampler.to_dict())
     else:
-        rows.append(("ground truth", colorize_mask(batch["mask"])))
+        rows.append(("ground truth", colorize_mask(host["mask"])))
         segment = mt_eval.segmenter(model, params, mesh)
         run = lambda x, key, snr: segment(x, batch["mask"], key, snr)[0]  # noqa: E731
     for i, snr in enumerate(config.channel.eval_snrs):
-        out = np.asarray(run(batch["image"], jax.random.fold_in(jax.random.key(config.seed), i), float(snr)))
+        key = jax.random.fold_in(jax.random.key(config.seed), i)
+        out = parallel.to_host(run(batch["image"], key, float(snr)))
         rows.append((f"SNR {snr:g} dB", casc_data.to_uint8(out) if task == RECONSTRUCTION else colorize_mask(out)))
-    path = mt_eval.save_rows_figure(rows, os.path.join(workdir, f"samples_{task}.png"), f"{task} ({source})")
+    path = os.path.join(workdir, f"samples_{task}.png")
+    if parallel.is_primary():
+        path = mt_eval.save_rows_figure(rows, path, f"{task} ({source})")
     echo(f"[sample] {source} -> {path}")
     return path
 
@@ -114,8 +120,11 @@ def transmit(config, workdir, options, echo=print):
             '--mode=transmit needs --task="<what the receiver should do>", e.g. --task="segment the image" or '
             f'--task="reconstruct the picture" (tasks: {", ".join(mt_train.TASKS)})'
         )
-    paths = cli.check_images(options.get("images") or [])
+    paths = options.get("images") or []
+    if not paths:
+        raise ValueError("--mode=transmit needs --image=PATH (repeat the flag for several images)")
     task = select_task(text, echo).task  # before any model work: an out-of-scope request stops here
+    cli.check_images(paths)
     snrs = options.get("snrs") or tuple(config.channel.eval_snrs)
     out_dir = options.get("out_dir") or os.path.join(workdir, "transmit")
     targets = cli.transmit_targets(paths, snrs, out_dir, tag=f"_{task}")
