@@ -116,3 +116,25 @@ def test_two_processes_train_and_evaluate_as_one(tmp_path, one_image_folder):
     by_two = _metrics(two)
     _launch(["--config.data.source=embedded", f"--workdir={two}", "--mode=eval"], processes=1)
     _assert_same(by_two, _metrics(two))
+
+
+def test_distributed_args_come_from_the_documented_variables(monkeypatch):
+    from casc_jax.train import parallel
+
+    for name in (*parallel._EXPLICIT_ENV, *parallel._CLUSTER_ENV, *parallel._PROCESS_ID_ENV):
+        monkeypatch.delenv(name, raising=False)
+    assert parallel.distributed_args() is None and parallel.env_process_index() is None
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "host0:1234")
+    with pytest.raises(ValueError, match="JAX_NUM_PROCESSES, JAX_PROCESS_ID is not set"):
+        parallel.distributed_args()
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+    monkeypatch.setenv("JAX_PROCESS_ID", "3")
+    assert parallel.distributed_args() == {"coordinator_address": "host0:1234", "num_processes": 4, "process_id": 3}
+    assert parallel.env_process_index() == 3
+    monkeypatch.setenv("JAX_PROCESS_ID", "4")
+    with pytest.raises(ValueError, match="JAX_PROCESS_ID < JAX_NUM_PROCESSES"):
+        parallel.distributed_args()
+    for name in parallel._EXPLICIT_ENV:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    assert parallel.distributed_args() == {}  # JAX detects the cluster
