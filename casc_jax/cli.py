@@ -211,8 +211,8 @@ def _flag_message(err) -> str:
     text = str(err).strip()
     m = re.search(r"of field config\.(\S+) is not supported for overriding", text)
     if m:
-        return (f"--config.{m.group(1)} cannot be set on the command line: its default is None, so its type is "
-                "unknown; set it in the config file (declared there as config_dict.placeholder(TYPE), it could be)")
+        return (f"--config.{m.group(1)} cannot be set on the command line: its default is None, so ml_collections "
+                "does not know its type; set it in the config file instead")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     last = next((ln for ln in reversed(lines) if re.match(r"^\w+(Error|Exception):", ln)), None)
     if last and "Error whilst parsing config file" in text:

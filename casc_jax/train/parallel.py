@@ -60,8 +60,9 @@ def distributed_args() -> dict | None:
         missing = [name for name, value in given.items() if not value]
         if missing:
             raise ValueError(
-                f"a multi-host run needs all of {', '.join(_EXPLICIT_ENV)}; {', '.join(missing)} "
-                "is not set (e.g. JAX_COORDINATOR_ADDRESS=host0:1234 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0)"
+                f"a multi-host run needs all of {', '.join(_EXPLICIT_ENV)}; {' and '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} not set "
+                "(e.g. JAX_COORDINATOR_ADDRESS=host0:1234 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0)"
             )
         count, index = _env_int("JAX_NUM_PROCESSES"), _env_int("JAX_PROCESS_ID")
         if count < 1 or not 0 <= index < count:

@@ -125,7 +125,7 @@ def test_distributed_args_come_from_the_documented_variables(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     assert parallel.distributed_args() is None and parallel.env_process_index() is None
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "host0:1234")
-    with pytest.raises(ValueError, match="JAX_NUM_PROCESSES, JAX_PROCESS_ID is not set"):
+    with pytest.raises(ValueError, match="JAX_NUM_PROCESSES and JAX_PROCESS_ID are not set"):
         parallel.distributed_args()
     monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
     monkeypatch.setenv("JAX_PROCESS_ID", "3")
