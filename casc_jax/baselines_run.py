@@ -42,8 +42,7 @@ def reconstructor(model, params, mesh, sampler: Mapping | None = None) -> Callab
         def run(params, x, key, snr):
             return model(params, x, key, snr)
 
-    batch = parallel.batch_sharded(mesh)
-    return lambda x, key, snr: run(params, jax.device_put(x, batch), key, jnp.float32(snr))
+    return lambda x, key, snr: run(params, parallel.global_batch(x, mesh), key, jnp.float32(snr))
 
 
 def _sweep(config, workdir, params, echo):

@@ -35,7 +35,7 @@ import numpy as np
 
 from casc_jax import channel as ch
 from casc_jax import data as data_lib
-from casc_jax.evaluate import METRICS, RECONSTRUCTIONS_FILE, plot_metrics_vs_snr, reconstruction_key
+from casc_jax.evaluate import METRICS, RECONSTRUCTIONS_FILE, plot_metrics_vs_snr, read_metrics, reconstruction_key
 
 # Known method families (a config name without its CR tag), in the paper's order, with labels and colours.
 FAMILIES = {
@@ -96,8 +96,7 @@ def load_metrics(workdirs: Sequence[str]) -> list[dict]:
                 f"--workdir={workdir} --mode=eval)"
             )
         try:
-            with open(path) as f:
-                rows = json.load(f)
+            rows, _ = read_metrics(path)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not valid JSON ({err}); rerun --mode=eval for {workdir}") from err
         if not isinstance(rows, list) or not rows:

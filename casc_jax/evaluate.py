@@ -1,11 +1,13 @@
 """Evaluation sweep over SNR (the CASC paper's Figs. 5-8): PSNR, LPIPS, FID; JSON, CSV and PNG.
 
-Writes into WORKDIR/eval/: metrics.json (one record per method, CR, SNR), metrics.csv,
+Writes into WORKDIR/eval/: metrics.json (one record per method, CR, SNR, and why a metric is null),
+metrics.csv,
 metrics_vs_snr.png (one panel per metric), samples_snr<SNR>.png (sources over reconstructions) and
 reconstructions.npz (the grid's sources and their reconstructions at every SNR, uint8, for
 `casc_jax.compare`'s visual comparison).
-FID needs the pytorch-fid InceptionV3 weights (casc_jax.metrics.fid); without them it is null and
-the reason is recorded, and the rest of the sweep still runs.
+FID needs the pytorch-fid InceptionV3 weights (casc_jax.metrics.fid); without them it is null, the
+reason is recorded once in metrics.json, and the rest of the sweep still runs. On several hosts every
+process evaluates the same global batches and gathers the per-image scores; process 0 writes the files.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def optional_metric(loader: Callable, name: str, echo=print):
     try:
         return loader(), None
     except (FileNotFoundError, ValueError) as err:
-        echo(f"{name} unavailable: {err}")
+        first = str(err).split(". ")[0].split(" (")[0]
+        echo(f"[eval] {name} unavailable: {first} (the full reason is in eval/metrics.json)")
         return None, str(err)
 
 
@@ -64,7 +67,7 @@ def sweep(
     """
     lpips_fn, lpips_reason = optional_metric(lambda: load_lpips(lpips_net), "LPIPS", echo)
     inception, fid_reason = optional_metric(lambda: fid_lib.load_inception(fid_weights or None), "FID", echo)
-    local_batch = parallel.check_batch_size(batch_size, mesh)
+    parallel.check_batch_size(batch_size, mesh)
     sampler = dict(sampler or {})
     records, grids = [], {}
     for snr in snrs:
@@ -72,25 +75,28 @@ def sweep(
         scores = {"psnr": [], "lpips": []}
         acts_real, acts_fake, shown = [], [], []
         seen = 0
-        batches = data_lib.make_dataset(data_cfg, split, batch_size=local_batch, shuffle_seed=None, repeat=False)
+        # Every process reads the whole global batch (same order as one process), and the per-image
+        # scores are gathered from all of them: the same records on any number of hosts.
+        batches = data_lib.make_dataset(data_cfg, split, batch_size=batch_size, shuffle_seed=None, repeat=False,
+                                        process_index=0, process_count=1)
         for i, batch in enumerate(batches):
             if num_images and seen >= num_images:
                 break
-            x = parallel.shard_batch(batch, mesh)
+            x = parallel.global_batch(batch["image"], mesh)
             key = jax.random.fold_in(jax.random.key(seed), i)
-            x_hat = reconstruct(x["image"], key, float(snr))
-            valid = np.asarray(batch["valid"])
+            x_hat = reconstruct(x, key, float(snr))
+            valid = np.asarray(batch["valid"]).copy()
             if num_images:
                 valid &= np.arange(len(valid)) + seen < num_images
             seen += int(valid.sum())
-            scores["psnr"].append(np.minimum(np.asarray(psnr(x["image"], x_hat)), PSNR_CAP_DB)[valid])
+            scores["psnr"].append(np.minimum(parallel.to_host(psnr(x, x_hat)), PSNR_CAP_DB)[valid])
             if lpips_fn is not None:
-                scores["lpips"].append(np.asarray(lpips_fn(x["image"], x_hat))[valid])
+                scores["lpips"].append(parallel.to_host(lpips_fn(x, x_hat))[valid])
             if inception is not None:
-                acts_real.append(np.asarray(inception(x["image"]))[valid])
-                acts_fake.append(np.asarray(inception(x_hat))[valid])
-            if len(shown) < grid_images:
-                shown.append((np.asarray(batch["image"])[valid], np.asarray(x_hat)[valid]))
+                acts_real.append(parallel.to_host(inception(x))[valid])
+                acts_fake.append(parallel.to_host(inception(x_hat))[valid])
+            if sum(len(s) for s, _ in shown) < grid_images:
+                shown.append((np.asarray(batch["image"])[valid], parallel.to_host(x_hat)[valid]))
         fid = None
         if inception is not None and seen > 1:
             fid = fid_lib.fid_from_activations(np.concatenate(acts_real), np.concatenate(acts_fake))
@@ -106,10 +112,6 @@ def sweep(
             "num_images": seen,
             "seconds": round(time.perf_counter() - started, 2),
         }
-        if lpips_reason:
-            record["lpips_unavailable"] = lpips_reason
-        if fid is None:
-            record["fid_unavailable"] = fid_reason or "fewer than 2 images"
         records.append(record)
         lp = "n/a" if record["lpips"] is None else f"{record['lpips']:.4f}"
         fd = "n/a" if fid is None else f"{fid:.2f}"
@@ -118,7 +120,14 @@ def sweep(
         src = np.concatenate([s for s, _ in shown])[:grid_images]
         rec = np.concatenate([r for _, r in shown])[:grid_images]
         grids[snr] = np.concatenate([src, rec])
-    write_results(records, os.path.join(workdir, "eval"), grids, grid_images)
+    notes = {}
+    if lpips_reason:
+        notes["lpips"] = lpips_reason
+    if any(r["fid"] is None for r in records):
+        notes["fid"] = fid_reason or "fewer than 2 images"
+    if parallel.is_primary():
+        write_results(records, os.path.join(workdir, "eval"), grids, grid_images, unavailable=notes)
+        echo(f"[eval] metrics.json, metrics.csv, metrics_vs_snr.png and samples in {os.path.join(workdir, 'eval')}")
     return records
 
 
@@ -144,11 +153,18 @@ def config_sweep(config, workdir: str, reconstruct: Callable, mesh, sampler: Map
     )
 
 
-def write_results(records: list[dict], out_dir: str, grids: Mapping[float, np.ndarray], ncols: int) -> None:
-    """metrics.json, metrics.csv, metrics_vs_snr.png and one sample grid for the highest SNR."""
+def write_results(
+    records: list[dict], out_dir: str, grids: Mapping[float, np.ndarray], ncols: int,
+    unavailable: Mapping[str, str] | None = None,
+) -> None:
+    """metrics.json, metrics.csv, metrics_vs_snr.png and one sample grid for the highest SNR.
+
+    metrics.json is {"records": [...], "unavailable": {metric: reason}}: why a metric is null is said
+    once there, not in every record or CSV row.
+    """
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(records, f, indent=2)
+        json.dump({"records": records, "unavailable": dict(unavailable or {})}, f, indent=2)
     extra = sorted({k for r in records for k in r} - set(_CSV_ORDER))
     fields = [k for k in _CSV_ORDER if any(k in r for r in records)] + extra
     with open(os.path.join(out_dir, "metrics.csv"), "w", newline="") as f:
@@ -163,6 +179,15 @@ def write_results(records: list[dict], out_dir: str, grids: Mapping[float, np.nd
             data_lib.to_float(data_lib.image_grid(grids[snr], ncols)),
             os.path.join(out_dir, f"samples_snr{snr:g}.png"),
         )
+
+
+def read_metrics(path: str) -> tuple[list[dict], dict]:
+    """(records, unavailable) of an eval/metrics.json; also reads the older plain list of records."""
+    with open(path) as f:
+        saved = json.load(f)
+    if isinstance(saved, dict):
+        return saved.get("records"), saved.get("unavailable") or {}
+    return saved, {}
 
 
 RECONSTRUCTIONS_FILE = "reconstructions.npz"
@@ -189,6 +214,23 @@ def save_reconstructions(grids: Mapping[float, np.ndarray], path: str) -> None:
 _CSV_ORDER = ["method", "cr", "snr_db", "psnr", "lpips", "fid", "sampler", "steps", "num_images", "seconds"]
 
 
+_AXIS_LABELS = {"psnr": "PSNR (dB), higher is better", "lpips": "LPIPS, lower is better",
+                "fid": "FID, lower is better"}
+
+
+def _axis_range(metric: str, values: Sequence[float]) -> tuple[float, float]:
+    """A y-range that shows the data with a margin: LPIPS within [0, 1], FID from 0, PSNR around the data
+    (at least 2 dB tall, so that nearly equal values do not fill the panel with noise)."""
+    lo, hi = min(values), max(values)
+    span = max(hi - lo, {"psnr": 2.0, "lpips": 0.05, "fid": 5.0}[metric])
+    lo, hi = lo - 0.15 * span, hi + 0.15 * span
+    if metric == "lpips":
+        return max(0.0, lo), min(1.0, hi)
+    if metric == "fid":
+        return 0.0, hi
+    return lo, hi
+
+
 def plot_metrics_vs_snr(
     records: Sequence[Mapping],
     path: str,
@@ -196,7 +238,8 @@ def plot_metrics_vs_snr(
     style: Callable[[str, str], Mapping] | None = None,
     legend_below: bool = False,
 ) -> None:
-    """One panel per metric against SNR, one line per (method, CR).
+    """One panel per metric against SNR, one line per (method, CR); metrics with no value (e.g. FID
+    without its weights) get no panel.
 
     `style(method, cr)` optionally returns matplotlib line options (label, color, marker, linestyle)
     that replace the defaults (label "method (CR cr)", marker "o"). `legend_below` puts one legend
@@ -207,20 +250,27 @@ def plot_metrics_vs_snr(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.4))
+    metrics = [m for m in METRICS if any(r.get(m) is not None for r in records)] or ["psnr"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    axes = axes[0]
     lines = sorted({(r["method"], r["cr"]) for r in records})
-    for ax, metric in zip(axes, METRICS):
+    for ax, metric in zip(axes, metrics):
+        values = []
         for method, cr in lines:
             rows = sorted((r for r in records if (r["method"], r["cr"]) == (method, cr)), key=lambda r: r["snr_db"])
             pts = [(r["snr_db"], r[metric]) for r in rows if r.get(metric) is not None]
             if pts:
                 line = {"marker": "o", "label": f"{method} (CR {cr})", **(style(method, cr) if style else {})}
                 ax.plot(*zip(*pts), **line)
+                values += [v for _, v in pts]
         ax.set_xlabel("SNR (dB)")
-        ax.set_ylabel(metric.upper() + (" (dB)" if metric == "psnr" else ""))
+        ax.set_ylabel(_AXIS_LABELS[metric])
         ax.grid(alpha=0.3)
-        if not ax.lines:
-            ax.text(0.5, 0.5, f"{metric.upper()} unavailable", ha="center", va="center", transform=ax.transAxes)
+        if values:
+            ax.set_ylim(*_axis_range(metric, values))
+        snrs = sorted({r["snr_db"] for r in records})
+        if 1 < len(snrs) <= 12:
+            ax.set_xticks(snrs)
     if legend_below:
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=9, frameon=False)
@@ -234,11 +284,13 @@ def plot_metrics_vs_snr(
 
 
 def casc_reconstructor(model, params, mesh, sampler: Mapping) -> Callable:
-    """A jitted, batch-sharded X -> X_hat through transmitter, channel and receiver."""
+    """A jitted, batch-sharded X -> X_hat through transmitter, channel and receiver.
+
+    X: (B, H, W, 3), a global array or numpy held in full by every process (`parallel.global_batch`).
+    """
 
     @jax.jit
     def run(params, x, key, snr):
         return model(params, x, key, snr, sampler)
 
-    batch = parallel.batch_sharded(mesh)
-    return lambda x, key, snr: run(params, jax.device_put(x, batch), key, jnp.float32(snr))
+    return lambda x, key, snr: run(params, parallel.global_batch(x, mesh), key, jnp.float32(snr))

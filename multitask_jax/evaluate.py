@@ -57,8 +57,7 @@ def reconstructor(model: MultiTaskSystem, params, mesh, sampler: Mapping) -> Cal
     def run(params, x, key, snr):
         return model(params, x, RECONSTRUCTION, key, snr, sampler)
 
-    sharding = parallel.batch_sharded(mesh)
-    return lambda x, key, snr: run(params, jax.device_put(x, sharding), key, jnp.float32(snr))
+    return lambda x, key, snr: run(params, parallel.global_batch(x, mesh), key, jnp.float32(snr))
 
 
 def segmenter(model: MultiTaskSystem, params, mesh) -> Callable:
@@ -70,8 +69,7 @@ def segmenter(model: MultiTaskSystem, params, mesh) -> Callable:
         pred = jnp.argmax(model(params, x, SEGMENTATION, key, snr), axis=-1).astype(jnp.int32)
         return pred, seg_metrics.confusion_matrix(pred, mask, num_classes)
 
-    sharding = parallel.batch_sharded(mesh)
-    put = lambda a: jax.device_put(a, sharding)  # noqa: E731
+    put = lambda a: parallel.global_batch(a, mesh)  # noqa: E731
     return lambda x, mask, key, snr: run(params, put(x), put(mask), key, jnp.float32(snr))
 
 
@@ -83,8 +81,18 @@ def _channel_fields(config, model: MultiTaskSystem) -> dict:
     }
 
 
-def _limited_valid(batch, seen: int, num_images: int) -> np.ndarray:
-    valid = np.asarray(batch["valid"]).copy()
+def _global(batch, mesh, *keys) -> tuple[dict, dict]:
+    """A process-local batch -> (its global arrays, the same gathered to numpy on every process).
+
+    Each process reads its own shard; the outputs of the jitted receivers are gathered in the same
+    order as these arrays, so the scores line up with their images on any number of hosts.
+    """
+    arrays = parallel.shard_batch({k: batch[k] for k in keys}, mesh)
+    return arrays, {k: parallel.to_host(v) for k, v in arrays.items()}
+
+
+def _limited_valid(valid: np.ndarray, seen: int, num_images: int) -> np.ndarray:
+    valid = np.asarray(valid).copy()
     if num_images:
         valid &= np.arange(len(valid)) + seen < num_images
     return valid
@@ -114,12 +122,14 @@ def evaluate_reconstruction(config, params, workdir: str, *, echo=print) -> list
             for i, batch in enumerate(batches):
                 if config.eval.num_images and seen >= config.eval.num_images:
                     break
-                valid = _limited_valid(batch, seen, config.eval.num_images)
-                x_hat = np.asarray(run(batch["image"], jax.random.fold_in(jax.random.key(config.seed), i), snr))
-                scores.append(np.minimum(np.asarray(psnr(batch["image"], x_hat)), PSNR_CAP_DB)[valid])
+                arrays, host = _global(batch, mesh, "image", "valid")
+                valid = _limited_valid(host["valid"], seen, config.eval.num_images)
+                key = jax.random.fold_in(jax.random.key(config.seed), i)
+                x_hat = parallel.to_host(run(arrays["image"], key, snr))
+                scores.append(np.minimum(np.asarray(psnr(host["image"], x_hat)), PSNR_CAP_DB)[valid])
                 seen += int(valid.sum())
                 if i == 0:
-                    shown.setdefault("original", np.asarray(batch["image"])[valid])
+                    shown.setdefault("original", host["image"][valid])
                     shown[snr] = x_hat[valid]
             record = {
                 "task": RECONSTRUCTION,
@@ -142,6 +152,8 @@ def evaluate_reconstruction(config, params, workdir: str, *, echo=print) -> list
         rows += [(f"SNR {s:g} dB", casc_data.to_uint8(shown[s][:n])) for s in grid_snrs]
         figures[_size_name(hw)] = rows
     out_dir = os.path.join(workdir, "eval", RECONSTRUCTION)
+    if not parallel.is_primary():  # process 0 writes the files
+        return records
     write_records(records, out_dir)
     plot_psnr_vs_snr(records, os.path.join(out_dir, "psnr_vs_snr.png"))
     for name, rows in figures.items():
@@ -165,15 +177,16 @@ def evaluate_segmentation(config, params, workdir: str, *, echo=print) -> list[d
         for i, batch in enumerate(mt_train.batches_for_eval(config, SEGMENTATION, batch_size=batch_size)):
             if config.eval.num_images and seen >= config.eval.num_images:
                 break
-            valid = _limited_valid(batch, seen, config.eval.num_images)
-            mask = np.where(valid[:, None, None], batch["mask"], seg_metrics.VOC_IGNORE_INDEX).astype(np.int32)
-            pred, cm = run(batch["image"], mask, jax.random.fold_in(jax.random.key(config.seed), i), snr)
-            total += np.asarray(cm, np.int64)
+            arrays, host = _global(batch, mesh, "image", "mask", "valid")
+            valid = _limited_valid(host["valid"], seen, config.eval.num_images)
+            mask = np.where(valid[:, None, None], host["mask"], seg_metrics.VOC_IGNORE_INDEX).astype(np.int32)
+            pred, cm = run(arrays["image"], mask, jax.random.fold_in(jax.random.key(config.seed), i), snr)
+            total += parallel.to_host(cm).astype(np.int64)
             seen += int(valid.sum())
             if i == 0:
-                shown.setdefault("image", np.asarray(batch["image"])[valid])
+                shown.setdefault("image", host["image"][valid])
                 shown.setdefault("ground truth", mask[valid])
-                shown[snr] = np.asarray(pred)[valid]
+                shown[snr] = parallel.to_host(pred)[valid]
         iou = np.asarray(seg_metrics.per_class_iou(total), np.float64)
         record = {
             "task": SEGMENTATION,
@@ -192,6 +205,8 @@ def evaluate_segmentation(config, params, workdir: str, *, echo=print) -> list[d
             f"{record['pixel_accuracy']:.4f} ({seen} images)"
         )
     out_dir = os.path.join(workdir, "eval", SEGMENTATION)
+    if not parallel.is_primary():  # process 0 writes the files
+        return records
     write_records(records, out_dir)
     plot_segmentation_vs_snr(records, os.path.join(out_dir, "miou_vs_snr.png"))
     n = config.eval.grid_images

@@ -18,12 +18,15 @@ import os
 import jax
 import numpy as np
 
+from casc_jax import cli
 from casc_jax import data as casc_data
 from casc_jax.train import parallel
 from multitask_jax import evaluate as mt_eval
 from multitask_jax import train as mt_train
 from multitask_jax.data import colorize_mask, voc_colormap
 from multitask_jax.task_kb import RECONSTRUCTION, SEGMENTATION, TaskSelection
+
+build_model = mt_train.build_model  # launch.py's check that the config gives a model
 
 
 def train(config, workdir, options, echo=print):
@@ -44,19 +47,25 @@ def sample(config, workdir, options, echo=print):
     params, source = mt_train.load_task_params(config, workdir, task, echo=echo)
     mesh = parallel.make_mesh()
     n = parallel.check_batch_size(config.eval.grid_images, mesh)
-    batch = next(mt_train.batches_for_eval(config, task, batch_size=n))
+    local = next(mt_train.batches_for_eval(config, task, batch_size=n))  # this process's share of the grid
+    keys = ("image", "mask") if task == SEGMENTATION else ("image",)
+    batch = parallel.shard_batch({k: local[k] for k in keys}, mesh)
+    host = {k: parallel.to_host(v) for k, v in batch.items()}
     model = mt_train.build_model(config)
-    rows = [("image", casc_data.to_uint8(batch["image"]))]
+    rows = [("image", casc_data.to_uint8(host["image"]))]
     if task == RECONSTRUCTION:
         run = mt_eval.reconstructor(model, params, mesh, config.sampler.to_dict())
     else:
-        rows.append(("ground truth", colorize_mask(batch["mask"])))
+        rows.append(("ground truth", colorize_mask(host["mask"])))
         segment = mt_eval.segmenter(model, params, mesh)
         run = lambda x, key, snr: segment(x, batch["mask"], key, snr)[0]  # noqa: E731
     for i, snr in enumerate(config.channel.eval_snrs):
-        out = np.asarray(run(batch["image"], jax.random.fold_in(jax.random.key(config.seed), i), float(snr)))
+        key = jax.random.fold_in(jax.random.key(config.seed), i)
+        out = parallel.to_host(run(batch["image"], key, float(snr)))
         rows.append((f"SNR {snr:g} dB", casc_data.to_uint8(out) if task == RECONSTRUCTION else colorize_mask(out)))
-    path = mt_eval.save_rows_figure(rows, os.path.join(workdir, f"samples_{task}.png"), f"{task} ({source})")
+    path = os.path.join(workdir, f"samples_{task}.png")
+    if parallel.is_primary():
+        path = mt_eval.save_rows_figure(rows, path, f"{task} ({source})")
     echo(f"[sample] {source} -> {path}")
     return path
 
@@ -115,6 +124,10 @@ def transmit(config, workdir, options, echo=print):
     if not paths:
         raise ValueError("--mode=transmit needs --image=PATH (repeat the flag for several images)")
     task = select_task(text, echo).task  # before any model work: an out-of-scope request stops here
+    cli.check_images(paths)
+    snrs = options.get("snrs") or tuple(config.channel.eval_snrs)
+    out_dir = options.get("out_dir") or os.path.join(workdir, "transmit")
+    targets = cli.transmit_targets(paths, snrs, out_dir, tag=f"_{task}")
     h, w = mt_train.image_hw(config)
     if h != w:
         raise ValueError(f"transmit letterboxes into a square model input; model.image_size is {(h, w)}")
@@ -131,16 +144,13 @@ def transmit(config, workdir, options, echo=print):
         segment = mt_eval.segmenter(model, params, mesh)
         run = lambda x, key, snr: segment(x, np.zeros(x.shape[:3], np.int32), key, snr)[0]  # noqa: E731
     batch = np.concatenate([images, np.zeros((-len(images) % mesh.devices.size,) + images.shape[1:], images.dtype)])
-    out_dir = options.get("out_dir") or os.path.join(workdir, "transmit")
     written = []
-    for i, snr in enumerate(options.get("snrs") or tuple(config.channel.eval_snrs)):
-        out = np.asarray(run(batch, jax.random.fold_in(jax.random.key(config.seed), i), float(snr)))[: len(images)]
-        for path, result, original in zip(paths, out, sizes):
-            stem = os.path.splitext(os.path.basename(path))[0]
-            target = os.path.join(out_dir, f"{stem}_{task}_snr{snr:g}.png")
-            if task == SEGMENTATION:
+    for i, (snr, row) in enumerate(zip(snrs, targets)):
+        out = parallel.to_host(run(batch, jax.random.fold_in(jax.random.key(config.seed), i), float(snr)))
+        for target, result, original in zip(row, out[: len(images)], sizes):
+            if parallel.is_primary() and task == SEGMENTATION:
                 save_mask_png(restore_mask(result, original, fit=fit), target)
-            else:
+            elif parallel.is_primary():
                 casc_data.save_png(casc_data.restore_size(result, original, fit=fit), target)
             written.append(target)
     echo(f"[transmit] wrote {len(written)} file(s) to {out_dir}")

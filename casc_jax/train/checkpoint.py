@@ -1,7 +1,10 @@
 """Orbax checkpointing with resume: keep the last N, save every K steps and at the end.
 
-A checkpoint that exists but cannot be restored (corrupt, written by another config) raises
-`CheckpointError`; training never silently restarts from scratch over it.
+A checkpoint that cannot be restored (corrupt, half-written) does not leave a run stuck: `restore`
+tries the older ones, newest first, resumes from the newest intact one (losing at most one save
+interval), says so, and moves each unreadable step aside to <path>_corrupt/<step> (kept for a look,
+never overwritten or deleted). Only when no step can be restored (all corrupt, or written with another
+config) does it raise `CheckpointError`, and then nothing is moved.
 """
 
 from __future__ import annotations
@@ -12,6 +15,12 @@ import jax
 import orbax.checkpoint as ocp
 
 
+def _short(err: BaseException, limit: int = 160) -> str:
+    """An orbax/TensorStore error in one short line (they run to kilobytes)."""
+    text = " ".join(str(err).split()).split(" See full TensorStore details")[0]
+    return f"{type(err).__name__}: {text[:limit]}" + ("..." if len(text) > limit else "")
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be restored into the expected state."""
 
@@ -19,12 +28,17 @@ class CheckpointError(RuntimeError):
 class Checkpointer:
     """One orbax CheckpointManager per training stage (directory `path`)."""
 
-    def __init__(self, path: str, *, max_to_keep: int = 3, save_every: int = 1000):
+    def __init__(self, path: str, *, max_to_keep: int = 3, save_every: int = 1000, echo=print):
         self.path = os.path.abspath(path)
         self.save_every = save_every
-        self._manager = ocp.CheckpointManager(
+        self._max_to_keep = max_to_keep
+        self._echo = echo
+        self._manager = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(
             self.path,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            options=ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=True),
         )
 
     @property
@@ -42,19 +56,57 @@ class Checkpointer:
         return saved
 
     def restore(self, state_like, step: int | None = None):
-        """Restore the latest (or `step`) checkpoint shaped like `state_like`; None when there is none."""
-        step = self.latest_step if step is None else step
-        if step is None:
-            return None
+        """Restore the latest intact (or exactly `step`) checkpoint shaped like `state_like`; None when none exist."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
-        try:
-            return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        except Exception as err:  # orbax raises many types for unreadable or mismatched trees
-            raise CheckpointError(
-                f"the checkpoint at {self.path} (step {step}) cannot be restored: {type(err).__name__}: "
-                f"{str(err)[:500]}\nIt is corrupt or was written with another config. Nothing was "
-                "overwritten. Use a new --workdir, or move that directory away to start over."
-            ) from err
+        steps = sorted(self._manager.all_steps(), reverse=True) if step is None else [step]
+        failed = []
+        for candidate in steps:
+            try:
+                state = self._manager.restore(candidate, args=ocp.args.StandardRestore(abstract))
+            except Exception as err:  # orbax raises many types for unreadable or mismatched trees
+                failed.append((candidate, err))
+                continue
+            if failed:
+                self._set_aside(failed, candidate)
+            return state
+        if not failed:
+            return None
+        first_step, err = failed[0]
+        tried = ", ".join(str(s) for s, _ in failed)
+        raise CheckpointError(
+            f"the checkpoints in {self.path} cannot be restored (tried step {tried}); step {first_step}: "
+            f"{_short(err)}. They are corrupt or were written with another config. "
+            "Nothing was overwritten. Use a new --workdir, or move that directory away to start over."
+        )
+
+    def _set_aside(self, failed, restored: int) -> None:
+        """Move the unreadable steps to <path>_corrupt/ (process 0), so that saving resumes cleanly."""
+        corrupt_dir = self.path + "_corrupt"
+        moved = []
+        if jax.process_index() == 0:
+            os.makedirs(corrupt_dir, exist_ok=True)
+            for step, _ in failed:
+                target, i = os.path.join(corrupt_dir, str(step)), 1
+                while os.path.exists(target):
+                    target, i = os.path.join(corrupt_dir, f"{step}.{i}"), i + 1
+                try:
+                    os.replace(os.path.join(self.path, str(step)), target)
+                    moved.append(target)
+                except OSError as err:
+                    self._echo(f"[checkpoint] could not move step {step} aside ({err}); it stays in place")
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"checkpoint_set_aside_{restored}")
+        self._manager.close()
+        self._manager = self._open()
+        steps = ", ".join(str(s) for s, _ in failed)
+        why = "; ".join(f"step {s}: {_short(e)}" for s, e in failed)
+        where = f"; moved to {', '.join(moved)}" if moved else ""
+        self._echo(
+            f"[checkpoint] step {steps} in {self.path} cannot be restored ({why}); resuming from step {restored}, "
+            f"the newest intact checkpoint{where}"
+        )
 
     def close(self) -> None:
         self._manager.wait_until_finished()

@@ -2,7 +2,9 @@
 
 Parameters and optimiser state are replicated (P()); batches are split along their first axis
 (P('data')). Model code never mentions devices. Multi-host runs call `maybe_initialize_distributed`
-first; each host then feeds its local slice of the global batch.
+first; each host then feeds its local slice of the global batch when training (`shard_batch`), while
+evaluation, sampling and transmit give every process the whole global batch (`global_batch`) and
+gather results with `to_host`, so they match a single-process run.
 """
 
 from __future__ import annotations
@@ -16,19 +18,83 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
-_DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES")
+# Variables that describe a multi-host job: the explicit ones BUILD.md documents, then those of the
+# clusters JAX detects itself (SLURM, TPU pods, Open MPI, Kubernetes JobSet / GKE).
+_EXPLICIT_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+_CLUSTER_ENV = ("COORDINATOR_ADDRESS", "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "OMPI_MCA_orte_hnp_uri",
+                "JOBSET_NAME")
+_PROCESS_ID_ENV = ("JAX_PROCESS_ID", "SLURM_PROCID", "TPU_WORKER_ID", "OMPI_COMM_WORLD_RANK")
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"the environment variable {name}={value!r} is not an integer") from None
+
+
+def env_process_index() -> int | None:
+    """This process's index in a multi-host job as the environment gives it (None when it does not).
+
+    Read before JAX starts, so that only process 0 takes the workdir lock.
+    """
+    for name in _PROCESS_ID_ENV:
+        index = _env_int(name)
+        if index is not None:
+            return index
+    return None
+
+
+def distributed_args() -> dict | None:
+    """jax.distributed.initialize's arguments from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID; {} to let JAX detect the cluster (SLURM, TPU, ...); None for a single-process run.
+
+    JAX itself reads only the coordinator address from the environment, so the count and index are
+    passed explicitly. ValueError when the explicit variables are incomplete or inconsistent.
+    """
+    given = {name: os.environ.get(name, "").strip() for name in _EXPLICIT_ENV}
+    if any(given.values()):
+        missing = [name for name, value in given.items() if not value]
+        if missing:
+            raise ValueError(
+                f"a multi-host run needs all of {', '.join(_EXPLICIT_ENV)}; {' and '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} not set "
+                "(e.g. JAX_COORDINATOR_ADDRESS=host0:1234 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0)"
+            )
+        count, index = _env_int("JAX_NUM_PROCESSES"), _env_int("JAX_PROCESS_ID")
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"need 0 <= JAX_PROCESS_ID < JAX_NUM_PROCESSES, got {index} and {count}")
+        if count == 1:
+            return None
+        return {"coordinator_address": given["JAX_COORDINATOR_ADDRESS"], "num_processes": count,
+                "process_id": index}
+    if any(os.environ.get(name) for name in _CLUSTER_ENV):
+        return {}
+    return None
 
 
 def maybe_initialize_distributed() -> bool:
-    """Call jax.distributed.initialize() when the environment describes a multi-host job."""
-    if not any(os.environ.get(name) for name in _DISTRIBUTED_ENV):
+    """Call jax.distributed.initialize() when the environment describes a multi-host job.
+
+    With the explicit variables it passes them on; otherwise JAX detects the cluster. A SLURM allocation
+    of one task is a single-process run, not an error.
+    """
+    args = distributed_args()
+    if args is None:
         return False
     try:
-        jax.distributed.initialize()
-    except RuntimeError as err:  # already initialised, or a single-host SLURM allocation
+        jax.distributed.initialize(**args)
+    except RuntimeError as err:  # already initialised
         if "already" not in str(err).lower() and "only be called once" not in str(err):
             raise
-    return True
+    except ValueError:  # auto-detection found no cluster (e.g. a SLURM job step of one task)
+        if args:
+            raise
+        return False
+    return jax.process_count() > 1
 
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
@@ -57,6 +123,42 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dic
     """Host-local numpy batch -> global arrays split along `data` (works on one or many hosts)."""
     sharding = batch_sharded(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def global_batch(x, mesh: jax.sharding.Mesh) -> jax.Array:
+    """An array every process holds in full (the same global batch) -> a global array split on `data`.
+
+    Unlike `shard_batch`, the row order is that of `x` whatever the number of processes, so evaluation,
+    sampling and transmit give the same results on 1 or many hosts. jax.Arrays pass through.
+    """
+    sharding = batch_sharded(mesh)
+    if isinstance(x, jax.Array):
+        return x if x.sharding == sharding else jax.device_put(x, sharding)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def pad_to_devices(x: np.ndarray, mesh: jax.sharding.Mesh) -> np.ndarray:
+    """(N, ...) -> (N + pad, ...) with zero rows so that the batch splits evenly over the mesh."""
+    x = np.asarray(x)
+    pad = -len(x) % mesh.devices.size
+    return np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
+
+
+def to_host(x) -> np.ndarray:
+    """A (global) array -> numpy on every process: gathered across processes when it is split over them."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(x)
+    if x.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def is_primary() -> bool:
+    """True on the process that writes shared files (process 0)."""
+    return jax.process_index() == 0
 
 
 def replicate(tree, mesh: jax.sharding.Mesh):

@@ -12,6 +12,7 @@ import pytest
 
 from casc_jax import data as data_lib
 from casc_jax import run
+from casc_jax.evaluate import read_metrics
 from casc_jax.train import loop
 from casc_jax.train.casc import train_casc
 from casc_jax.train.checkpoint import CheckpointError
@@ -212,7 +213,8 @@ def test_smoke_job_produces_every_artefact_and_resumes(tmp_path):
     assert [r["snr_db"] for r in records] == [5.0, 20.0]
     for r in records:
         assert r["num_images"] == 4 and np.isfinite(r["psnr"]) and r["lpips"] is not None
-        assert r["fid"] is None and "fid_unavailable" in r
+        assert r["fid"] is None and "fid_unavailable" not in r
+    assert "fid" in read_metrics(os.path.join(workdir, "eval", "metrics.json"))[1]
     for name in ("metrics.json", "metrics.csv", "metrics_vs_snr.png", "samples_snr20.png"):
         assert os.path.getsize(os.path.join(workdir, "eval", name)) > 0
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
