@@ -4,11 +4,13 @@
 
     dict(image=(B, H, W, 3) float32 in [-1, 1], label=(B,) int32, valid=(B,) bool)
 
-``B`` is the batch size of this process (the trainer passes ``global_batch // process_count``). Each
-process reads its own shard of the examples: example ``i`` goes to process ``i % process_count``.
+``B`` is the batch size of this process (the trainer passes ``global_batch // process_count``).
 
 - ``repeat=True`` (training): an endless stream, reshuffled every epoch when ``shuffle_seed`` is given.
-  Batches run across epoch boundaries, so every batch is full and ``valid`` is all True.
+  Batches run across epoch boundaries, so every batch is full and ``valid`` is all True. For the in-memory
+  sources (embedded, folder, npz) the global batches are those of one process, each process taking its
+  contiguous block, so a run on P processes sees the data a single process would. TFDS streams read a
+  per-process shard (example ``i`` to process ``i % process_count``).
 - ``repeat=False`` (evaluation): one pass over this process's shard, in file order unless a
   ``shuffle_seed`` is given. The last batch is padded with zero images (``valid=False``), and every
   process yields the same number of batches, ``ceil(ceil(N / process_count) / B)``. Over all processes,
@@ -363,17 +365,21 @@ def array_batches(
     """Batches of in-memory uint8 images (N, S, S, 3); see the module docstring for the layout."""
     n = len(images)
     local = np.arange(n)[process_index::process_count]
-    if repeat and len(local) == 0:
+    if repeat and n < process_count:
         raise ValueError(f"{n} examples cannot give every one of {process_count} processes a shard")
 
     def stream() -> Iterator[Batch]:
-        epoch, offset = divmod(start_batch * batch_size, len(local))
-        pending = epoch_order(local, shuffle_seed, epoch)[offset:]
+        # The single-process stream of global batches (batch_size * process_count), of which this process
+        # takes its contiguous block: the global batches do not depend on the number of processes.
+        size = batch_size * process_count
+        epoch, offset = divmod(start_batch * size, n)
+        pending = epoch_order(np.arange(n), shuffle_seed, epoch)[offset:]
         while True:
-            while len(pending) < batch_size:
+            while len(pending) < size:
                 epoch += 1
-                pending = np.concatenate([pending, epoch_order(local, shuffle_seed, epoch)])
-            idx, pending = pending[:batch_size], pending[batch_size:]
+                pending = np.concatenate([pending, epoch_order(np.arange(n), shuffle_seed, epoch)])
+            idx = pending[process_index * batch_size : (process_index + 1) * batch_size]
+            pending = pending[size:]
             yield dict(image=to_float(images[idx]), label=labels[idx], valid=np.ones(batch_size, bool))
 
     def single_pass() -> Iterator[Batch]:

@@ -26,7 +26,13 @@ def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_
     c.cr = cr
 
     c.data = ml_collections.ConfigDict(
-        dict(source="tfds:cifar10", image_size=32, data_dir=None, download=False, eval_split="test")
+        dict(
+            source="tfds:cifar10",
+            image_size=32,
+            data_dir=ml_collections.config_dict.placeholder(str),  # settable on the command line
+            download=False,
+            eval_split="test",
+        )
     )
     c.channel = ml_collections.ConfigDict(
         dict(kind="awgn", equalizer="zf", train_snrs=(5.0, 10.0, 15.0, 20.0), eval_snrs=(5.0, 10.0, 15.0, 20.0))

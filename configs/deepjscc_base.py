@@ -46,7 +46,13 @@ def _common(system: str, name: str, cr: str) -> ml_collections.ConfigDict:
     c.seed = 0
     c.cr = cr
     c.data = ml_collections.ConfigDict(
-        dict(source="tfds:cifar10", image_size=32, data_dir=None, download=False, eval_split="test")
+        dict(
+            source="tfds:cifar10",
+            image_size=32,
+            data_dir=ml_collections.config_dict.placeholder(str),  # settable on the command line
+            download=False,
+            eval_split="test",
+        )
     )
     c.channel = ml_collections.ConfigDict(
         dict(kind="awgn", equalizer="zf", train_snrs=(5.0, 10.0, 15.0, 20.0), eval_snrs=(5.0, 10.0, 15.0, 20.0))

@@ -118,7 +118,6 @@ BAD_INPUTS = [
     ("snr inf", ["--mode=transmit", "--snr=5,inf", "--image=IMG/a.png"], None, "trained", {}, "--snr=inf is not a"),
     ("snr with train", ["--snr=5"], None, "new", {}, "--snr is used only by --mode=transmit"),
     ("bad eval snrs", ["--config.channel.eval_snrs=(5.0,nan)"], None, "new", {}, "eval_snrs=(5.0,nan) is not a number"),
-    ("None-typed field", ["--config.data.data_dir=/tmp"], None, "new", {}, "cannot be set on the command line"),
     ("workdir is a file", [], None, "file", {}, "is a file, not a folder"),
     ("locked workdir", ["--mode=eval"], _lock_alive, "trained", {}, f"in use by process {os.getpid()}"),
     ("missing image", ["--mode=transmit", "--image=IMG/nope.png"], None, "trained", {}, "nope.png: no such file"),

@@ -202,6 +202,7 @@ def restore_stage(workdir: str, name: str, train_cfg, abstract_state) -> tuple[i
         return None, None
     ckpt = stage_checkpointer(workdir, name, train_cfg)
     try:
-        return ckpt.latest_step, ckpt.restore(abstract_state)
+        state = ckpt.restore(abstract_state)  # may fall back to an older intact step
+        return ckpt.latest_step, state
     finally:
         ckpt.close()

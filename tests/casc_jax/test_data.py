@@ -143,25 +143,24 @@ def test_embedded_matches_shared_file():
     np.testing.assert_array_equal(labels, shared_labels)
 
 
-def test_embedded_train_stream_shards_and_epochs():
+def test_embedded_train_stream_epochs_and_process_blocks():
     images, _ = data.load_embedded()
 
-    def stream(p):
-        return data.make_dataset(_cfg(source="embedded"), "train", batch_size=30, shuffle_seed=3, repeat=True,
-                                 process_index=p, process_count=2)
+    def stream(p, count, batch):
+        return data.make_dataset(_cfg(source="embedded"), "train", batch_size=batch, shuffle_seed=3, repeat=True,
+                                 process_index=p, process_count=count)
 
-    epochs = []
-    for p in range(2):
-        it = stream(p)
-        batches = [next(it)["image"] for _ in range(7)]  # 210 = 2.1 epochs of this shard's 100 images
-        flat = np.concatenate(batches)
-        first, second = flat[:100], flat[100:200]
-        assert sorted(_rows(first)) == sorted(_rows(images[p::2]))
-        assert sorted(_rows(second)) == sorted(_rows(first))  # the next epoch is a reshuffle
-        assert not np.array_equal(first, second)
-        np.testing.assert_array_equal(next(stream(p))["image"], batches[0])  # the seed fixes the order
-        epochs.append(set(_rows(first)))
-    assert not epochs[0] & epochs[1]
+    single = stream(0, 1, 60)
+    batches = [next(single)["image"] for _ in range(7)]  # 420 = 2.1 epochs of the 200 images
+    flat = np.concatenate(batches)
+    first, second = flat[:200], flat[200:400]
+    assert sorted(_rows(first)) == sorted(_rows(images))  # an epoch sees every image once
+    assert sorted(_rows(second)) == sorted(_rows(first)) and not np.array_equal(first, second)  # reshuffled
+    np.testing.assert_array_equal(next(stream(0, 1, 60))["image"], batches[0])  # the seed fixes the order
+    # Two processes take the two halves of the single process's global batches.
+    halves = [stream(p, 2, 30) for p in range(2)]
+    for expected in batches:
+        np.testing.assert_array_equal(np.concatenate([next(h)["image"] for h in halves]), expected)
 
 
 def test_embedded_resized():

@@ -5,10 +5,8 @@ and JAX_PROCESS_ID, training the DeepJSCC smoke preset (gradients averaged acros
 collectively into one workdir) and evaluating it (every process evaluates the same global batches and the
 per-image scores are gathered). Both are compared with one process to float tolerance.
 
-Training data: a folder of copies of one CIFAR-10 image. Each process reads its own shard of a training
-stream, so with distinct images two processes would see other global batches than one process does (a
-data-order question, not a multi-host one); with identical images every global batch is the same on any
-number of processes. Evaluation needs no such trick: it is compared on the 200 distinct embedded images.
+Data: the 200 distinct embedded CIFAR-10 images. The in-memory training streams give every process its
+block of the single-process global batch, so two processes train on the batches one process does.
 """
 
 from __future__ import annotations
@@ -21,9 +19,6 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from casc_jax import data as data_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = "--config=configs/deepjscc_mse_cr48.py:smoke"
@@ -94,27 +89,18 @@ def _assert_same(a, b) -> None:
                 np.testing.assert_allclose(ra[key], rb[key], rtol=1e-4, atol=1e-5, err_msg=key)
 
 
-@pytest.fixture(scope="module")
-def one_image_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("one_image")
-    image = data_lib.load_embedded(32)[0][3]
-    for i in range(32):
-        Image.fromarray(image).save(folder / f"copy{i:02d}.png")
-    return str(folder)
-
-
-def test_two_processes_train_and_evaluate_as_one(tmp_path, one_image_folder):
-    data = f"--config.data.source=folder:{one_image_folder}"
+def test_two_processes_train_and_evaluate_as_one(tmp_path):
+    data = "--config.data.source=embedded"
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     _launch([data, f"--workdir={one}"], processes=1)
     _launch([data, f"--workdir={two}"], processes=2)
     _assert_same(_metrics(one), _metrics(two))
     assert not os.path.exists(os.path.join(two, ".lock"))
 
-    # Evaluation on distinct images, of the model the two processes trained: 2 processes == 1 process.
-    _launch(["--config.data.source=embedded", f"--workdir={two}", "--mode=eval"], processes=2)
+    # Evaluation alone of the model the two processes trained: 2 processes == 1 process.
+    _launch([data, f"--workdir={two}", "--mode=eval"], processes=2)
     by_two = _metrics(two)
-    _launch(["--config.data.source=embedded", f"--workdir={two}", "--mode=eval"], processes=1)
+    _launch([data, f"--workdir={two}", "--mode=eval"], processes=1)
     _assert_same(by_two, _metrics(two))
 
 
