@@ -1,10 +1,16 @@
-"""Throughput of the jitted all-MiniLM-L6-v2 encoder (the task KB's computing module).
+"""Throughput of the jitted all-MiniLM-L6-v2 encoder (the task KB's computing module), and the KB's accuracy.
 
     python -m multitask_jax.bench_task_kb [--batch-sizes 1 8 32 128] [--repeats 7] [--json out.json]
+    python -m multitask_jax.bench_task_kb --requests tests/multitask_jax/task_requests_heldout.json [--json ...]
 
 For each batch size it pads a batch of short task requests to its bucketed shape, compiles once (not
 timed), then reports the median over `--repeats` runs of the jitted forward alone (`encoder` column) and of
 tokenisation + padding + forward (`end-to-end` column), as sentences per second.
+
+With `--requests FILE` (JSON {"requests": [{"text", "label"}, ...]}) it reports the accuracy of the default
+task KB and of `LEGACY_CONFIG`, the KB before issue 14 (five phrasings per task, the single nearest
+phrasing decides, threshold 0.3, no ambiguity margin, no unsupported-request check), per label and with
+every miss.
 """
 
 from __future__ import annotations
@@ -17,6 +23,30 @@ import time
 import jax
 
 from multitask_jax.sentence_encoder import SentenceEncoder
+from multitask_jax.task_kb import RECONSTRUCTION, SEGMENTATION, TaskKB, TaskKBConfig, evaluate_requests
+
+LEGACY_CONFIG = TaskKBConfig(
+    instructions={
+        RECONSTRUCTION: (
+            "image reconstruction",
+            "reconstruct the image",
+            "recover the original image at the receiver",
+            "transmit the picture so it can be viewed in high quality",
+            "restore the photo",
+        ),
+        SEGMENTATION: (
+            "image segmentation",
+            "segment the image",
+            "semantic segmentation of the objects in the image",
+            "assign an object class label to every pixel of the picture",
+            "outline the objects in the photo",
+        ),
+    },
+    unsupported=(),
+    top_k=1,
+    threshold=0.3,
+    margin=0.0,
+)
 
 REQUESTS = (
     "please outline every object in the picture",
@@ -62,14 +92,44 @@ def benchmark(batch_sizes=(1, 8, 32, 128), repeats: int = 7, model_dir=None) -> 
     return {"device": f"{device} ({device.device_kind})", "repeats": repeats, "rows": rows}
 
 
+def load_requests(path) -> list[tuple[str, str]]:
+    """(text, label) pairs from a JSON file {"requests": [{"text": ..., "label": ...}, ...]}."""
+    with open(path) as f:
+        return [(r["text"], r["label"]) for r in json.load(f)["requests"]]
+
+
+def accuracy(path, model_dir=None) -> dict:
+    """`evaluate_requests` on the file's requests for the default KB ('current') and `LEGACY_CONFIG`."""
+    requests = load_requests(path)
+    encoder = SentenceEncoder(model_dir)
+    kbs = {"current": TaskKB(encoder=encoder), "legacy": TaskKB(LEGACY_CONFIG, encoder=encoder)}
+    return {name: evaluate_requests(kb, requests) for name, kb in kbs.items()}
+
+
+def print_accuracy(result: dict) -> None:
+    for name, r in result.items():
+        labels = ", ".join(f"{k} {c}/{n}" for k, (c, n) in sorted(r["per_label"].items()))
+        print(f"{name:>8}: {r['correct']}/{r['total']} = {100 * r['accuracy']:.1f}%  ({labels})")
+        for m in r["mistakes"]:
+            print(f"          miss: {m['text']!r} want {m['want']}, got {m['got']} {m['scores']}")
+
+
 def main(argv=None) -> dict:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=fmt)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 128])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--model-dir", default=None, help="all-MiniLM-L6-v2 folder (default: search)")
+    parser.add_argument("--requests", default=None, help="labelled requests (JSON): report KB accuracy instead")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
+    if args.requests:
+        result = accuracy(args.requests, args.model_dir)
+        print_accuracy(result)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=2)
+        return result
     if min(args.batch_sizes) < 1 or args.repeats < 1:
         parser.error("batch sizes and --repeats must be >= 1")
     result = benchmark(tuple(args.batch_sizes), args.repeats, args.model_dir)

@@ -1,18 +1,32 @@
 """JSCC encoder, receiver source KB and segmentation decoder (paper sections III-C and IV), NHWC.
 
+Layer counts follow the paper's Table I; "Conv2D layers" counts the 3x3 convolutions (ResNet's 1x1
+projection shortcut and the segmentation classifier's 1x1 conv, both named in the text, are not among them).
 Data flow (H x W image, Swin feature grid H/8, `downsample` s = 2 by default):
 
-    I (B, H, W, 3), f (B, H/8, W/8, C')
-      -> space-to-depth(I, 8) (B, H/8, W/8, 192) ++ f          (the image meets f on f's grid, losslessly)
-      -> ResBlock(128) -> conv3x3/s (128) -> conv3x3 (128) -> conv3x3 (C_out)       (3 conv layers, k = 3)
+    JSCC encoder (Table I: 3 conv layers, kernel 3, hidden 128):
+      I (B, H, W, 3), f (B, H/8, W/8, C') -> space-to-depth(I, 8) (B, H/8, W/8, 192) ++ f
+      -> residual block: conv3x3 (128), conv3x3 (128), 1x1 projection shortcut     (Table I conv 1, 2)
+      -> GN + swish -> conv3x3 stride s (C_out)                                     (Table I conv 3)
       -> per-sample power normalisation -> x (B, H/8s, W/8s, C_out), k = (H/8s)(W/8s) C_out / 2 symbols
     channel y = h x + n (casc_jax.channel)
-    receiver KB: y -> conv3x3 (128) -> r1 = ResBlock(r0) -> r2 = ResBlock(r1)
+    receiver KB (Table I: 3 conv layers, kernel 3):
+      y -> conv3x3 (128) = r0                                                       (Table I conv 1)
+      -> r1 = r0 + conv3x3(swish(GN(r0)))                                           (residual block 1, conv 2)
+      -> r2 = r1 + conv3x3(swish(GN(r1)))                                           (residual block 2, conv 3)
       feature selection: reconstruction g_R = r1 + r2 (all received features), segmentation g_S = r1
       (only the first block's feature, paper section III-C)
-    segmentation decoder: [y, g_S] -> ResBlock x 2 -> conv3x3 + GN + ReLU -> dropout 0.1 -> 1x1 conv
-      (21 logits) -> bilinear upsampling to (H, W). The 1x1 conv and bilinear resizing are both linear and
-      bilinear weights sum to 1, so applying the 1x1 conv first is the same function at 1/(8s)^2 the cost.
+    segmentation decoder (Table I: 1 conv layer, kernel 3, dropout 0.1, 21 classes):
+      [y, g_S] -> conv3x3 (128) + GN + ReLU                                        (Table I conv 1)
+      -> dropout 0.1 -> 1x1 conv (21 logits, the text's final 1x1 convolution) -> bilinear upsampling to
+      (H, W). The 1x1 conv and bilinear resizing are both linear and bilinear weights sum to 1, so applying
+      the 1x1 conv first is the same function at 1/(8s)^2 the cost.
+
+Where the text and Table I differ, Table I is followed: the text gives the receiver KB two residual
+blocks of two CNN layers each (4 convs) and the segmentation decoder two residual blocks; Table I gives 3
+and 1 conv layers. Here the receiver KB keeps its two residual blocks with one conv each after a stem
+conv, and the segmentation decoder is the head Table I describes (one 3x3 conv, dropout 0.1, 21 classes),
+reading the receiver KB's residual block for its residual features.
 
 Bit accounting (the paper's 20 Kbit comparison, section V-C): a channel input of k complex symbols is
 2k real numbers; `overhead_bits` counts each real as `bits_per_real` = 32 bits (float32), i.e. 64 bits per
@@ -84,10 +98,21 @@ def max_channels_for_budget(
     return c
 
 
-class JSCCEncoder(nn.Module):
-    """Shared JSCC encoder (section IV-A): (I (B, H, W, 3), f (B, H/8, W/8, C')) -> x (B, h, w, C_out).
+class ResidualConv(nn.Module):
+    """A residual block with one conv: x + conv3x3(swish(GN(x))). (B, h, w, C) -> (B, h, w, C)."""
 
-    H and W must be multiples of 8 (the Swin f1 grid). x has unit average power per complex symbol.
+    @nn.compact
+    def __call__(self, x):
+        h = nn.swish(group_norm(x.shape[-1], "norm")(x))
+        return x + nn.Conv(x.shape[-1], (3, 3), name="conv")(h)
+
+
+class JSCCEncoder(nn.Module):
+    """Shared JSCC encoder (section IV-A, Table I: 3 conv layers, kernel 3, hidden 128):
+    (I (B, H, W, 3), f (B, H/8, W/8, C')) -> x (B, h, w, C_out).
+
+    Residual block (`res`: conv1, conv2 and a 1x1 shortcut), then the strided conv3x3 `out`. H and W must
+    be multiples of 8 (the Swin f1 grid). x has unit average power per complex symbol.
     """
 
     channels: int = 8
@@ -101,17 +126,16 @@ class JSCCEncoder(nn.Module):
             raise ValueError(f"feature {feature.shape} is not on the image's /8 grid {grid.shape[:3]}")
         x = jnp.concatenate([grid, feature.astype(grid.dtype)], axis=-1)
         x = ResBlock(self.hidden, name="res")(x)
-        x = nn.gelu(nn.Conv(self.hidden, (3, 3), strides=self.downsample, name="down")(x))
-        x = nn.gelu(nn.Conv(self.hidden, (3, 3), name="conv")(x))
-        x = nn.Conv(self.channels, (3, 3), name="out")(x)
+        x = nn.swish(group_norm(self.hidden, name="norm")(x))
+        x = nn.Conv(self.channels, (3, 3), strides=self.downsample, name="out")(x)
         return ch.normalize_power(x)
 
 
 class ReceiverKB(nn.Module):
-    """Receiver source KB (section III-C): y (B, h, w, C_out) -> task feature g (B, h, w, hidden).
+    """Receiver source KB (section III-C, Table I: 3 conv layers, kernel 3): y (B, h, w, C_out) -> g (B, h, w, hidden).
 
-    Feature generation: conv3x3 then two residual blocks, r1 and r2. Selection: reconstruction
-    g_R = r1 + r2, segmentation g_S = r1 (the second block is not evaluated for segmentation).
+    Feature generation: conv3x3 `stem`, then two one-conv residual blocks, r1 and r2. Selection:
+    reconstruction g_R = r1 + r2, segmentation g_S = r1 (the second block is not evaluated for segmentation).
     """
 
     hidden: int = 128
@@ -120,15 +144,19 @@ class ReceiverKB(nn.Module):
     def __call__(self, y, task: str):
         check_task(task)
         r0 = nn.Conv(self.hidden, (3, 3), name="stem")(y)
-        r1 = ResBlock(self.hidden, name="res1")(r0)
+        r1 = ResidualConv(name="res1")(r0)
         if task != RECONSTRUCTION:
             return r1
-        r2 = ResBlock(self.hidden, name="res2")(r1)
+        r2 = ResidualConv(name="res2")(r1)
         return r1 + r2
 
 
 class SegmentationDecoder(nn.Module):
-    """JSCC decoder for segmentation (section IV-B): (y, g_S) (B, h, w, .) -> logits (B, H, W, classes)."""
+    """JSCC decoder for segmentation (section IV-B, Table I: 1 conv layer, kernel 3, dropout 0.1, 21 classes):
+    (y, g_S) (B, h, w, .) -> logits (B, H, W, classes).
+
+    conv3x3 + GN + ReLU, dropout, 1x1 classifier, bilinear upsampling to `out_hw`.
+    """
 
     hidden: int = 128
     num_classes: int = 21
@@ -137,8 +165,6 @@ class SegmentationDecoder(nn.Module):
     @nn.compact
     def __call__(self, y, feature, out_hw: Sequence[int], *, train: bool = False):
         x = jnp.concatenate([y, feature.astype(y.dtype)], axis=-1)
-        x = ResBlock(self.hidden, name="res1")(x)
-        x = ResBlock(self.hidden, name="res2")(x)
         x = nn.Conv(self.hidden, (3, 3), name="conv")(x)
         x = nn.relu(group_norm(self.hidden, name="norm")(x))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)

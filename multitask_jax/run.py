@@ -72,17 +72,21 @@ def sample(config, workdir, options, echo=print):
 
 # -- transmit --------------------------------------------------------------------------------------
 def select_task(text: str, echo=print) -> TaskSelection:
-    """The task KB's choice for a free-text requirement; ValueError naming the known tasks when out of scope."""
-    from multitask_jax.task_kb import select_task as kb_select
+    """The task KB's choice for a free-text requirement, echoed as one line. An ambiguous requirement (one
+    line naming both tasks) raises AmbiguousTaskError, an out-of-scope one OutOfScopeError naming the known
+    tasks; both are ValueErrors."""
+    from multitask_jax.task_kb import AMBIGUOUS, SELECTED, AmbiguousTaskError, OutOfScopeError
+    from multitask_jax.task_kb import classify as kb_classify
 
-    selection = kb_select(text)
+    selection = kb_classify(text)
+    echo(f"[transmit] task KB: {selection.message()}")
+    if selection.status != SELECTED:
+        raise (AmbiguousTaskError if selection.status == AMBIGUOUS else OutOfScopeError)(selection)
     if selection.task not in mt_train.TASKS:
         raise ValueError(
             f"the task KB mapped {text!r} to {selection.task!r}, which this system does not have; "
             f"known tasks: {', '.join(mt_train.TASKS)}"
         )
-    runner = "" if selection.runner_up is None else f"; runner-up {selection.runner_up} {selection.runner_up_score:.3f}"
-    echo(f"[transmit] task KB: {text!r} -> {selection.task} (cosine {selection.score:.3f}{runner})")
     return selection
 
 

@@ -71,22 +71,74 @@ def test_segmentation_loss_ignores_255_against_numpy():
         jscc.segmentation_loss(jnp.asarray(logits), jnp.asarray(labels[:, :4]))
 
 
+def _conv(x, p, stride=1):
+    return jax.lax.conv_general_dilated(
+        x, p["kernel"], (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    ) + p["bias"]
+
+
+def _group_norm(x, p, groups, eps=1e-6):
+    b, h, w, c = x.shape
+    g = x.reshape(b, h, w, groups, c // groups)
+    mu, var = g.mean(axis=(1, 2, 4), keepdims=True), g.var(axis=(1, 2, 4), keepdims=True)
+    return ((g - mu) / jnp.sqrt(var + eps)).reshape(x.shape) * p["scale"] + p["bias"]
+
+
 def test_receiver_kb_feature_selection():
     kb = jscc.ReceiverKB(hidden=8)
     y = jax.random.normal(jax.random.key(0), (2, 4, 4, 4))
     params = _randomize(kb.init(jax.random.key(1), y, "reconstruction"))
     g_r, g_s = kb.apply(params, y, "reconstruction"), kb.apply(params, y, "segmentation")
     p = params["params"]
-    stem = jax.lax.conv_general_dilated(
-        y, p["stem"]["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
-    r1 = jscc.ResBlock(8).apply({"params": p["res1"]}, stem + p["stem"]["bias"])
-    r2 = jscc.ResBlock(8).apply({"params": p["res2"]}, r1)
-    np.testing.assert_allclose(g_s, r1, rtol=1e-5, atol=1e-5)  # segmentation: first block only
-    np.testing.assert_allclose(g_r, r1 + r2, rtol=1e-5, atol=1e-5)  # reconstruction: both blocks
+    # Table I: stem conv, then two residual blocks of one conv each, x + conv(swish(GN(x))), 8 groups of 1
+    block = lambda x, q: x + _conv(jax.nn.swish(_group_norm(x, q["norm"], 8)), q["conv"])  # noqa: E731
+    r1 = block(_conv(y, p["stem"]), p["res1"])
+    r2 = block(r1, p["res2"])
+    np.testing.assert_allclose(g_s, r1, rtol=1e-4, atol=1e-4)  # segmentation: first block only
+    np.testing.assert_allclose(g_r, r1 + r2, rtol=1e-4, atol=1e-4)  # reconstruction: both blocks
     grads = jax.grad(lambda q: jnp.sum(kb.apply(q, y, "segmentation") ** 2))(params)
     assert all(not bool(jnp.any(g != 0)) for g in jax.tree.leaves(grads["params"]["res2"]))
     assert any(bool(jnp.any(g != 0)) for g in jax.tree.leaves(grads["params"]["res1"]))
+
+
+def _conv_kernels(params):
+    """{'3x3': n, '1x1': m}: the conv kernels (4-D params named 'kernel') of a param tree, by size."""
+    shapes = [leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+              if path[-1].key == "kernel" and leaf.ndim == 4]
+    return {f"{k}x{k}": sum(s[0] == s[1] == k for s in shapes) for k in (3, 1)}
+
+
+def _num_params(params):
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
+
+
+def test_table1_layer_counts_and_paper_shapes():
+    """The paper preset against Table I: JSCC encoder 3 conv layers (kernel 3, hidden 128), receiver KB 3,
+    segmentation decoder 1 (kernel 3) plus the text's 1x1 classifier; shapes and parameter counts in closed
+    form at 224 x 224 (C' = 96, C_out = 3). Shapes only (jax.eval_shape): nothing is computed."""
+    system = build_multitask(dict(model_config("paper"), jscc=dict(hidden=128, channels=3, downsample=2)))
+    params = jax.eval_shape(system.init, jax.random.key(0))
+    enc, rkb, seg = params["encoder"], params["receiver_kb"], params["seg_decoder"]
+    assert _conv_kernels(enc) == {"3x3": 3, "1x1": 1}  # the 1x1 is the residual block's projection shortcut
+    assert _conv_kernels(rkb) == {"3x3": 3, "1x1": 0}
+    assert _conv_kernels(seg) == {"3x3": 1, "1x1": 1}
+    assert all(leaf.shape[:2] == (3, 3) for leaf in jax.tree.leaves(rkb) if leaf.ndim == 4)
+    assert system.seg_decoder.dropout == 0.1 and system.seg_decoder.num_classes == 21
+
+    c_in, h, c_out, k = 8 * 8 * 3 + 96, 128, 3, 21  # space-to-depth(I, 8) ++ f_R
+    gn = lambda c: 2 * c  # noqa: E731  (scale, bias)
+    conv = lambda kk, a, b: kk * kk * a * b + b  # noqa: E731
+    want_enc = gn(c_in) + conv(3, c_in, h) + gn(h) + conv(3, h, h) + conv(1, c_in, h) + gn(h) + conv(3, h, c_out)
+    want_rkb = conv(3, c_out, h) + 2 * (gn(h) + conv(3, h, h))
+    want_seg = conv(3, c_out + h, h) + gn(h) + conv(1, h, k)
+    assert (_num_params(enc), _num_params(rkb), _num_params(seg)) == (want_enc, want_rkb, want_seg)
+
+    image = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
+    x = jax.eval_shape(functools.partial(system.transmit, task="segmentation"), params, image)
+    assert x.shape == (2, 14, 14, 3)
+    g = jax.eval_shape(functools.partial(system.receiver_features, task="reconstruction"), params, x)
+    assert g.shape == (2, 14, 14, 128)
+    assert jax.eval_shape(system.segment, params, x).shape == (2, 224, 224, 21)
 
 
 def test_jscc_encoder_power_and_shape():
