@@ -133,11 +133,11 @@ def value_and_grad(loss_fn: Callable, groups: int = 0) -> Callable:
         return jax.tree.map(lambda s: functools.reduce(operator.add, [s[g] for g in range(groups)]) / groups, stacked)
 
     def grouped(params, batch, key):
-        size = jax.tree.leaves(batch)[0].shape[0]
+        batch_size = jax.tree.leaves(batch)[0].shape[0]
         mesh = jax.sharding.get_abstract_mesh()
         devices = 1 if mesh.empty else mesh.shape[DATA_AXIS]
-        check_grad_groups(groups, size, devices)
-        size //= groups
+        check_grad_groups(groups, batch_size, devices)
+        size = batch_size // groups
         if devices == 1:
             return ordered_mean(per_group(params, batch, key, 0, size))
 
