@@ -78,6 +78,7 @@ def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_
     c.train.log_every = 100
     c.train.checkpoint_every = 2000
     c.train.keep_checkpoints = 3
+    c.train.grad_groups = 0  # > 0: gradients summed over this many fixed groups, equal on any device count dividing it
     c.train.stage1 = ml_collections.ConfigDict(
         dict(
             batch_size=0,  # > 0 overrides train.batch_size for this stage

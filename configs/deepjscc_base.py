@@ -64,6 +64,7 @@ def _common(system: str, name: str, cr: str) -> ml_collections.ConfigDict:
     c.train.log_every = 100
     c.train.checkpoint_every = 2000
     c.train.keep_checkpoints = 3
+    c.train.grad_groups = 0  # > 0: gradients summed over this many fixed groups, equal on any device count dividing it
     c.train.deepjscc = ml_collections.ConfigDict(
         dict(
             loss="mse",

@@ -100,6 +100,7 @@ def base_config(task: str, preset: str = "") -> ml_collections.ConfigDict:
     c.train.log_every = 100
     c.train.checkpoint_every = 2000
     c.train.keep_checkpoints = 3
+    c.train.grad_groups = 0  # > 0: gradients summed over this many fixed groups, equal on any device count dividing it
     c.train.reconstruction = _optim(num_steps=100_000, ema_decay=0.9999)
     c.train.segmentation = _optim(num_steps=20_000, ema_decay=0.0, shared=True)
 

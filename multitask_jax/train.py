@@ -120,11 +120,15 @@ def optimizer(stage_cfg, global_batch: int) -> optax.GradientTransformation:
     return loop.adam(lr, stage_cfg.b1, stage_cfg.b2, weight_decay=stage_cfg.weight_decay, clip_norm=stage_cfg.clip_norm)
 
 
-def make_train_step(model: MultiTaskSystem, task: str, stage_cfg, train_snrs, tx, seed: int) -> Callable:
+def make_train_step(
+    model: MultiTaskSystem, task: str, stage_cfg, train_snrs, tx, seed: int, grad_groups: int = 0
+) -> Callable:
     """(state, batch, frozen) -> (state, metrics); pure, to be jitted data-parallel.
 
     `frozen` holds the parameter parts that are not trained (or None). One SNR per example is drawn
-    uniformly from `train_snrs`.
+    uniformly from `train_snrs`. `grad_groups` > 0: the device-count-independent gradient of
+    `parallel.value_and_grad`; the segmentation loss is then the mean of the groups' losses, each a mean
+    over its own labelled pixels.
     """
     check_task(task)
     train_snrs = tuple(float(s) for s in train_snrs)
@@ -135,13 +139,14 @@ def make_train_step(model: MultiTaskSystem, task: str, stage_cfg, train_snrs, tx
         k_snr, k_loss = jax.random.split(key)
         snr = ch.sample_snr(k_snr, x.shape[0], train_snrs)
 
-        def loss_fn(trainable):
+        def loss_fn(trainable, b, key):
             params = dict(frozen or {}, **trainable)
             if task == RECONSTRUCTION:
-                return model.recon_loss(params, x, k_loss, snr)
-            return model.seg_loss(params, x, batch["mask"], k_loss, snr)
+                return model.recon_loss(params, b["x"], key, b["snr"])
+            return model.seg_loss(params, b["x"], b["mask"], key, b["snr"])
 
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        b = {"x": x, "snr": snr} if task == RECONSTRUCTION else {"x": x, "snr": snr, "mask": batch["mask"]}
+        loss, grads = parallel.value_and_grad(loss_fn, grad_groups)(state.params, b, k_loss)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = state.ema_params
@@ -234,7 +239,9 @@ def train_task(config: ml_collections.ConfigDict, workdir: str, task: str | None
     )(jax.random.key(config.seed))
     steps = stage_cfg.num_steps or loop.num_steps(stage_cfg, num_examples(config, task, "train"), global_batch)
     seed = config.seed + _SEED_OFFSET[task]
-    step = make_train_step(model, task, stage_cfg, config.channel.train_snrs, optimizer(stage_cfg, global_batch), seed)
+    groups = parallel.check_grad_groups(config.train.get("grad_groups", 0), global_batch, mesh.size)
+    tx = optimizer(stage_cfg, global_batch)
+    step = make_train_step(model, task, stage_cfg, config.channel.train_snrs, tx, seed, groups)
     writer = loop.make_writer(workdir)
     try:
         state = loop.run_stage(

@@ -84,8 +84,11 @@ def lpips_parts(stage_cfg) -> tuple[LPIPS | None, dict | None]:
     return LPIPS(stage_cfg.lpips_net), load_lpips_params(stage_cfg.lpips_net)
 
 
-def make_deepjscc_step(model: DeepJSCC, stage_cfg, train_snrs, tx, seed: int):
-    """(state, batch, lpips_vars) -> (state, metrics): one step of DeepJSCC's loss; pure, to be jitted."""
+def make_deepjscc_step(model: DeepJSCC, stage_cfg, train_snrs, tx, seed: int, grad_groups: int = 0):
+    """(state, batch, lpips_vars) -> (state, metrics): one step of DeepJSCC's loss; pure, to be jitted.
+
+    `grad_groups` > 0: the device-count-independent gradient of `parallel.value_and_grad`.
+    """
     kind = stage_cfg.loss
     lpips = LPIPS(stage_cfg.lpips_net) if kind == "lpips" else None
 
@@ -95,10 +98,10 @@ def make_deepjscc_step(model: DeepJSCC, stage_cfg, train_snrs, tx, seed: int):
         snr = ch.sample_snr(k_snr, x.shape[0], train_snrs)
         lpips_fn = None if lpips is None else functools.partial(lpips.apply, lpips_vars)
 
-        def loss_fn(params):
-            return model.loss(params, x, k_loss, snr, kind=kind, lpips_fn=lpips_fn)
+        def loss_fn(params, batch, key):
+            return model.loss(params, batch["x"], key, batch["snr"], kind=kind, lpips_fn=lpips_fn)
 
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        loss, grads = parallel.value_and_grad(loss_fn, grad_groups)(state.params, {"x": x, "snr": snr}, k_loss)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
         finite = loop.all_finite(loss, grads)
@@ -107,7 +110,7 @@ def make_deepjscc_step(model: DeepJSCC, stage_cfg, train_snrs, tx, seed: int):
     return step
 
 
-def make_diffsc_step(model: DiffSC, stage_cfg, train_snrs, tx, seed: int):
+def make_diffsc_step(model: DiffSC, stage_cfg, train_snrs, tx, seed: int, grad_groups: int = 0):
     """(state, batch, deepjscc_params) -> (state, metrics): L_simple for the U-Net, DeepJSCC frozen; EMA."""
 
     def step(state: loop.TrainState, batch, jscc_params):
@@ -115,10 +118,10 @@ def make_diffsc_step(model: DiffSC, stage_cfg, train_snrs, tx, seed: int):
         k_snr, k_loss = jax.random.split(jax.random.fold_in(jax.random.key(seed + 1), state.step))
         snr = ch.sample_snr(k_snr, x.shape[0], train_snrs)
 
-        def loss_fn(unet):
-            return model.denoiser_loss({"deepjscc": jscc_params, "unet": unet}, x, k_loss, snr)
+        def loss_fn(unet, batch, key):
+            return model.denoiser_loss({"deepjscc": jscc_params, "unet": unet}, batch["x"], key, batch["snr"])
 
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        loss, grads = parallel.value_and_grad(loss_fn, grad_groups)(state.params, {"x": x, "snr": snr}, k_loss)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = loop.ema_update(state.ema_params, params, stage_cfg.ema_decay)
@@ -192,6 +195,7 @@ def train_baseline(config: ml_collections.ConfigDict, workdir: str, echo=print) 
     batches = {s: loop.stage_batch_size(config.train, s) for s in stages}
     total = {s: loop.num_steps(config.train[s], examples, batches[s]) for s in stages}
     local = {s: parallel.check_batch_size(batches[s], mesh) for s in stages}
+    groups = {s: parallel.check_grad_groups(config.train.get("grad_groups", 0), batches[s], mesh.size) for s in stages}
     states = parallel.replicate(initial_states(model, config, jax.random.key(config.seed), total), mesh)
     txs = {s: optimizer(config.train[s], batches[s], total[s]) for s in stages}
     writer = loop.make_writer(workdir)
@@ -221,11 +225,11 @@ def train_baseline(config: ml_collections.ConfigDict, workdir: str, echo=print) 
             s = config.train.deepjscc
             _, lpips_vars = lpips_parts(s)
             lpips_vars = None if lpips_vars is None else parallel.replicate(lpips_vars, mesh)
-            step = make_deepjscc_step(jscc, s, train_snrs, txs["deepjscc"], config.seed)
+            step = make_deepjscc_step(jscc, s, train_snrs, txs["deepjscc"], config.seed, groups["deepjscc"])
             jscc_params = run("deepjscc", step, lpips_vars, config.seed).params
         if system == "deepjscc":
             return jscc_params
-        step = make_diffsc_step(model, config.train.diffsc, train_snrs, txs["diffsc"], config.seed)
+        step = make_diffsc_step(model, config.train.diffsc, train_snrs, txs["diffsc"], config.seed, groups["diffsc"])
         state = run("diffsc", step, jscc_params, config.seed + 1)
         return {"deepjscc": jscc_params, "unet": state.ema_params}
     finally:

@@ -5,6 +5,10 @@ Stage 1: the semantic autoencoder with LDM's VQ loss: L1 + LPIPS + codebook/comm
 Stage 2: the autoencoder frozen; f, the CAN and the U-Net trained with L_denoiser (eq. 10) through
 the channel at an SNR drawn per example from the training set {5, 10, 15, 20} dB.
 
+`train.grad_groups` > 0 makes stage 2's gradients, hence its parameters, the same on any device count
+that divides it (`parallel.value_and_grad`). Stage 1 keeps the plain all-reduce: its adaptive GAN weight is
+a ratio of whole-batch gradient norms, which per-group gradients do not give without a second pass.
+
 Each stage checkpoints into WORKDIR/<stage>/checkpoints and resumes from there when rerun.
 The autoencoder does not depend on the CR or the CAN, so `train.stage1.workdir` may name another
 CASC workdir whose trained stage 1 is used as it is (CR 1/96 and the no-CAN ablation reuse the
@@ -98,8 +102,11 @@ def make_stage1_step(model: CASC, cfg, disc: PatchGAN | None, tx, disc_tx, seed:
 
 
 # -- stage 2 --------------------------------------------------------------------------------------
-def make_stage2_step(model: CASC, cfg, train_snrs, tx, seed: int) -> Callable:
-    """(state, batch, autoencoder_params) -> (state, metrics): L_denoiser through the channel."""
+def make_stage2_step(model: CASC, cfg, train_snrs, tx, seed: int, grad_groups: int = 0) -> Callable:
+    """(state, batch, autoencoder_params) -> (state, metrics): L_denoiser through the channel.
+
+    `grad_groups` > 0: the device-count-independent gradient of `parallel.value_and_grad`.
+    """
 
     def step(state: loop.TrainState, batch, ae_params):
         x = batch["image"]
@@ -107,10 +114,10 @@ def make_stage2_step(model: CASC, cfg, train_snrs, tx, seed: int) -> Callable:
         k_snr, k_loss = jax.random.split(key)
         snr = ch.sample_snr(k_snr, x.shape[0], train_snrs)
 
-        def loss_fn(trainable):
-            return model.denoiser_loss(dict(trainable, autoencoder=ae_params), x, k_loss, snr)
+        def loss_fn(trainable, batch, key):
+            return model.denoiser_loss(dict(trainable, autoencoder=ae_params), batch["x"], key, batch["snr"])
 
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        loss, grads = parallel.value_and_grad(loss_fn, grad_groups)(state.params, {"x": x, "snr": snr}, k_loss)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = loop.ema_update(state.ema_params, params, cfg.ema_decay)
@@ -203,7 +210,9 @@ def train_casc(config: ml_collections.ConfigDict, workdir: str, echo=print) -> d
 
     # Stage 2: the denoiser, the CAN and the condition-channel encoder, autoencoder frozen.
     s2 = config.train.stage2
-    step2 = make_stage2_step(model, s2, tuple(config.channel.train_snrs), _optimizer(s2, batch["stage2"]), config.seed)
+    groups = parallel.check_grad_groups(config.train.get("grad_groups", 0), batch["stage2"], mesh.size)
+    tx2 = _optimizer(s2, batch["stage2"])
+    step2 = make_stage2_step(model, s2, tuple(config.channel.train_snrs), tx2, config.seed, groups)
     state2 = run("stage2", step2, state1.params, s2, config.seed + 1)
     writer.close()
     return dict(state2.ema_params, autoencoder=state1.params)

@@ -101,6 +101,7 @@ def fit(
     if start >= total_steps:
         echo(f"[{name}] already trained: checkpoint at step {start} of {total_steps}")
         return state
+    echo(f"[{name}] mesh: {mesh.devices.size} devices over {jax.process_count()} process(es)")
     echo(f"[{name}] training steps {start} -> {total_steps}")
     progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer, every_steps=log_every)
     pending: list[Mapping[str, jax.Array]] = []

@@ -9,10 +9,13 @@ gather results with `to_host`, so they match a single-process run.
 
 from __future__ import annotations
 
+import functools
+import operator
 import os
 from collections.abc import Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -167,7 +170,10 @@ def replicate(tree, mesh: jax.sharding.Mesh):
 
 
 def jit_data_parallel(fn: Callable, mesh: jax.sharding.Mesh, batch_argnums=(1,), donate_argnums=(0,)):
-    """jit `fn(state, batch, ...)` with replicated state/outputs and batch arguments split on `data`."""
+    """jit `fn(state, batch, ...)` with replicated state/outputs and batch arguments split on `data`.
+
+    It runs under `jax.set_mesh(mesh)`, so `fn` may use `value_and_grad(..., groups)` without naming the mesh.
+    """
 
     def shardings(n_args):
         return tuple(batch_sharded(mesh) if i in batch_argnums else replicated(mesh) for i in range(n_args))
@@ -182,6 +188,67 @@ def jit_data_parallel(fn: Callable, mesh: jax.sharding.Mesh, batch_argnums=(1,),
                 out_shardings=replicated(mesh),
                 donate_argnums=donate_argnums,
             )
-        return cache[len(args)](*args)
+        with jax.set_mesh(mesh):  # the mesh `value_and_grad`'s grouped path runs its shard_map on
+            return cache[len(args)](*args)
 
     return wrapped
+
+
+# -- a gradient whose bits do not depend on the device count --------------------------------------
+def check_grad_groups(groups: int, global_batch: int, num_devices: int) -> int:
+    """`train.grad_groups` checked against the batch and the mesh (0 = off)."""
+    groups = int(groups or 0)
+    if groups and (groups < 0 or groups % num_devices or global_batch % groups):
+        raise ValueError(
+            f"train.grad_groups={groups} must be a multiple of the {num_devices} devices that divides the batch "
+            f"{global_batch}: set it to such a number (e.g. {num_devices}), or to 0 to turn grouping off"
+        )
+    return groups
+
+
+def value_and_grad(loss_fn: Callable, groups: int = 0) -> Callable:
+    """`(params, batch, key) -> (loss, grads)` of `loss_fn(params, batch, key)`, a scalar mean over the batch.
+
+    groups 0: `jax.value_and_grad(loss_fn)` on the whole batch; XLA's all-reduce then sums the devices'
+    partial gradients in an order that depends on the device count, so the last bits do too.
+    groups G > 0: every `batch` leaf (B, ...) is cut into G consecutive groups of B / G examples. Each
+    device runs the groups it holds one after another (`lax.scan`), group g with `fold_in(key, g)`; the
+    G (loss, grads) are gathered and averaged left to right. The shapes, keys and summation order are
+    the same on 1 to G devices, and so are the results. G must be a multiple of the device count (of
+    the mesh set with `jax.set_mesh`, see `jit_data_parallel`) and divide B.
+    """
+    if not groups:
+        return jax.value_and_grad(loss_fn)
+
+    def per_group(params, batch, key, first, size):
+        """Stacked (loss, grads) of the consecutive groups of `size` examples in `batch`, numbered from `first`."""
+        split = jax.tree.map(lambda a: a.reshape((a.shape[0] // size, size) + a.shape[1:]), batch)
+
+        def body(_, xs):
+            i, group = xs
+            return None, jax.value_and_grad(loss_fn)(params, group, jax.random.fold_in(key, first + i))
+
+        count = jax.tree.leaves(split)[0].shape[0]
+        return jax.lax.scan(body, None, (jnp.arange(count), split))[1]
+
+    def ordered_mean(stacked):
+        return jax.tree.map(lambda s: functools.reduce(operator.add, [s[g] for g in range(groups)]) / groups, stacked)
+
+    def grouped(params, batch, key):
+        batch_size = jax.tree.leaves(batch)[0].shape[0]
+        mesh = jax.sharding.get_abstract_mesh()
+        devices = 1 if mesh.empty else mesh.shape[DATA_AXIS]
+        check_grad_groups(groups, batch_size, devices)
+        size = batch_size // groups
+        if devices == 1:
+            return ordered_mean(per_group(params, batch, key, 0, size))
+
+        def shard(params, batch, key):
+            stacked = per_group(params, batch, key, jax.lax.axis_index(DATA_AXIS) * (groups // devices), size)
+            return ordered_mean(jax.lax.all_gather(stacked, DATA_AXIS, tiled=True))
+
+        specs = (P(), jax.tree.map(lambda _: P(DATA_AXIS), batch), P())
+        # check_vma=False: all_gather leaves every device the same G results, so the mean is replicated
+        return jax.shard_map(shard, in_specs=specs, out_specs=P(), check_vma=False)(params, batch, key)
+
+    return grouped
