@@ -114,7 +114,15 @@ def run_job(job: Job, root: str, source: str, echo: Callable[[str], None] = _ech
     seconds = time.time() - started
     if code:
         raise RuntimeError(f"{job.name} failed (exit {code}) after {seconds / 60:.1f} min; see {workdir}/log.txt")
-    record = {"job": job.name, "mode": job.mode, "seconds": round(seconds, 1), "command": job.command(root, source)}
+    from casc_jax.results import git_commit
+
+    record = {
+        "job": job.name,
+        "mode": job.mode,
+        "seconds": round(seconds, 1),
+        "commit": git_commit(REPO),
+        "command": job.command(root, source),
+    }
     with open(path, "w") as f:
         json.dump(record, f, indent=2)
     return record
@@ -147,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=os.path.join("docs", "results", "cifar10_cpu"))
     parser.add_argument("--jobs", default="", help="comma-separated job names to run (default: all, in order)")
     parser.add_argument("--train_only", action="store_true", help="run the jobs, do not write OUT")
+    parser.add_argument("--publish_only", action="store_true", help="write OUT from the jobs finished so far")
     args = parser.parse_args(argv)
     try:
         source = data_source(args.data)
@@ -154,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     root = os.path.abspath(args.workdir)
-    chosen = [j for j in JOBS if not args.jobs or j.name in args.jobs.split(",")]
+    chosen = [j for j in JOBS if not args.jobs or j.name in args.jobs.split(",")] if not args.publish_only else []
     started = time.time()
     for job in chosen:
         run_job(job, root, source)

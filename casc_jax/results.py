@@ -29,7 +29,7 @@ def _load(path: str):
         return json.load(f)
 
 
-def _commit(repo: str) -> str:
+def git_commit(repo: str) -> str:
     try:
         out = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
         return out.stdout.strip() or "unknown"
@@ -137,18 +137,23 @@ def publish(root: str, out: str, jobs, args, source: str, echo=print) -> str:
     for name in os.listdir(out):  # the per-CR CSV duplicates metrics.csv with absolute workdirs in it
         if name.startswith("comparison_") and name.endswith(".csv"):
             os.remove(os.path.join(out, name))
-    job_rows = []
+    job_rows, finished = [], 0
     for job in jobs:
         record = _load(os.path.join(root, job.config, f"job_{job.mode}.json"))
-        job_rows.append(f"| {job.name} | {job.mode} | {'%.1f' % (record['seconds'] / 60) if record else 'not run'} |")
+        finished += record is not None
+        minutes = f"{record['seconds'] / 60:.1f}" if record else "not run"
+        job_rows.append(f"| {job.name} | {job.mode} | {minutes} | {record.get('commit', '') if record else ''} |")
     quality = _load(os.path.join(root, "casc_cr48", "benchmark_quality.json"))
     speed = speed_claim(_load(os.path.join(root, "casc_cr48", "benchmark.json")))
     crs = sorted({r["cr"] for r in records}, key=ch.parse_ratio, reverse=True)
     lines = [
         "# CIFAR-10 on 2 CPU cores: every CASC-paper system, trained and compared",
         "",
-        f"Written {datetime.date.today().isoformat()} at commit `{_commit(reproduce.REPO)}` on "
+        f"Written {datetime.date.today().isoformat()} at commit `{git_commit(reproduce.REPO)}` on "
         f"{platform.machine()} ({os.cpu_count()} CPU cores).",
+        "",
+        f"Status: {finished} of {len(jobs)} jobs finished"
+        + ("." if finished == len(jobs) else "; the rest are marked 'not run' below and their claims 'not measured'."),
         "",
         "Command (resumable; a rerun skips finished jobs):",
         "",
@@ -163,8 +168,8 @@ def publish(root: str, out: str, jobs, args, source: str, echo=print) -> str:
         "",
         "## Wall time per job (minutes, this machine; other work shared the cores during the first runs)",
         "",
-        "| job | mode | minutes |",
-        "|---|---|---|",
+        "| job | mode | minutes | commit |",
+        "|---|---|---|---|",
         *job_rows,
         "",
         "## Results",
@@ -177,7 +182,8 @@ def publish(root: str, out: str, jobs, args, source: str, echo=print) -> str:
     lines += [f"| {c} | {_mark(h)} | {d} |" for c, h, d in claims(records, speed)]
     lines += ["", "## Samplers on the trained CASC (CR 1/48)", ""]
     lines.append(quality_table(quality) if quality else "Not measured yet (job quality_casc_cr48).")
-    lines += ["", "Figures: comparison_cr48.png, comparison_cr96.png, ablation_cr48.png, visual_cr48_snr20.png.", ""]
+    lines += ["", "Figures: comparison_cr48.png, comparison_cr96.png, ablation_cr48.png, visual_cr48_snr20.png.",
+              "What the numbers do not show (visual checks, known flaws of a run) is in findings.md.", ""]
     path = os.path.join(out, "results.md")
     with open(path, "w") as f:
         f.write("\n".join(lines))

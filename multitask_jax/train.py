@@ -151,7 +151,7 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         ema = state.ema_params
         if ema is not None:
-            ema = loop.ema_update(ema, params, stage_cfg.ema_decay)
+            ema = loop.ema_update(ema, params, stage_cfg.ema_decay, state.step + 1)
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
         finite = loop.all_finite(loss, grads)
         return loop.guarded(new, state.replace(step=state.step + 1), finite), {"loss": loss, "finite": finite}

@@ -120,7 +120,7 @@ def make_stage2_step(model: CASC, cfg, train_snrs, tx, seed: int, grad_groups: i
         loss, grads = parallel.value_and_grad(loss_fn, grad_groups)(state.params, {"x": x, "snr": snr}, k_loss)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema = loop.ema_update(state.ema_params, params, cfg.ema_decay)
+        ema = loop.ema_update(state.ema_params, params, cfg.ema_decay, state.step + 1)
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
         finite = loop.all_finite(loss, grads)
         return loop.guarded(new, state.replace(step=state.step + 1), finite), {"loss": loss, "finite": finite}

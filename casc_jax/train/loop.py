@@ -45,8 +45,17 @@ def learning_rate(stage_cfg, global_batch: int) -> float:
     return stage_cfg.base_lr * (global_batch if stage_cfg.scale_lr else 1)
 
 
-def ema_update(ema, params, decay: float):
-    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+def ema_decay_at(decay: float, step) -> jax.Array:
+    """LDM's EMA warm-up (LitEma): min(decay, (1 + n) / (10 + n)) after n updates, so that a short run's
+    average does not keep the initial weights (plain 0.999 over 2000 steps keeps 0.999^2000 = 13.5% of them)."""
+    n = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+
+
+def ema_update(ema, params, decay: float, step):
+    """One EMA update of `params` into `ema` with the warmed-up decay; `step` counts updates from 1 (LitEma)."""
+    d = ema_decay_at(decay, step)
+    return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
 
 
 def all_finite(*trees) -> jax.Array:

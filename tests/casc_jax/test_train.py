@@ -235,3 +235,17 @@ def test_modes_without_training_explain_what_to_do(tmp_path):
         run.evaluate(_tiny(), str(tmp_path), {}, echo=lambda s: None)
     with pytest.raises(ValueError, match="--image"):
         run.transmit(_tiny(), str(tmp_path), {}, echo=lambda s: None)
+
+
+def test_ema_warms_up_like_ldm_litema():
+    # LitEma: decay_n = min(decay, (1 + n) / (10 + n)) at the n-th update; float64 reference below.
+    decays = [float(loop.ema_decay_at(0.999, n)) for n in (1, 10, 100, 1000, 5000, 20000)]
+    np.testing.assert_allclose(decays, [2 / 11, 11 / 20, 101 / 110, 1001 / 1010, 5001 / 5010, 0.999], rtol=1e-6)
+    ema, w = np.zeros(3), np.ones(3)
+    ref = np.zeros(3)
+    for n in range(1, 2001):
+        ema = loop.ema_update(ema, w, 0.999, n)
+        d = min(0.999, (1 + n) / (10 + n))
+        ref = d * ref + (1 - d) * w
+    np.testing.assert_allclose(np.asarray(ema), ref, rtol=1e-5)
+    assert 1.0 - float(np.asarray(ema)[0]) < 1e-6  # the initial zeros are gone (a plain 0.999 keeps 13.5%)
