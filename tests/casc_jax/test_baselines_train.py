@@ -195,7 +195,7 @@ def test_diffsc_step_trains_only_the_unet_with_ema():
     state = states["diffsc"]
     new, metrics = step(state, {"image": x}, jscc)
     assert bool(metrics["finite"]) and np.isfinite(float(metrics["loss"]))
-    d = config.train.diffsc.ema_decay
+    d = min(config.train.diffsc.ema_decay, 2 / 11)  # the first update of LDM's warmed-up EMA
     for e, p0, p1 in zip(_leaves(new.ema_params), _leaves(state.params), _leaves(new.params)):
         np.testing.assert_allclose(e, d * p0.astype(np.float64) + (1 - d) * p1, rtol=1e-5, atol=1e-7)
     assert jax.tree.structure(new.params) == jax.tree.structure(model.init(jax.random.key(1))["unet"])
