@@ -135,7 +135,8 @@ def eval_records(root: str, jobs: Sequence[Job]) -> list[dict]:
         path = os.path.join(root, job.config, "eval", "metrics.json")
         if job.mode == "train" and os.path.exists(path):
             with open(path) as f:
-                records += json.load(f)
+                saved = json.load(f)
+            records += saved["records"] if isinstance(saved, dict) else saved  # {"records", "unavailable"}
     return records
 
 
