@@ -23,25 +23,11 @@ import time
 import jax
 
 from multitask_jax.sentence_encoder import SentenceEncoder
-from multitask_jax.task_kb import RECONSTRUCTION, SEGMENTATION, TaskKB, TaskKBConfig, evaluate_requests
+from multitask_jax.task_kb import TaskKB, TaskKBConfig, evaluate_requests
+from multitask_jax.task_memory import TASK_INSTRUCTIONS
 
-LEGACY_CONFIG = TaskKBConfig(
-    instructions={
-        RECONSTRUCTION: (
-            "image reconstruction",
-            "reconstruct the image",
-            "recover the original image at the receiver",
-            "transmit the picture so it can be viewed in high quality",
-            "restore the photo",
-        ),
-        SEGMENTATION: (
-            "image segmentation",
-            "segment the image",
-            "semantic segmentation of the objects in the image",
-            "assign an object class label to every pixel of the picture",
-            "outline the objects in the photo",
-        ),
-    },
+LEGACY_CONFIG = TaskKBConfig(  # the KB before the extended memory: its first five phrasings, best single match
+    instructions={task: phrasings[:5] for task, phrasings in TASK_INSTRUCTIONS.items()},
     unsupported=(),
     top_k=1,
     threshold=0.3,
