@@ -6,8 +6,8 @@ DIR holds the CIFAR-10 JPEG archives (cifar10_train_50k_jpeg.npz, cifar10_test_1
 `casc_jax.data`'s npz source), or `--data=tfds` reads the prepared TFDS cifar10. Every job is
 `launch.py --config=configs/<job>.py:cpu` in its own process, logging to WORKDIR/<job>/log.txt; a finished
 job leaves WORKDIR/<job>/job.json and is skipped on a rerun, an unfinished one resumes from its last
-checkpoint. After the training jobs: `--mode=quality` and `--mode=benchmark` (beside DiffSC) on CASC CR 1/48,
-then OUT/ with metrics.csv, the comparison figures and results.md (the command, commit, wall time per job,
+checkpoint. After the CR 1/48 training jobs: `--mode=quality` and `--mode=benchmark` (beside DiffSC) on CASC
+CR 1/48; then CR 1/96; then OUT/ with metrics.csv, the comparison figures and results.md (the command, commit, wall time per job,
 data, tables and the paper's claims checked).
 """
 
@@ -50,18 +50,18 @@ class Job:
 
 
 _AE = {"train.stage1.workdir": "casc_cr48"}  # CR 1/96 and the ablation reuse CR 1/48's autoencoder
-# In the order they run: the CR 1/48 comparison first, then CR 1/96, then the sampler quality table.
+# In the order they run: the CR 1/48 comparison, the sampler quality table and speed on it, then CR 1/96.
 JOBS = (
     Job("deepjscc_mse_cr48", "deepjscc_mse_cr48"),
     Job("casc_cr48", "casc_cr48"),
     Job("casc_cr48_nocan", "casc_cr48_nocan", uses=_AE),
     Job("deepjscc_lpips_cr48", "deepjscc_lpips_cr48"),
     Job("diffsc_cr48", "diffsc_cr48", uses={"diffsc.deepjscc_workdir": "deepjscc_mse_cr48"}),
+    Job("quality_casc_cr48", "casc_cr48", mode="quality"),
+    Job("speed_casc_cr48", "casc_cr48", mode="benchmark"),  # beside DiffSC's receiver (benchmark.diffsc_config)
     Job("casc_cr96", "casc_cr96", uses=_AE),
     Job("deepjscc_mse_cr96", "deepjscc_mse_cr96"),
     Job("deepjscc_lpips_cr96", "deepjscc_lpips_cr96"),
-    Job("quality_casc_cr48", "casc_cr48", mode="quality"),
-    Job("speed_casc_cr48", "casc_cr48", mode="benchmark"),  # beside DiffSC's receiver (benchmark.diffsc_config)
 )
 
 
