@@ -43,6 +43,14 @@ def device_description() -> str:
     return f"{jax.device_count()} x {kind} ({d.platform}; host {cpu}, {os.cpu_count()} cores; jax {jax.__version__})"
 
 
+def machine_load() -> dict:
+    """The 1/5/15-minute load averages and core count. `quiet` is False when, before the benchmark's own
+    work, other processes keep more than half the cores busy: such timings are upper bounds."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    cores = os.cpu_count() or 1
+    return {"load_average": [round(x, 2) for x in load], "cores": cores, "quiet": bool(load[0] <= 0.5 * cores)}
+
+
 def timed(fn: Callable, *args, repeats: int = 3) -> tuple[float, float, list[float]]:
     """(compile+first-run seconds, median seconds, all run times) of a jitted fn, blocking on results."""
     start = time.perf_counter()
@@ -158,6 +166,10 @@ def speed(config, params=None, echo=print, variants: list[Variant] | None = None
     repeats = config.benchmark.repeats
     max_steps = config.benchmark.max_timed_steps
     mesh = parallel.make_mesh()
+    load = machine_load()  # before any work of ours
+    if not load["quiet"]:
+        echo(f"[benchmark] machine busy: load average {load['load_average'][0]} on {load['cores']} cores before "
+             "the benchmark started; timings are upper bounds, not a quiet-machine result")
     peak = matmul_peak()
     echo(f"[benchmark] device: {device_description()}; f32 matmul peak {peak:.1f} GFLOP/s")
     rows, costs = [], {}
@@ -207,7 +219,7 @@ def speed(config, params=None, echo=print, variants: list[Variant] | None = None
         row["fraction_of_matmul_peak"] = row["achieved_gflops"] / peak
     echo(f"[benchmark] f32 matmul peak (best of start and end): {peak:.1f} GFLOP/s")
     return {"device": device_description(), "matmul_peak_gflops": peak, "paper_ms_per_image": PAPER_MS_PER_IMAGE,
-            "rows": rows}
+            "load_at_start": load, "load_at_end": machine_load(), "rows": rows}
 
 
 def _row(label, sampler, batch, steps, timed_steps, seconds, compile_s, flops, eps_flops, runs) -> dict:
@@ -272,7 +284,11 @@ def write_report(report: dict, workdir: str, echo=print) -> str:
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
     rows = report["rows"]
-    echo(f"\n[benchmark] {report['device']}")
+    load = report.get("load_at_start")
+    state = "" if load is None else (
+        f"; load average {load['load_average'][0]} on {load['cores']} cores at start ("
+        + ("quiet" if load["quiet"] else "busy: timings are upper bounds") + ")")
+    echo(f"\n[benchmark] {report['device']}{state}")
     echo(f"{'variant':<34}{'ms/image':>10}{'GFLOP/img':>11}{'GFLOP/s':>9}{'% peak':>8}")
     peak = report["matmul_peak_gflops"]
     for r in rows:

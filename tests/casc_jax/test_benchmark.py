@@ -45,8 +45,17 @@ def test_speed_report_rows_and_extrapolation(tmp_path):
     assert rows["nocan"]["denoiser_gflop_per_image_per_step"] < per_step
     for r in rows.values():
         assert r["ms_per_image"] > 0 and r["achieved_gflops"] > 0
+    assert set(report["load_at_start"]) == {"load_average", "cores", "quiet"}
     path = benchmark.write_report(report, str(tmp_path), echo=lambda s: None)
     assert path.endswith("benchmark.json")
+
+
+def test_machine_load_is_busy_when_other_work_holds_half_the_cores(monkeypatch):
+    monkeypatch.setattr(benchmark.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(benchmark.os, "getloadavg", lambda: (0.3, 1.0, 1.0))
+    assert benchmark.machine_load() == {"load_average": [0.3, 1.0, 1.0], "cores": 2, "quiet": True}
+    monkeypatch.setattr(benchmark.os, "getloadavg", lambda: (2.1, 2.0, 2.0))
+    assert not benchmark.machine_load()["quiet"]
 
 
 def test_quality_compares_every_sampler_with_ddpm():
