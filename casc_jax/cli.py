@@ -250,10 +250,11 @@ def check_data(data_cfg) -> None:
     """The configured dataset is usable here (TFDS prepared or downloadable, folder present): checked
     without TensorFlow or JAX. The errors are casc_jax.data's own, which name the offline options."""
     from casc_jax import data as data_lib
+    from casc_jax import image_io
 
     kind, arg = data_lib.parse_source(data_lib.cfg_get(data_cfg, "source"))
     if kind == "folder":
-        data_lib.list_image_files(arg)
+        image_io.list_image_files(arg)
     elif kind == "tfds" and not data_lib.cfg_get(data_cfg, "download", False):
         from absl import logging as absl_logging
 

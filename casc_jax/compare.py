@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from casc_jax import channel as ch
-from casc_jax import data as data_lib
+from casc_jax import image_io
 from casc_jax.evaluate import METRICS, RECONSTRUCTIONS_FILE, plot_metrics_vs_snr, read_metrics, reconstruction_key
 
 # Known method families (a config name without its CR tag), in the paper's order, with labels and colours.
@@ -191,7 +191,7 @@ def visual_grid(rows: Sequence[tuple[str, np.ndarray]], path: str, title: str | 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    strips = [data_lib.image_grid(data_lib.to_float(images), len(images)) for _, images in rows]
+    strips = [image_io.image_grid(image_io.to_float(images), len(images)) for _, images in rows]
     h, w = strips[0].shape[:2]
     width = min(16.0, 1.8 + 1.1 * len(rows[0][1]))
     fig_h = (width - 1.8) * h / w * len(rows) + (0.5 if title else 0.1)

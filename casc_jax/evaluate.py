@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from casc_jax import data as data_lib
+from casc_jax import image_io
 from casc_jax.metrics import fid as fid_lib
 from casc_jax.metrics.image import psnr
 from casc_jax.metrics.lpips import load_lpips
@@ -175,8 +176,8 @@ def write_results(
     if grids:
         save_reconstructions(grids, os.path.join(out_dir, RECONSTRUCTIONS_FILE))
         snr = max(grids)
-        data_lib.save_png(
-            data_lib.to_float(data_lib.image_grid(grids[snr], ncols)),
+        image_io.save_png(
+            image_io.to_float(image_io.image_grid(grids[snr], ncols)),
             os.path.join(out_dir, f"samples_snr{snr:g}.png"),
         )
 
@@ -206,8 +207,8 @@ def save_reconstructions(grids: Mapping[float, np.ndarray], path: str) -> None:
     arrays = {}
     for snr, grid in grids.items():
         n = len(grid) // 2
-        arrays["source"] = data_lib.to_uint8(grid[:n])
-        arrays[reconstruction_key(snr)] = data_lib.to_uint8(grid[n:])
+        arrays["source"] = image_io.to_uint8(grid[:n])
+        arrays[reconstruction_key(snr)] = image_io.to_uint8(grid[n:])
     np.savez_compressed(path, snrs=np.asarray(sorted(grids), np.float32), **arrays)
 
 

@@ -7,8 +7,8 @@ DIR holds the CIFAR-10 JPEG archives (cifar10_train_50k_jpeg.npz, cifar10_test_1
 `launch.py --config=configs/<job>.py:cpu` in its own process, logging to WORKDIR/<job>/log.txt; a finished
 job leaves WORKDIR/<job>/job.json and is skipped on a rerun, an unfinished one resumes from its last
 checkpoint. After the CR 1/48 training jobs: `--mode=quality` and `--mode=benchmark` (beside DiffSC) on CASC
-CR 1/48; then CR 1/96; then OUT/ with metrics.csv, the comparison figures and results.md (the command, commit, wall time per job,
-data, tables and the paper's claims checked).
+CR 1/48; then CR 1/96; then OUT/ with metrics.csv, the comparison figures and results.md (the command, commit,
+wall time per job, data, tables and the paper's claims checked).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import os
 import jax
 import numpy as np
 
-from casc_jax import cli
+from casc_jax import cli, image_io
 from casc_jax import data as data_lib
 from casc_jax.cli import load_config
 from casc_jax.evaluate import casc_reconstructor, config_sweep
@@ -81,7 +81,7 @@ def labelled_grid(rows, path: str, title: str | None = None, min_cell_px: int = 
     for r, (label, images) in enumerate(rows):
         y = title_h + pad + r * (cell_h + pad)
         draw.text((pad, y + cell_h // 2 - 6), label, fill="black", font=font)
-        for c, img in enumerate(data_lib.to_uint8(np.asarray(images))):
+        for c, img in enumerate(image_io.to_uint8(np.asarray(images))):
             tile = Image.fromarray(img).resize((cell_w, cell_h), Image.Resampling.NEAREST)
             canvas.paste(tile, (label_w + pad + c * (cell_w + pad), y))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -104,7 +104,7 @@ def transmit_images(config, workdir, options, reconstruct, num_devices: int, ech
     out_dir = options.get("out_dir") or os.path.join(workdir, "transmit")
     targets = cli.transmit_targets(paths, snrs, out_dir)
     fit = options.get("fit", "pad")
-    images, sizes = data_lib.load_images_for_transmit(paths, config.data.image_size, fit=fit)
+    images, sizes = image_io.load_images_for_transmit(paths, config.data.image_size, fit=fit)
     padded = -len(images) % num_devices  # the batch must split evenly over the devices
     batch = np.concatenate([images, np.zeros((padded,) + images.shape[1:], images.dtype)])
     written = []
@@ -112,7 +112,7 @@ def transmit_images(config, workdir, options, reconstruct, num_devices: int, ech
         out = parallel.to_host(reconstruct(batch, jax.random.key(int(round(snr * 10))), float(snr)))[: len(images)]
         for target, image, original in zip(row, out, sizes):
             if parallel.is_primary():
-                data_lib.save_png(data_lib.restore_size(image, original, fit=fit), target)
+                image_io.save_png(image_io.restore_size(image, original, fit=fit), target)
             written.append(target)
     echo(f"[transmit] wrote {len(written)} file(s) to {out_dir}")
     return written

@@ -38,12 +38,12 @@ from casc_jax.data import (
     array_batches,
     cfg_get,
     import_tf,
-    load_image_folder,
     num_eval_batches,
     parse_source,
     resolve_process,
     tfds_builder,
 )
+from casc_jax.image_io import load_image_folder
 from casc_jax.metrics.segmentation import VOC_IGNORE_INDEX
 
 VOC_BUILDER_NAME = "voc2012_segmentation"

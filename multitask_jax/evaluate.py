@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from casc_jax import data as casc_data
+from casc_jax import image_io
 from casc_jax.evaluate import PSNR_CAP_DB
 from casc_jax.metrics import segmentation as seg_metrics
 from casc_jax.metrics.image import psnr
@@ -148,8 +148,8 @@ def evaluate_reconstruction(config, params, workdir: str, *, echo=print) -> list
             records.append(record)
             echo(f"[eval] reconstruction {record['size']} SNR {snr:g} dB: PSNR {record['psnr']:.2f} dB ({seen} images)")
         n = config.eval.grid_images
-        rows = [("original", casc_data.to_uint8(shown["original"][:n]))]
-        rows += [(f"SNR {s:g} dB", casc_data.to_uint8(shown[s][:n])) for s in grid_snrs]
+        rows = [("original", image_io.to_uint8(shown["original"][:n]))]
+        rows += [(f"SNR {s:g} dB", image_io.to_uint8(shown[s][:n])) for s in grid_snrs]
         figures[_size_name(hw)] = rows
     out_dir = os.path.join(workdir, "eval", RECONSTRUCTION)
     if not parallel.is_primary():  # process 0 writes the files
@@ -210,7 +210,7 @@ def evaluate_segmentation(config, params, workdir: str, *, echo=print) -> list[d
     write_records(records, out_dir)
     plot_segmentation_vs_snr(records, os.path.join(out_dir, "miou_vs_snr.png"))
     n = config.eval.grid_images
-    rows = [("image", casc_data.to_uint8(shown["image"][:n]))]
+    rows = [("image", image_io.to_uint8(shown["image"][:n]))]
     rows.append(("ground truth", colorize_mask(shown["ground truth"][:n])))
     rows += [(f"SNR {s:g} dB", colorize_mask(shown[s][:n])) for s in grid_snrs]
     classes = np.unique(np.concatenate([np.ravel(a[:n]) for k, a in shown.items() if k != "image"]))

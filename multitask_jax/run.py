@@ -18,8 +18,7 @@ import os
 import jax
 import numpy as np
 
-from casc_jax import cli
-from casc_jax import data as casc_data
+from casc_jax import cli, image_io
 from casc_jax.train import parallel
 from multitask_jax import evaluate as mt_eval
 from multitask_jax import train as mt_train
@@ -52,7 +51,7 @@ def sample(config, workdir, options, echo=print):
     batch = parallel.shard_batch({k: local[k] for k in keys}, mesh)
     host = {k: parallel.to_host(v) for k, v in batch.items()}
     model = mt_train.build_model(config)
-    rows = [("image", casc_data.to_uint8(host["image"]))]
+    rows = [("image", image_io.to_uint8(host["image"]))]
     if task == RECONSTRUCTION:
         run = mt_eval.reconstructor(model, params, mesh, config.sampler.to_dict())
     else:
@@ -62,7 +61,7 @@ def sample(config, workdir, options, echo=print):
     for i, snr in enumerate(config.channel.eval_snrs):
         key = jax.random.fold_in(jax.random.key(config.seed), i)
         out = parallel.to_host(run(batch["image"], key, float(snr)))
-        rows.append((f"SNR {snr:g} dB", casc_data.to_uint8(out) if task == RECONSTRUCTION else colorize_mask(out)))
+        rows.append((f"SNR {snr:g} dB", image_io.to_uint8(out) if task == RECONSTRUCTION else colorize_mask(out)))
     path = os.path.join(workdir, f"samples_{task}.png")
     if parallel.is_primary():
         path = mt_eval.save_rows_figure(rows, path, f"{task} ({source})")
@@ -98,7 +97,7 @@ def restore_mask(mask: np.ndarray, original_size: tuple[int, int], *, fit: str =
     mask = np.asarray(mask, np.uint8)
     h, w = original_size
     if fit == "pad":
-        top, left, nh, nw = casc_data.letterbox_box((h, w), mask.shape[0])
+        top, left, nh, nw = image_io.letterbox_box((h, w), mask.shape[0])
         mask, size = mask[top : top + nh, left : left + nw], (w, h)
     else:
         size = (min(h, w), min(h, w))
@@ -136,7 +135,7 @@ def transmit(config, workdir, options, echo=print):
     if h != w:
         raise ValueError(f"transmit letterboxes into a square model input; model.image_size is {(h, w)}")
     fit = options.get("fit", "pad")
-    images, sizes = casc_data.load_images_for_transmit(paths, h, fit=fit)
+    images, sizes = image_io.load_images_for_transmit(paths, h, fit=fit)
     params, source = mt_train.load_task_params(config, workdir, task, echo=echo)
     model = mt_train.build_model(config)
     mesh = parallel.make_mesh()
@@ -155,7 +154,7 @@ def transmit(config, workdir, options, echo=print):
             if parallel.is_primary() and task == SEGMENTATION:
                 save_mask_png(restore_mask(result, original, fit=fit), target)
             elif parallel.is_primary():
-                casc_data.save_png(casc_data.restore_size(result, original, fit=fit), target)
+                image_io.save_png(image_io.restore_size(result, original, fit=fit), target)
             written.append(target)
     echo(f"[transmit] wrote {len(written)} file(s) to {out_dir}")
     return written

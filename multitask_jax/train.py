@@ -34,6 +34,7 @@ import optax
 
 from casc_jax import channel as ch
 from casc_jax import data as casc_data
+from casc_jax import image_io
 from casc_jax.train import loop, parallel
 from multitask_jax import data as mt_data
 from multitask_jax.system import MultiTaskSystem, build_multitask
@@ -95,7 +96,7 @@ def num_examples(config, task: str, split: str) -> int:
     if kind == "embedded":
         return len(mt_data.load_embedded_voc(8)[2])
     if kind == "folder":
-        return len(casc_data.list_image_files(arg))
+        return len(image_io.list_image_files(arg))
     if task == SEGMENTATION:
         builder = mt_data.voc_builder(cfg.get("data_dir"), cfg.get("manual_dir"), bool(cfg.get("download")))
     else:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from casc_jax import baselines_run, compare
+from casc_jax import baselines_run, compare, image_io
 from casc_jax import channel as ch
 from casc_jax import data as data_lib
 from casc_jax.evaluate import read_metrics, save_reconstructions
@@ -154,7 +154,7 @@ def test_deepjscc_smoke_train_eval_writes_metrics(deepjscc_workdir):
     # The saved reconstructions start from the first test images, bit-exact.
     with np.load(os.path.join(workdir, "eval", "reconstructions.npz")) as f:
         source, recon = f["source"], f["snr20"]
-    np.testing.assert_array_equal(source, data_lib.load_embedded(32)[0][:4])  # uint8 test images
+    np.testing.assert_array_equal(source, image_io.load_embedded(32)[0][:4])  # uint8 test images
     assert recon.shape == source.shape and recon.dtype == np.uint8
 
 
@@ -167,7 +167,7 @@ def test_deepjscc_lpips_step_is_the_lpips_of_the_reconstruction():
     tx = tb.optimizer(s, 4, 4)
     _, lpips_vars = tb.lpips_parts(s)
     step = jax.jit(tb.make_deepjscc_step(model, s, (5.0, 20.0), tx, seed=3))
-    x = data_lib.to_float(data_lib.load_embedded(32)[0][:4])
+    x = image_io.to_float(image_io.load_embedded(32)[0][:4])
     state = states["deepjscc"]
     new, metrics = step(state, {"image": x}, lpips_vars)
     k_snr, k_loss = jax.random.split(jax.random.fold_in(jax.random.key(3), 0))
@@ -190,7 +190,7 @@ def test_diffsc_step_trains_only_the_unet_with_ema():
     states = tb.initial_states(model, config, jax.random.key(0))
     tx = tb.optimizer(config.train.diffsc, 4, 2)
     step = jax.jit(tb.make_diffsc_step(model, config.train.diffsc, (5.0, 20.0), tx, seed=0))
-    x = data_lib.to_float(data_lib.load_embedded(32)[0][:4])
+    x = image_io.to_float(image_io.load_embedded(32)[0][:4])
     jscc = states["deepjscc"].params
     state = states["diffsc"]
     new, metrics = step(state, {"image": x}, jscc)
@@ -339,8 +339,8 @@ def test_compare_visual_rows_are_the_same_images_in_paper_order(tmp_path):
     methods = [(m, w) for m, w in workdirs.items() if m != "casc_cr48_nocan"]
     rows = compare.visual_rows(methods[::-1], 20.0, echo=QUIET)
     assert [name for name, _ in rows] == ["Source", "CASC", "DiffSC", "DeepJSCC (LPIPS)", "DeepJSCC (MSE)"]
-    np.testing.assert_array_equal(rows[0][1], data_lib.to_uint8(source))
-    np.testing.assert_array_equal(rows[4][1], data_lib.to_uint8(np.clip(source + 0.1, -1, 1)))
+    np.testing.assert_array_equal(rows[0][1], image_io.to_uint8(source))
+    np.testing.assert_array_equal(rows[4][1], image_io.to_uint8(np.clip(source + 0.1, -1, 1)))
     other, _ = _fabricate(str(tmp_path / "other"), methods=("casc_cr48",), source_seed=1, n=2)
     with pytest.raises(ValueError, match="different test images"):
         compare.visual_rows(methods[:1] + [("casc_cr48", other["casc_cr48"])], 20.0, echo=QUIET)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from casc_jax import data
+from casc_jax import data, image_io
 
 SHARED_NPZ = pathlib.Path(__file__).resolve().parents[3] / "shared/data/cifar10/cifar10_test_200_lossless.npz"
 GREY = 128 / 127.5 - 1
@@ -38,7 +38,7 @@ def _rows(images):
     """Hashable rows of uint8 pixels, to compare images as multisets; float input is in [-1, 1]."""
     images = np.asarray(images)
     if images.dtype != np.uint8:
-        images = data.to_uint8(images)  # the exact inverse of the scaling (tested above)
+        images = image_io.to_uint8(images)  # the exact inverse of the scaling (tested above)
     return [x.tobytes() for x in images]
 
 
@@ -48,40 +48,40 @@ def _rows(images):
 
 def test_scaling_round_trip_is_exact():
     u8 = np.arange(256, dtype=np.uint8)
-    x = data.to_float(u8)
+    x = image_io.to_float(u8)
     assert x.dtype == np.float32
     np.testing.assert_allclose(x, _ref_float(u8), atol=1e-7)
     assert x[0] == -1.0 and x[-1] == 1.0
-    np.testing.assert_array_equal(data.to_uint8(x), u8)
-    np.testing.assert_array_equal(data.to_uint8(np.array([-3.0, 3.0])), [0, 255])  # clipped
+    np.testing.assert_array_equal(image_io.to_uint8(x), u8)
+    np.testing.assert_array_equal(image_io.to_uint8(np.array([-3.0, 3.0])), [0, 255])  # clipped
     with pytest.raises(ValueError, match="NaN"):
-        data.to_uint8(np.array([np.nan]))
+        image_io.to_uint8(np.array([np.nan]))
 
 
 def test_image_grid_layout():
     images = np.stack([np.full((2, 3, 3), v, np.float32) for v in (-1.0, 0.0, 1.0)])
-    grid = data.image_grid(images, ncols=2, padding=1, pad_value=7)
+    grid = image_io.image_grid(images, ncols=2, padding=1, pad_value=7)
     expected = np.full((2 * 2 + 3, 2 * 3 + 3, 3), 7, np.uint8)
     expected[1:3, 1:4] = 0
     expected[1:3, 5:8] = 128
     expected[4:6, 1:4] = 255
     np.testing.assert_array_equal(grid, expected)
-    assert data.image_grid(images, ncols=10, padding=0).shape == (2, 9, 3)  # ncols clamped to N
+    assert image_io.image_grid(images, ncols=10, padding=0).shape == (2, 9, 3)  # ncols clamped to N
     with pytest.raises(ValueError):
-        data.image_grid(images[0], ncols=2)
+        image_io.image_grid(images[0], ncols=2)
 
 
 def test_save_png_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     u8 = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
-    path = data.save_png(data.to_float(u8), tmp_path / "sub" / "x.png")
+    path = image_io.save_png(image_io.to_float(u8), tmp_path / "sub" / "x.png")
     np.testing.assert_array_equal(np.asarray(Image.open(path)), u8)
-    grey = data.save_png(data.to_float(u8[..., :1]), tmp_path / "g.png")
+    grey = image_io.save_png(image_io.to_float(u8[..., :1]), tmp_path / "g.png")
     np.testing.assert_array_equal(np.asarray(Image.open(grey)), u8[..., 0])
     with pytest.raises(ValueError, match="shape"):
-        data.save_png(np.zeros((2, 5, 7, 3)), tmp_path / "bad.png")
+        image_io.save_png(np.zeros((2, 5, 7, 3)), tmp_path / "bad.png")
     with pytest.raises(ValueError, match="NaN"):
-        data.save_png(np.full((2, 2, 3), np.nan), tmp_path / "nan.png")
+        image_io.save_png(np.full((2, 2, 3), np.nan), tmp_path / "nan.png")
 
 
 def test_import_is_cheap():
@@ -114,7 +114,7 @@ def test_bad_source_and_arguments():
 
 
 def test_embedded_eval_pass_in_order():
-    ref_images, ref_labels = data.load_embedded()
+    ref_images, ref_labels = image_io.load_embedded()
     assert ref_images.shape == (200, 32, 32, 3) and ref_images.dtype == np.uint8
     assert ref_labels.dtype == np.int32 and set(ref_labels.tolist()) == set(range(10))
     batches = list(data.make_dataset(_cfg(source="embedded"), "test", batch_size=64, shuffle_seed=None,
@@ -138,13 +138,13 @@ def test_embedded_matches_shared_file():
     batch = next(data.make_dataset(_cfg(source="embedded"), "train", batch_size=8, shuffle_seed=None,
                                    repeat=False, process_index=0, process_count=1))
     np.testing.assert_allclose(batch["image"][0], _ref_float(shared_images[0]), atol=1e-6)
-    images, labels = data.load_embedded()
+    images, labels = image_io.load_embedded()
     np.testing.assert_array_equal(images, shared_images)
     np.testing.assert_array_equal(labels, shared_labels)
 
 
 def test_embedded_train_stream_epochs_and_process_blocks():
-    images, _ = data.load_embedded()
+    images, _ = image_io.load_embedded()
 
     def stream(p, count, batch):
         return data.make_dataset(_cfg(source="embedded"), "train", batch_size=batch, shuffle_seed=3, repeat=True,
@@ -167,7 +167,7 @@ def test_embedded_resized():
     batch = next(data.make_dataset(_cfg(source="embedded", image_size=16), "test", batch_size=5,
                                    shuffle_seed=None, repeat=False, process_index=0, process_count=1))
     assert batch["image"].shape == (5, 16, 16, 3)
-    ref = np.asarray(Image.fromarray(data.load_embedded()[0][0]).resize((16, 16), Image.Resampling.BICUBIC))
+    ref = np.asarray(Image.fromarray(image_io.load_embedded()[0][0]).resize((16, 16), Image.Resampling.BICUBIC))
     np.testing.assert_allclose(batch["image"][0], _ref_float(ref), atol=1e-6)
 
 
@@ -230,7 +230,7 @@ def test_truncated_file_named(tmp_path):
     cut = tmp_path / "cut.png"
     cut.write_bytes(full.read_bytes()[:400])
     with pytest.raises(ValueError, match="cut.png"):
-        data.load_images_for_transmit([cut], 32)
+        image_io.load_images_for_transmit([cut], 32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,25 +241,25 @@ def test_transmit_pad_and_crop(tmp_path):
     rng = np.random.default_rng(3)
     wide = rng.integers(0, 256, (32, 64, 3), dtype=np.uint8)  # H=32, W=64
     path = _save(tmp_path / "wide.png", wide)
-    x, sizes = data.load_images_for_transmit(str(path), 32, fit="pad")
+    x, sizes = image_io.load_images_for_transmit(str(path), 32, fit="pad")
     assert x.shape == (1, 32, 32, 3) and x.dtype == np.float32 and sizes == [(32, 64)]
-    assert data.letterbox_box((32, 64), 32) == (8, 0, 16, 32)
+    assert image_io.letterbox_box((32, 64), 32) == (8, 0, 16, 32)
     np.testing.assert_allclose(x[0, :8], GREY, atol=1e-6)
     np.testing.assert_allclose(x[0, 24:], GREY, atol=1e-6)
     content = Image.fromarray(wide).resize((32, 16), Image.Resampling.BICUBIC)
     np.testing.assert_allclose(x[0, 8:24], _ref_float(np.asarray(content)), atol=1e-6)
 
-    x, _ = data.load_images_for_transmit([path], 32, fit="crop")
+    x, _ = image_io.load_images_for_transmit([path], 32, fit="crop")
     np.testing.assert_allclose(x[0], _ref_float(wide[:, 16:48]), atol=1e-6)  # centre square, no resize
-    assert data.restore_size(x[0], (32, 64), fit="crop").shape == (32, 32, 3)
+    assert image_io.restore_size(x[0], (32, 64), fit="crop").shape == (32, 32, 3)
 
 
 def test_transmit_restore_size_round_trip(tmp_path):
     yy, xx = np.mgrid[0:48, 0:96]
     smooth = np.stack([xx * 255 / 95, yy * 255 / 47, np.full_like(xx, 100.0)], -1)
     smooth = np.rint(smooth).astype(np.uint8)
-    x, sizes = data.load_images_for_transmit([_save(tmp_path / "s.png", smooth)], 32, fit="pad")
-    back = data.restore_size(x[0], sizes[0], fit="pad")
+    x, sizes = image_io.load_images_for_transmit([_save(tmp_path / "s.png", smooth)], 32, fit="pad")
+    back = image_io.restore_size(x[0], sizes[0], fit="pad")
     assert back.shape == (48, 96, 3)
     assert np.abs(back - _ref_float(smooth)).mean() < 0.03  # smooth content survives 3x down/up
 
@@ -276,7 +276,7 @@ def test_transmit_modes(tmp_path):
         _save(tmp_path / "rgba.png", rgba, mode="RGBA"),
         _save(tmp_path / "sixteen.png", sixteen),
     ]
-    x, sizes = data.load_images_for_transmit(paths, 16)
+    x, sizes = image_io.load_images_for_transmit(paths, 16)
     assert x.shape == (3, 16, 16, 3) and sizes == [(16, 16)] * 3
     for c in range(3):
         np.testing.assert_allclose(x[0, ..., c], _ref_float(grey), atol=1e-6)
@@ -288,19 +288,19 @@ def test_transmit_modes(tmp_path):
 
 def test_transmit_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.png"):
-        data.load_images_for_transmit([tmp_path / "nope.png"], 32)
+        image_io.load_images_for_transmit([tmp_path / "nope.png"], 32)
     (tmp_path / "junk.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(ValueError, match="junk.jpg"):
-        data.load_images_for_transmit([tmp_path / "junk.jpg"], 32)
+        image_io.load_images_for_transmit([tmp_path / "junk.jpg"], 32)
     with pytest.raises(ValueError, match="folder"):
-        data.load_images_for_transmit([tmp_path], 32)
+        image_io.load_images_for_transmit([tmp_path], 32)
     with pytest.raises(ValueError, match="no image"):
-        data.load_images_for_transmit([], 32)
+        image_io.load_images_for_transmit([], 32)
     ok = _save(tmp_path / "ok.png", np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(ValueError, match="fit"):
-        data.load_images_for_transmit([ok], 32, fit="stretch")
+        image_io.load_images_for_transmit([ok], 32, fit="stretch")
     with pytest.raises(ValueError, match="image_size"):
-        data.load_images_for_transmit([ok], 0)
+        image_io.load_images_for_transmit([ok], 0)
 
 
 # ---------------------------------------------------------------------------------------------

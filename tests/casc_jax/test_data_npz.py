@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from casc_jax import data as data_lib
+from casc_jax import image_io
 
 
 def _images(n, size=8, seed=0):
@@ -41,9 +42,9 @@ def test_images_archive_per_split_in_fixed_order(tmp_path):
     batches = _all(cfg, "train")
     seen = np.concatenate([b["image"][b["valid"]] for b in batches])
     labels = np.concatenate([b["label"][b["valid"]] for b in batches])
-    order = np.random.default_rng(data_lib.NPZ_ORDER_SEED).permutation(10)
+    order = np.random.default_rng(image_io.NPZ_ORDER_SEED).permutation(10)
     np.testing.assert_array_equal(labels, order)  # the seeded order mixes a sorted archive
-    np.testing.assert_array_equal(data_lib.to_uint8(seen), train[order])
+    np.testing.assert_array_equal(image_io.to_uint8(seen), train[order])
     assert sum(int(b["valid"].sum()) for b in _all(cfg, "test")) == 6
 
 
@@ -57,8 +58,8 @@ def _smooth(n, size=16):
 def test_jpeg_archive_decodes_like_pillow(tmp_path):
     images = _smooth(5)
     _jpeg_archive(tmp_path / "a.npz", images, np.arange(5))
-    decoded, labels = data_lib.load_npz(str(tmp_path / "a.npz"))
-    order = np.random.default_rng(data_lib.NPZ_ORDER_SEED).permutation(5)
+    decoded, labels = image_io.load_npz(str(tmp_path / "a.npz"))
+    order = np.random.default_rng(image_io.NPZ_ORDER_SEED).permutation(5)
     np.testing.assert_array_equal(labels, order)
     for x, i in zip(decoded, order):
         buf = io.BytesIO()
