@@ -88,7 +88,7 @@ def _validate(config, mode: str) -> dict:
     cli.parse_snrs(eval_snrs if isinstance(eval_snrs, str) else [str(s) for s in eval_snrs],
                    flag="--config.channel.eval_snrs", echo=echo)
     snrs = cli.parse_snrs(_SNRS.value, train_snrs, echo=echo)
-    preset = "_smoke" if config.get("data") and config.data.get("source") == "embedded" else ""
+    preset = f"_{config.preset}" if config.get("preset") else ""  # runs/casc_cr48_smoke for ...:smoke
     workdir = os.path.abspath(_WORKDIR.value or os.path.join("runs", config.name + preset))
     workdir_lib.check_not_file(workdir)
     if mode in NEEDS_TRAINED and not workdir_lib.has_checkpoints(workdir):

@@ -247,7 +247,7 @@ def diffsc_row(config, diffsc_config, echo=print) -> dict:
     batch = config.benchmark.batch_size
     diffsc_config = diffsc_config.copy_and_resolve_references()
     with diffsc_config.unlocked():  # the full DDPM chain, whatever sampler the DiffSC config evaluates with
-        diffsc_config.sampler.update(name="ddpm", steps=0)
+        diffsc_config.sampler.update(name="ddpm", steps=None)
     T = diffsc_config.diffusion.num_timesteps
     max_steps = config.benchmark.max_timed_steps
     timed_T = min(T, max_steps) if max_steps else T

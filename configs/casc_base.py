@@ -15,28 +15,15 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import common
+
 CAN_LAYERS = ("conv_in", "mid_attn/proj_out", "conv_out")
 
 
 def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.system = "casc"
-    c.name = f"casc_cr{cr.split('/')[-1]}" + ("" if use_can else "_nocan")
-    c.seed = 0
-    c.cr = cr
-
-    c.data = ml_collections.ConfigDict(
-        dict(
-            source="tfds:cifar10",
-            image_size=32,
-            data_dir=ml_collections.config_dict.placeholder(str),  # settable on the command line
-            download=False,
-            eval_split="test",
-        )
-    )
-    c.channel = ml_collections.ConfigDict(
-        dict(kind="awgn", equalizer="zf", train_snrs=(5.0, 10.0, 15.0, 20.0), eval_snrs=(5.0, 10.0, 15.0, 20.0))
-    )
+    c = common.experiment("casc", f"casc_cr{cr.split('/')[-1]}" + ("" if use_can else "_nocan"), cr=cr)
+    c.data = common.data(image_size=32)
+    c.channel = common.channel()
     # LDM VQ-f4 first stage.
     c.autoencoder = ml_collections.ConfigDict(
         dict(
@@ -71,21 +58,16 @@ def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_
     c.diffusion = ml_collections.ConfigDict(
         dict(schedule="ldm_linear", num_timesteps=1000, beta_start=0.0015, beta_end=0.0195)
     )
-    c.sampler = ml_collections.ConfigDict(dict(name="ddpm", steps=0, eta=0.0, spacing="logsnr", dtype="float32"))
+    c.sampler = common.sampler("ddpm")
 
-    c.train = ml_collections.ConfigDict()
-    c.train.batch_size = 128
-    c.train.log_every = 100
-    c.train.checkpoint_every = 2000
-    c.train.keep_checkpoints = 3
-    c.train.grad_groups = 0  # > 0: gradients summed over this many fixed groups, equal on any device count dividing it
+    c.train = common.train(batch_size=128)
     c.train.stage1 = ml_collections.ConfigDict(
         dict(
-            batch_size=0,  # > 0 overrides train.batch_size for this stage
+            batch_size=common.unset(int),  # set: overrides train.batch_size for this stage
             base_lr=4.5e-6,
             scale_lr=True,
             epochs=500,
-            num_steps=0,  # > 0 overrides epochs
+            num_steps=common.unset(int),  # set: overrides epochs
             adam_b1=0.5,
             adam_b2=0.9,
             lpips_weight=1.0,
@@ -94,28 +76,26 @@ def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_
             disc_start=0,  # PatchGAN hinge discriminator from this step; < 0 disables it
             disc_weight=0.75,
             disc_layers=2,
-            workdir="",  # another CASC workdir whose trained autoencoder this job uses (no stage-1 training)
+            workdir=common.unset(str),  # another CASC workdir whose trained autoencoder this job uses (no stage 1)
         )
     )
     c.train.stage2 = ml_collections.ConfigDict(
         # AdamW as LDM's LatentDiffusion.configure_optimizers (torch's default weight decay 0.01).
         dict(
-            batch_size=0,
+            batch_size=common.unset(int),
             base_lr=1e-6,
             scale_lr=True,
             epochs=500,
-            num_steps=0,
+            num_steps=common.unset(int),
             adam_b1=0.9,
             adam_b2=0.999,
             weight_decay=0.01,
             ema_decay=0.9999,
         )
     )
-    c.eval = ml_collections.ConfigDict(
-        dict(batch_size=256, num_images=0, lpips_net="alex", fid_weights="", grid_images=8)
-    )
+    c.eval = common.evaluation(batch_size=256, lpips_net="alex", fid_weights=common.unset(str), grid_images=8)
     # Speed / quality benchmark: chains longer than max_timed_steps are timed on that many steps and
-    # scaled (0 times every chain in full); quality compares samplers on num_images test images.
+    # scaled (None times every chain in full); quality compares samplers on quality_images test images.
     c.benchmark = ml_collections.ConfigDict(
         dict(
             batch_size=256,
@@ -125,18 +105,12 @@ def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_
             dpm_steps=(20, 10),
             spacing="logsnr",
             quality_images=256,
-            diffsc_config="",  # e.g. configs/diffsc_cr48.py: time DiffSC's receiver beside CASC's
+            diffsc_config=common.unset(str),  # e.g. configs/diffsc_cr48.py: time DiffSC's receiver beside CASC's
             quality_snr=20.0,
         )
     )
 
-    if preset == "smoke":
-        _smoke(c)
-    elif preset == "cpu":
-        _cpu(c)
-    elif preset:
-        raise ValueError(f"unknown preset {preset!r}; choose '', 'smoke' or 'cpu'")
-    return c
+    return common.apply_preset(c, preset, {"smoke": _smoke, "cpu": _cpu})
 
 
 CPU_EVAL_SAMPLER = dict(name="dpmpp_2m", steps=20, eta=0.0, spacing="logsnr", dtype="float32")
@@ -184,4 +158,6 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
     c.train.stage1.update(base_lr=1e-4, scale_lr=False, num_steps=20, disc_start=10, lpips_net="alex")
     c.train.stage2.update(base_lr=1e-4, scale_lr=False, num_steps=20, ema_decay=0.9)
     c.eval.update(batch_size=16, num_images=16, grid_images=8)
-    c.benchmark.update(batch_size=16, repeats=2, max_timed_steps=0, ddim_steps=(10,), dpm_steps=(5,), quality_images=16)
+    c.benchmark.update(
+        batch_size=16, repeats=2, max_timed_steps=None, ddim_steps=(10,), dpm_steps=(5,), quality_images=16
+    )

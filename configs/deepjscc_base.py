@@ -18,7 +18,7 @@ Training settings. The CASC paper gives none for its baselines; the choices, per
   lr 2e-4, 5000 warm-up steps, gradient clipping at norm 1, EMA 0.9999, batch 128; for 500 epochs, CASC's
   stage-2 budget (DDPM trained 800k steps = 2048 epochs).
 Learning rates are per step (`scale_lr=False`); `base_lr` follows CASC's naming (see configs/casc_base.py).
-`batch_size` in a stage overrides `train.batch_size` for that stage (0 = use train.batch_size).
+`batch_size` in a stage, when set, overrides `train.batch_size` for that stage.
 
 DiffSC's DeepJSCC: by default the DiffSC job trains a DeepJSCC-MSE as its own first stage 'deepjscc', with
 the same settings as configs/deepjscc_mse_*.py (same seed, so on the same hardware the same weights); set
@@ -28,6 +28,8 @@ the same settings as configs/deepjscc_mse_*.py (same seed, so on the same hardwa
 from __future__ import annotations
 
 import ml_collections
+
+from configs import common
 
 LOSSES = ("mse", "lpips")
 SMOKE_DEEPJSCC_STEPS = 150  # DeepJSCC is small: enough steps for a visibly non-trivial reconstruction
@@ -40,31 +42,11 @@ def _cr_tag(cr: str) -> str:
 
 def _common(system: str, name: str, cr: str) -> ml_collections.ConfigDict:
     """Seed, CR, data, channel, DeepJSCC architecture, eval and benchmark sections shared by both systems."""
-    c = ml_collections.ConfigDict()
-    c.system = system
-    c.name = name
-    c.seed = 0
-    c.cr = cr
-    c.data = ml_collections.ConfigDict(
-        dict(
-            source="tfds:cifar10",
-            image_size=32,
-            data_dir=ml_collections.config_dict.placeholder(str),  # settable on the command line
-            download=False,
-            eval_split="test",
-        )
-    )
-    c.channel = ml_collections.ConfigDict(
-        dict(kind="awgn", equalizer="zf", train_snrs=(5.0, 10.0, 15.0, 20.0), eval_snrs=(5.0, 10.0, 15.0, 20.0))
-    )
-    # Bourtsoulatze et al.'s encoder/decoder widths; the last encoder width c comes from the CR.
+    c = common.experiment(system, name, cr=cr)
+    c.data = common.data(image_size=32)
+    c.channel = common.channel()
     c.deepjscc = ml_collections.ConfigDict(dict(filters=(16, 32, 32, 32), kernel_size=5))
-    c.train = ml_collections.ConfigDict()
-    c.train.batch_size = 128
-    c.train.log_every = 100
-    c.train.checkpoint_every = 2000
-    c.train.keep_checkpoints = 3
-    c.train.grad_groups = 0  # > 0: gradients summed over this many fixed groups, equal on any device count dividing it
+    c.train = common.train(batch_size=128)
     c.train.deepjscc = ml_collections.ConfigDict(
         dict(
             loss="mse",
@@ -73,18 +55,16 @@ def _common(system: str, name: str, cr: str) -> ml_collections.ConfigDict:
             base_lr=1e-3,
             scale_lr=False,
             epochs=1280,
-            num_steps=0,  # > 0 overrides epochs
+            num_steps=common.unset(int),  # set: overrides epochs
             adam_b1=0.9,
             adam_b2=0.999,
             warmup_steps=0,
-            clip_norm=0.0,
+            clip_norm=common.unset(float),  # set: clip the gradients' global norm
             lr_decay_at=0.5,  # fraction of the stage's steps after which lr is multiplied by lr_decay_factor
             lr_decay_factor=0.1,
         )
     )
-    c.eval = ml_collections.ConfigDict(
-        dict(batch_size=256, num_images=0, lpips_net="alex", fid_weights="", grid_images=8)
-    )
+    c.eval = common.evaluation(batch_size=256, lpips_net="alex", fid_weights=common.unset(str), grid_images=8)
     c.benchmark = ml_collections.ConfigDict(dict(batch_size=256, repeats=3))
     return c
 
@@ -109,23 +89,23 @@ def diffsc_config(cr: str = "1/48", preset: str = "") -> ml_collections.ConfigDi
                 dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(2,), head_dim=256, dropout=0.1)
             ),
             clip_x0=1.0,
-            deepjscc_workdir="",  # '' = train the DeepJSCC-MSE as this job's first stage
+            deepjscc_workdir=common.unset(str),  # unset: train the DeepJSCC-MSE as this job's first stage
         )
     )
     c.diffusion = ml_collections.ConfigDict(dict(schedule="linear", num_timesteps=1000, beta_start=1e-4, beta_end=0.02))
-    c.sampler = ml_collections.ConfigDict(dict(name="ddpm", steps=0, eta=0.0, spacing="logsnr", dtype="float32"))
+    c.sampler = common.sampler("ddpm")
     c.train.diffsc = ml_collections.ConfigDict(
         dict(
-            batch_size=0,
+            batch_size=common.unset(int),
             base_lr=2e-4,
             scale_lr=False,
             epochs=500,
-            num_steps=0,
+            num_steps=common.unset(int),
             adam_b1=0.9,
             adam_b2=0.999,
             warmup_steps=5000,
             clip_norm=1.0,
-            lr_decay_at=0.0,
+            lr_decay_at=common.unset(float),  # set: lr x lr_decay_factor after this fraction of the steps
             lr_decay_factor=1.0,
             ema_decay=0.9999,
         )
@@ -135,12 +115,7 @@ def diffsc_config(cr: str = "1/48", preset: str = "") -> ml_collections.ConfigDi
 
 
 def _preset(c: ml_collections.ConfigDict, preset: str) -> None:
-    if preset == "smoke":
-        _smoke(c)
-    elif preset == "cpu":
-        _cpu(c)
-    elif preset:
-        raise ValueError(f"unknown preset {preset!r}; choose '', 'smoke' or 'cpu'")
+    common.apply_preset(c, preset, {"smoke": _smoke, "cpu": _cpu})
 
 
 def _cpu(c: ml_collections.ConfigDict) -> None:
@@ -175,7 +150,7 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
     c.train.batch_size = 16
     c.train.log_every = 25
     c.train.checkpoint_every = 50
-    c.train.deepjscc.update(batch_size=0, num_steps=SMOKE_DEEPJSCC_STEPS, lr_decay_at=0.8)
+    c.train.deepjscc.update(batch_size=None, num_steps=SMOKE_DEEPJSCC_STEPS, lr_decay_at=0.8)
     if c.system == "diffsc":
         c.diffsc.unet.update(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(2,), head_dim=32, dropout=0.0)
         c.diffusion.num_timesteps = 100

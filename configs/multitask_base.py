@@ -29,25 +29,22 @@ discusses (0 dB upwards with the SNR = 18 dB visualisation for reconstruction; b
 from __future__ import annotations
 
 import ml_collections
-from ml_collections import config_dict
 
+from configs import common
 from multitask_jax.jscc import max_channels_for_budget
 from multitask_jax.system import model_config
+from multitask_jax.tasks import TASKS
 
-TASKS = ("reconstruction", "segmentation")
 RECON_SNRS = (0.0, 3.0, 6.0, 9.0, 12.0, 15.0, 18.0, 21.0)
 SEG_SNRS = (-6.0, -3.0, 0.0, 3.0, 6.0, 9.0, 12.0, 15.0, 18.0, 21.0)
 
 
 def _data(task: str) -> ml_collections.ConfigDict:
     """The data section of `task`; the image size comes from `model.image_size`."""
-    d = dict(source="", data_dir=config_dict.placeholder(str), download=False, eval_split="validation")
     if task == "reconstruction":
         # Training: random crops at model.image_size. Validation: the paper's 224x224 and 768x512 (W x H).
-        d.update(source="tfds:div2k", eval_sizes=((224, 224), (512, 768)))
-    else:
-        d.update(source="tfds:voc2012_segmentation", manual_dir=config_dict.placeholder(str))
-    return ml_collections.ConfigDict(d)
+        return common.data("tfds:div2k", eval_split="validation", eval_sizes=((224, 224), (512, 768)))
+    return common.data("tfds:voc2012_segmentation", eval_split="validation", manual_dir=common.unset(str))
 
 
 def _optim(num_steps: int, ema_decay: float, **extra) -> ml_collections.ConfigDict:
@@ -59,8 +56,8 @@ def _optim(num_steps: int, ema_decay: float, **extra) -> ml_collections.ConfigDi
             b1=0.5,
             b2=0.999,
             weight_decay=0.01,
-            clip_norm=0.0,
-            epochs=0,
+            clip_norm=common.unset(float),
+            epochs=common.unset(int),
             num_steps=num_steps,
             ema_decay=ema_decay,  # 0 disables the EMA (evaluation then uses the raw weights)
             **extra,
@@ -71,11 +68,9 @@ def _optim(num_steps: int, ema_decay: float, **extra) -> ml_collections.ConfigDi
 def base_config(task: str, preset: str = "") -> ml_collections.ConfigDict:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
-    c = ml_collections.ConfigDict()
-    c.system = "multitask"
-    c.name = "multitask"  # both tasks train into the same workdir (one multi-task model)
-    c.task = task  # the task this config trains and evaluates; transmit picks its task from --task
-    c.seed = 0
+    # Both tasks train into the same workdir (one multi-task model); `task` is the one this config trains and
+    # evaluates (transmit picks its task from --task).
+    c = common.experiment("multitask", "multitask", task=task)
 
     model = model_config("paper")
     del model["channel"]  # the channel is configured below, with the SNR sets
@@ -83,41 +78,19 @@ def base_config(task: str, preset: str = "") -> ml_collections.ConfigDict:
     # (multitask_jax.jscc states the bit accounting). One C_out for both tasks: the encoder is shared.
     model.jscc.channels = max_channels_for_budget(model.image_size, 20_000, model.jscc.downsample)
     c.model = model
-    c.channel = ml_collections.ConfigDict(
-        dict(
-            kind="awgn",  # or 'rayleigh' (block fading, one h per image)
-            equalizer="zf",  # Rayleigh only: 'zf' or 'mmse'
-            train_snrs=RECON_SNRS if task == "reconstruction" else SEG_SNRS,  # per-example SNR drawn from these
-            eval_snrs=RECON_SNRS if task == "reconstruction" else SEG_SNRS,
-        )
-    )
+    snrs = RECON_SNRS if task == "reconstruction" else SEG_SNRS
+    c.channel = common.channel(train_snrs=snrs, eval_snrs=snrs)  # or kind='rayleigh' (block fading, one h per image)
     c.data = _data(task)
     # x0-prediction DiT sampled with DDIM (deterministic) on 50 uniformly spaced steps of T = 1000.
-    c.sampler = ml_collections.ConfigDict(dict(name="ddim", steps=50, eta=0.0, spacing="logsnr", dtype="float32"))
+    c.sampler = common.sampler("ddim", steps=50)
 
-    c.train = ml_collections.ConfigDict()
-    c.train.batch_size = 16
-    c.train.log_every = 100
-    c.train.checkpoint_every = 2000
-    c.train.keep_checkpoints = 3
-    c.train.grad_groups = 0  # > 0: gradients summed over this many fixed groups, equal on any device count dividing it
+    c.train = common.train(batch_size=16)
     c.train.reconstruction = _optim(num_steps=100_000, ema_decay=0.9999)
     c.train.segmentation = _optim(num_steps=20_000, ema_decay=0.0, shared=True)
 
-    c.eval = ml_collections.ConfigDict(
-        dict(
-            batch_size=16,
-            num_images=0,  # 0: the whole split
-            grid_images=6,
-            grid_snrs=(0.0, 9.0, 18.0),  # rows of the visual grids (Fig. 6 is at 18 dB)
-        )
-    )
-
-    if preset == "smoke":
-        _smoke(c)
-    elif preset:
-        raise ValueError(f"unknown preset {preset!r}; choose '' or 'smoke'")
-    return c
+    # grid_snrs: rows of the visual grids (Fig. 6 is at 18 dB)
+    c.eval = common.evaluation(batch_size=16, grid_images=6, grid_snrs=(0.0, 9.0, 18.0))
+    return common.apply_preset(c, preset, {"smoke": _smoke})
 
 
 def _smoke(c: ml_collections.ConfigDict) -> None:

@@ -43,7 +43,7 @@ from casc_jax.train import parallel
 from multitask_jax import train as mt_train
 from multitask_jax.data import colorize_mask
 from multitask_jax.system import MultiTaskSystem
-from multitask_jax.task_kb import RECONSTRUCTION, SEGMENTATION
+from multitask_jax.tasks import RECONSTRUCTION, SEGMENTATION, check_task
 
 METHOD = "multitask"
 
@@ -220,7 +220,7 @@ def evaluate_segmentation(config, params, workdir: str, *, echo=print) -> list[d
 
 def evaluate(config, params, workdir: str, task: str, *, echo=print) -> list[dict]:
     """The sweep of `task`: `evaluate_reconstruction` or `evaluate_segmentation`."""
-    if mt_train.check_task(task) == RECONSTRUCTION:
+    if check_task(task) == RECONSTRUCTION:
         return evaluate_reconstruction(config, params, workdir, echo=echo)
     return evaluate_segmentation(config, params, workdir, echo=echo)
 

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 from casc_jax import channel as ch
 from casc_jax.metrics.segmentation import VOC_IGNORE_INDEX
 from casc_jax.nn.layers import ResBlock, group_norm
-from multitask_jax.swin import RECONSTRUCTION, check_task
+from multitask_jax.tasks import RECONSTRUCTION, check_task
 
 FEATURE_STRIDE = 8  # the f1 grid of the Swin source KB: patch 4, then one patch merging
 BITS_PER_REAL = 32

@@ -23,7 +23,8 @@ from casc_jax.train import parallel
 from multitask_jax import evaluate as mt_eval
 from multitask_jax import train as mt_train
 from multitask_jax.data import colorize_mask, voc_colormap
-from multitask_jax.task_kb import RECONSTRUCTION, SEGMENTATION, TaskSelection
+from multitask_jax.task_kb import TaskSelection
+from multitask_jax.tasks import RECONSTRUCTION, SEGMENTATION, TASKS
 
 build_model = mt_train.build_model  # launch.py's check that the config gives a model
 
@@ -81,10 +82,10 @@ def select_task(text: str, echo=print) -> TaskSelection:
     echo(f"[transmit] task KB: {selection.message()}")
     if selection.status != SELECTED:
         raise (AmbiguousTaskError if selection.status == AMBIGUOUS else OutOfScopeError)(selection)
-    if selection.task not in mt_train.TASKS:
+    if selection.task not in TASKS:
         raise ValueError(
             f"the task KB mapped {text!r} to {selection.task!r}, which this system does not have; "
-            f"known tasks: {', '.join(mt_train.TASKS)}"
+            f"known tasks: {', '.join(TASKS)}"
         )
     return selection
 
@@ -121,7 +122,7 @@ def transmit(config, workdir, options, echo=print):
     if not text:
         raise ValueError(
             '--mode=transmit needs --task="<what the receiver should do>", e.g. --task="segment the image" or '
-            f'--task="reconstruct the picture" (tasks: {", ".join(mt_train.TASKS)})'
+            f'--task="reconstruct the picture" (tasks: {", ".join(TASKS)})'
         )
     paths = options.get("images") or []
     if not paths:

@@ -34,18 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from multitask_jax.task_kb import RECONSTRUCTION, SEGMENTATION
+from multitask_jax.tasks import RECONSTRUCTION, check_task
 
-TASKS = (RECONSTRUCTION, SEGMENTATION)
 MASK_VALUE = -100.0  # Swin's additive attention mask for tokens of another region
 _trunc_normal = nn.initializers.truncated_normal(0.02)
-
-
-def check_task(task: str) -> str:
-    """Return `task` if it is one of `TASKS`, else raise ValueError listing them."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
-    return task
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,14 +26,8 @@ from casc_jax import diffusion
 from casc_jax.system import sampler_options
 from multitask_jax import jscc
 from multitask_jax.dit import DiT, dit_config, eps_from_x0
-from multitask_jax.swin import (
-    RECONSTRUCTION,
-    SEGMENTATION,
-    TASKS,
-    FeatureSelection,
-    SwinFeatureExtractor,
-    check_task,
-)
+from multitask_jax.swin import FeatureSelection, SwinFeatureExtractor
+from multitask_jax.tasks import RECONSTRUCTION, SEGMENTATION, TASKS, check_task
 
 Params = Mapping[str, Any]
 PARTS = ("swin", "selection", "encoder", "receiver_kb", "seg_decoder", "dit")

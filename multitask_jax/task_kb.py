@@ -26,12 +26,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from multitask_jax.sentence_encoder import SentenceEncoder
-from multitask_jax.task_memory import (
-    RECONSTRUCTION,
-    SEGMENTATION,
-    TASK_INSTRUCTIONS,
-    UNSUPPORTED_INSTRUCTIONS,
-)
+from multitask_jax.task_memory import TASK_INSTRUCTIONS, UNSUPPORTED_INSTRUCTIONS
+from multitask_jax.tasks import RECONSTRUCTION, SEGMENTATION
 
 __all__ = ["RECONSTRUCTION", "SEGMENTATION", "SELECTED", "AMBIGUOUS", "OUT_OF_SCOPE"]
 

@@ -13,8 +13,7 @@ requests in tests/multitask_jax/task_requests_heldout.json, which are kept out o
 
 from __future__ import annotations
 
-RECONSTRUCTION = "reconstruction"
-SEGMENTATION = "segmentation"
+from multitask_jax.tasks import RECONSTRUCTION, SEGMENTATION
 
 TASK_INSTRUCTIONS: dict[str, tuple[str, ...]] = {
     RECONSTRUCTION: (

@@ -38,20 +38,12 @@ from casc_jax import image_io
 from casc_jax.train import loop, parallel
 from multitask_jax import data as mt_data
 from multitask_jax.system import MultiTaskSystem, build_multitask
-from multitask_jax.task_kb import RECONSTRUCTION, SEGMENTATION
+from multitask_jax.tasks import RECONSTRUCTION, SEGMENTATION, check_task
 
-TASKS = (RECONSTRUCTION, SEGMENTATION)
 SHARED_PARTS = ("swin", "selection", "encoder", "receiver_kb")
 TASK_PARTS = {RECONSTRUCTION: SHARED_PARTS + ("dit",), SEGMENTATION: SHARED_PARTS + ("seg_decoder",)}
 CONFIG_FILES = {RECONSTRUCTION: "configs/multitask_recon.py", SEGMENTATION: "configs/multitask_seg.py"}
 _SEED_OFFSET = {RECONSTRUCTION: 1, SEGMENTATION: 2}
-
-
-def check_task(task: str) -> str:
-    """`task` if the system has it, else ValueError naming the tasks."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; the multi-task system has the tasks {TASKS}")
-    return task
 
 
 # -- model and data from the config ----------------------------------------------------------------

@@ -56,7 +56,7 @@ def lr_schedule(stage_cfg, global_batch: int, total_steps: int):
     """count -> lr: linear warm-up to the base rate, then x lr_decay_factor after lr_decay_at x total_steps."""
     peak = loop.learning_rate(stage_cfg, global_batch)
     warmup = int(stage_cfg.get("warmup_steps", 0))
-    decay_at = float(stage_cfg.get("lr_decay_at", 0.0))
+    decay_at = float(stage_cfg.get("lr_decay_at") or 0.0)
     boundary = int(decay_at * total_steps) if decay_at > 0 else None
     factor = float(stage_cfg.get("lr_decay_factor", 1.0))
 
