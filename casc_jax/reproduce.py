@@ -5,10 +5,16 @@
 DIR holds the CIFAR-10 JPEG archives (cifar10_train_50k_jpeg.npz, cifar10_test_10k_jpeg.npz; see
 `casc_jax.data`'s npz source), or `--data=tfds` reads the prepared TFDS cifar10. Every job is
 `launch.py --config=configs/<job>.py:cpu` in its own process, logging to WORKDIR/<job>/log.txt; a finished
-job leaves WORKDIR/<job>/job.json and is skipped on a rerun, an unfinished one resumes from its last
-checkpoint. After the CR 1/48 training jobs: `--mode=quality` and `--mode=benchmark` (beside DiffSC) on CASC
-CR 1/48; then CR 1/96; then OUT/ with metrics.csv, the comparison figures and results.md (the command, commit,
-wall time per job, data, tables and the paper's claims checked).
+job leaves WORKDIR/<job>/job_<mode>.json, an unfinished one resumes from its last checkpoint. After the
+CR 1/48 training jobs: `--mode=quality` and `--mode=benchmark` (beside DiffSC) on CASC CR 1/48; then CR 1/96;
+then OUT/ with metrics.csv, the comparison figures and results.md (the command, commit, wall time per job,
+data, tables and the paper's claims checked).
+
+Results travel with the repository, checkpoints do not: each finished job's small outputs (its record,
+eval/metrics.json and reconstructions, the benchmark reports) are copied to OUT/jobs/<config>/, and a job
+found there is not run again unless a job still to run needs its checkpoints (then it is retrained). The
+results are published from OUT/jobs, so runs made on different machines or days add up. Delete
+OUT/jobs/<config> to run that job again.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import csv
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -81,6 +88,40 @@ def data_source(data: str) -> str:
 
 def _record_path(root: str, job: Job) -> str:
     return os.path.join(root, job.config, f"job_{job.mode}.json")
+
+
+# A job's outputs kept in OUT/jobs/<config>/ (paths relative to its workdir), by mode.
+ARCHIVED = {
+    "train": ("eval/metrics.json", "eval/reconstructions.npz"),
+    "quality": ("benchmark_quality.json",),
+    "benchmark": ("benchmark.json",),
+}
+
+
+def archive_job(job: Job, root: str, archive: str) -> bool:
+    """Copy a finished job's record and small outputs from its workdir to ARCHIVE/<config>/; False if unfinished."""
+    if not os.path.exists(_record_path(root, job)):
+        return False
+    for name in (f"job_{job.mode}.json", *ARCHIVED[job.mode]):
+        source = os.path.join(root, job.config, name)
+        if os.path.exists(source):
+            os.makedirs(os.path.dirname(os.path.join(archive, job.config, name)), exist_ok=True)
+            shutil.copyfile(source, os.path.join(archive, job.config, name))
+    return True
+
+
+def needs(later: Job, job: Job) -> bool:
+    """Whether `later` reads `job`'s checkpoints (its workdir through `uses`, or the same config trained)."""
+    return job.mode == "train" and (
+        job.config in later.uses.values() or (later.config == job.config and later.mode != "train")
+    )
+
+
+def to_run(jobs: Sequence[Job], archive: str) -> list[Job]:
+    """The jobs to run: those not archived, and archived ones whose checkpoints a job still to run needs
+    (`run_job` skips those whose workdir already holds them)."""
+    pending = [j for j in jobs if not os.path.exists(_record_path(archive, j))]
+    return [j for j in jobs if j in pending or any(needs(p, j) for p in pending)]
 
 
 def _echo(line: str) -> None:
@@ -163,16 +204,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    root = os.path.abspath(args.workdir)
+    root, out = os.path.abspath(args.workdir), os.path.abspath(args.out)
+    archive = os.path.join(out, "jobs")
     chosen = [j for j in JOBS if not args.jobs or j.name in args.jobs.split(",")] if not args.publish_only else []
     started = time.time()
+    runs = to_run(chosen, archive)
     for job in chosen:
-        run_job(job, root, source)
+        if job in runs:
+            run_job(job, root, source)
+        else:
+            _echo(f"[reproduce] {job.name}: results in {archive}/{job.config}, skipped")
+    for job in JOBS:  # also what an earlier --train_only run finished
+        archive_job(job, root, archive)
     if args.train_only:
         return 0
     from casc_jax import results
 
-    results.publish(root, os.path.abspath(args.out), JOBS, args, source)
+    results.publish(archive, out, JOBS, args, source)
     _echo(f"[reproduce] finished in {(time.time() - started) / 60:.1f} min; results in {args.out}")
     return 0
 

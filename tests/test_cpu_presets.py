@@ -83,3 +83,36 @@ def test_reproduction_data_argument(tmp_path):
         (tmp_path / name).write_bytes(b"")
     source = reproduce.data_source(str(tmp_path))
     assert source.startswith("npz:train=") and ",test=" in source
+
+
+def _finish(root, job, files=()):
+    """Fake a finished job in workdir root: its record and the named outputs."""
+    for name in (f"job_{job.mode}.json", *files):
+        path = root / job.config / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+
+
+def test_reproduction_archive_keeps_results_and_reruns_only_needed_checkpoints(tmp_path):
+    jobs = {j.name: j for j in reproduce.JOBS}
+    root, archive = tmp_path / "runs", tmp_path / "out" / "jobs"
+    assert reproduce.needs(jobs["casc_cr48_nocan"], jobs["casc_cr48"])
+    assert reproduce.needs(jobs["quality_casc_cr48"], jobs["casc_cr48"])
+    assert reproduce.needs(jobs["diffsc_cr48"], jobs["deepjscc_mse_cr48"])
+    assert not reproduce.needs(jobs["deepjscc_lpips_cr48"], jobs["deepjscc_mse_cr48"])
+    assert not reproduce.archive_job(jobs["casc_cr48"], str(root), str(archive))  # unfinished: nothing copied
+    assert not archive.exists()
+    _finish(root, jobs["casc_cr48"], ("eval/metrics.json", "eval/reconstructions.npz", "checkpoints/big"))
+    assert reproduce.archive_job(jobs["casc_cr48"], str(root), str(archive))
+    kept = sorted(str(p.relative_to(archive)) for p in archive.rglob("*") if p.is_file())
+    assert kept == ["casc_cr48/eval/metrics.json", "casc_cr48/eval/reconstructions.npz", "casc_cr48/job_train.json"]
+    # A fresh machine (no workdirs): casc_cr48 is archived but the ablation, CR 1/96, quality and speed still
+    # need its checkpoints, so it is retrained; with only DeepJSCC (LPIPS) left, nothing else runs.
+    runs = {j.name for j in reproduce.to_run(reproduce.JOBS, str(archive))}
+    assert "casc_cr48" in runs and "deepjscc_lpips_cr48" in runs
+    for job in reproduce.JOBS:
+        if job.name != "deepjscc_lpips_cr48":
+            _finish(archive, job)
+    assert [j.name for j in reproduce.to_run(reproduce.JOBS, str(archive))] == ["deepjscc_lpips_cr48"]
+    _finish(archive, jobs["deepjscc_lpips_cr48"])
+    assert reproduce.to_run(reproduce.JOBS, str(archive)) == []
