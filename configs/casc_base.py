@@ -61,38 +61,21 @@ def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_
     c.sampler = common.sampler("ddpm")
 
     c.train = common.train(batch_size=128)
-    c.train.stage1 = ml_collections.ConfigDict(
-        dict(
-            batch_size=common.unset(int),  # set: overrides train.batch_size for this stage
-            base_lr=4.5e-6,
-            scale_lr=True,
-            epochs=500,
-            num_steps=common.unset(int),  # set: overrides epochs
-            adam_b1=0.5,
-            adam_b2=0.9,
-            lpips_weight=1.0,
-            lpips_net="vgg",  # LDM trains with the VGG LPIPS; evaluation reports AlexNet as the paper
-            codebook_weight=1.0,
-            disc_start=0,  # PatchGAN hinge discriminator from this step; < 0 disables it
-            disc_weight=0.75,
-            disc_layers=2,
-            workdir=common.unset(str),  # another CASC workdir whose trained autoencoder this job uses (no stage 1)
-        )
+    c.train.stage1 = common.stage(
+        4.5e-6,
+        500,
+        scale_lr=True,
+        betas=(0.5, 0.9),
+        lpips_weight=1.0,
+        lpips_net="vgg",  # LDM trains with the VGG LPIPS; evaluation reports AlexNet as the paper
+        codebook_weight=1.0,
+        disc_start=0,  # PatchGAN hinge discriminator from this step; < 0 disables it
+        disc_weight=0.75,
+        disc_layers=2,
+        workdir=common.unset(str),  # another CASC workdir whose trained autoencoder this job uses (no stage 1)
     )
-    c.train.stage2 = ml_collections.ConfigDict(
-        # AdamW as LDM's LatentDiffusion.configure_optimizers (torch's default weight decay 0.01).
-        dict(
-            batch_size=common.unset(int),
-            base_lr=1e-6,
-            scale_lr=True,
-            epochs=500,
-            num_steps=common.unset(int),
-            adam_b1=0.9,
-            adam_b2=0.999,
-            weight_decay=0.01,
-            ema_decay=0.9999,
-        )
-    )
+    # AdamW as LDM's LatentDiffusion.configure_optimizers (torch's default weight decay 0.01).
+    c.train.stage2 = common.stage(1e-6, 500, scale_lr=True, weight_decay=0.01, ema_decay=0.9999)
     c.eval = common.evaluation(batch_size=256, lpips_net="alex", fid_weights=common.unset(str), grid_images=8)
     # Speed / quality benchmark: chains longer than max_timed_steps are timed on that many steps and
     # scaled (None times every chain in full); quality compares samplers on quality_images test images.

@@ -52,6 +52,23 @@ def train(batch_size: int, log_every: int = 100, checkpoint_every: int = 2000) -
     )
 
 
+def stage(base_lr: float, epochs: int, *, scale_lr: bool = False, betas=(0.9, 0.999), **fields):
+    """One training stage's optimiser section. `batch_size` None takes `train.batch_size`; `num_steps`, when
+    set, overrides `epochs`; `scale_lr` multiplies `base_lr` by the global batch size (LDM's rule)."""
+    fields.setdefault("batch_size", unset(int))
+    return ml_collections.ConfigDict(
+        dict(
+            base_lr=base_lr,
+            scale_lr=scale_lr,
+            epochs=epochs,
+            num_steps=unset(int),
+            adam_b1=betas[0],
+            adam_b2=betas[1],
+            **fields,
+        )
+    )
+
+
 def sampler(name: str = "ddpm", steps: int | None = None) -> ml_collections.ConfigDict:
     """The reverse chain (`casc_jax.diffusion`): `steps` None runs every step of the schedule."""
     return ml_collections.ConfigDict(

@@ -47,22 +47,16 @@ def _common(system: str, name: str, cr: str) -> ml_collections.ConfigDict:
     c.channel = common.channel()
     c.deepjscc = ml_collections.ConfigDict(dict(filters=(16, 32, 32, 32), kernel_size=5))
     c.train = common.train(batch_size=128)
-    c.train.deepjscc = ml_collections.ConfigDict(
-        dict(
-            loss="mse",
-            lpips_net="alex",
-            batch_size=64,
-            base_lr=1e-3,
-            scale_lr=False,
-            epochs=1280,
-            num_steps=common.unset(int),  # set: overrides epochs
-            adam_b1=0.9,
-            adam_b2=0.999,
-            warmup_steps=0,
-            clip_norm=common.unset(float),  # set: clip the gradients' global norm
-            lr_decay_at=0.5,  # fraction of the stage's steps after which lr is multiplied by lr_decay_factor
-            lr_decay_factor=0.1,
-        )
+    c.train.deepjscc = common.stage(
+        1e-3,
+        1280,
+        loss="mse",
+        lpips_net="alex",
+        batch_size=64,
+        warmup_steps=0,
+        clip_norm=common.unset(float),  # set: clip the gradients' global norm
+        lr_decay_at=0.5,  # fraction of the stage's steps after which lr is multiplied by lr_decay_factor
+        lr_decay_factor=0.1,
     )
     c.eval = common.evaluation(batch_size=256, lpips_net="alex", fid_weights=common.unset(str), grid_images=8)
     c.benchmark = ml_collections.ConfigDict(dict(batch_size=256, repeats=3))
@@ -94,21 +88,14 @@ def diffsc_config(cr: str = "1/48", preset: str = "") -> ml_collections.ConfigDi
     )
     c.diffusion = ml_collections.ConfigDict(dict(schedule="linear", num_timesteps=1000, beta_start=1e-4, beta_end=0.02))
     c.sampler = common.sampler("ddpm")
-    c.train.diffsc = ml_collections.ConfigDict(
-        dict(
-            batch_size=common.unset(int),
-            base_lr=2e-4,
-            scale_lr=False,
-            epochs=500,
-            num_steps=common.unset(int),
-            adam_b1=0.9,
-            adam_b2=0.999,
-            warmup_steps=5000,
-            clip_norm=1.0,
-            lr_decay_at=common.unset(float),  # set: lr x lr_decay_factor after this fraction of the steps
-            lr_decay_factor=1.0,
-            ema_decay=0.9999,
-        )
+    c.train.diffsc = common.stage(
+        2e-4,
+        500,
+        warmup_steps=5000,
+        clip_norm=1.0,
+        lr_decay_at=common.unset(float),  # set: lr x lr_decay_factor after this fraction of the steps
+        lr_decay_factor=1.0,
+        ema_decay=0.9999,
     )
     _preset(c, preset)
     return c
