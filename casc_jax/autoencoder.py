@@ -86,7 +86,10 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """z (B, h, w, z_channels) -> X_hat (B, h*2^M, w*2^M, out_channels)."""
+    """z (B, h, w, z_channels) -> X_hat (B, h*2^M, w*2^M, out_channels).
+
+    With `features=True` it stops before its last layer `conv_out` (the decoder head, `decoder_head`).
+    """
 
     ch: int = 128
     ch_mult: Sequence[int] = (1, 2, 4)
@@ -96,7 +99,7 @@ class Decoder(nn.Module):
     dropout: float = 0.0
 
     @nn.compact
-    def __call__(self, z, *, train: bool = False):
+    def __call__(self, z, *, train: bool = False, features: bool = False):
         h = nn.Conv(self.ch * self.ch_mult[-1], (3, 3), name="conv_in")(z)
         h = ResBlock(h.shape[-1], self.dropout, name="mid_res1")(h, train=train)
         h = AttnBlock(head_dim=h.shape[-1], name="mid_attn")(h)
@@ -111,14 +114,23 @@ class Decoder(nn.Module):
                 h = Upsample(name=f"up{i}_upsample")(h)
                 res *= 2
         h = nn.swish(group_norm(h.shape[-1], "norm_out")(h))
+        if features:
+            return h
         return nn.Conv(self.out_channels, (3, 3), name="conv_out")(h)
+
+
+def decoder_head(head_params, h: jax.Array) -> jax.Array:
+    """The decoder's last layer L (`params["decoder"]["conv_out"]`): features (B, H, W, ch) -> X_hat (B, H, W, 3)."""
+    out_channels = head_params["kernel"].shape[-1]
+    return nn.Conv(out_channels, (3, 3)).apply({"params": head_params}, h)
 
 
 class VQAutoencoder(nn.Module):
     """Semantic encoder E and decoder D with a VQ bottleneck (LDM VQModel).
 
     Methods: encode(X) -> Z (pre-quantisation), decode(Z) -> X_hat (quantises first),
-    __call__(X) -> (X_hat, codebook_loss, indices) for stage-1 training.
+    __call__(X) -> (X_hat, codebook_loss, indices) for stage-1 training, and features(X) -> (h, codebook_loss,
+    indices), the same up to the decoder's last layer: X_hat = decoder_head(params["decoder"]["conv_out"], h).
     """
 
     ch: int = 128
@@ -162,6 +174,12 @@ class VQAutoencoder(nn.Module):
         z = self.encode(x, train=train)
         z_q, codebook_loss, indices = self.quantizer(z)
         return self.decoder(self.post_quant_conv(z_q), train=train), codebook_loss, indices
+
+    def features(self, x, *, train: bool = False):
+        """`__call__` without the decoder's last layer: (h (B, H, W, ch), codebook_loss, indices)."""
+        z = self.encode(x, train=train)
+        z_q, codebook_loss, indices = self.quantizer(z)
+        return self.decoder(self.post_quant_conv(z_q), train=train, features=True), codebook_loss, indices
 
     @property
     def downsampling(self) -> int:

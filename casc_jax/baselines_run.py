@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from casc_jax import run as casc_run
+from casc_jax import modes
 from casc_jax.baselines import DiffSC, build_diffsc
 from casc_jax.evaluate import config_sweep
 from casc_jax.system import sampler_options
@@ -72,18 +72,18 @@ def sample(config, workdir, options, echo=print):
     """A grid of test images and their reconstructions at each evaluation SNR -> WORKDIR/samples.png."""
     params, _ = _params(config, workdir, echo)
     reconstruct = reconstructor(build_model(config), params, parallel.make_mesh(), sampler_of(config))
-    return casc_run.sample_grid(config, workdir, reconstruct, echo)
+    return modes.sample_grid(config, workdir, reconstruct, echo)
 
 
 def transmit(config, workdir, options, echo=print):
     """A user's own images -> reconstructed PNGs at each SNR in `--snr` (default: the eval SNRs)."""
-    casc_run.check_transmit_options(options)
+    modes.check_transmit_options(options)
     model = build_model(config)
     mesh = parallel.make_mesh()
     params, _ = _params(config, workdir, echo)
     echo(f"[transmit] {model.num_channel_uses} channel uses per image")
     reconstruct = reconstructor(model, params, mesh, sampler_of(config))
-    return casc_run.transmit_images(config, workdir, options, reconstruct, mesh.devices.size, echo)
+    return modes.transmit_images(config, workdir, options, reconstruct, mesh.devices.size, echo)
 
 
 MODES = {"train": train, "eval": evaluate, "sample": sample, "transmit": transmit}

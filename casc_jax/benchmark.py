@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from casc_jax import diffusion
+from casc_jax.nn import dynamic
 from casc_jax.system import CASC, build_casc, sampler_options
 from casc_jax.train import parallel
 
@@ -219,7 +220,13 @@ def speed(config, params=None, echo=print, variants: list[Variant] | None = None
         row["fraction_of_matmul_peak"] = row["achieved_gflops"] / peak
     echo(f"[benchmark] f32 matmul peak (best of start and end): {peak:.1f} GFLOP/s")
     return {"device": device_description(), "matmul_peak_gflops": peak, "paper_ms_per_image": PAPER_MS_PER_IMAGE,
-            "load_at_start": load, "load_at_end": machine_load(), "rows": rows}
+            "load_at_start": load, "load_at_end": machine_load(), "small_map_convs": small_map_convs(), "rows": rows}
+
+
+def small_map_convs() -> dict:
+    """Which form the static convs on <= 4-pixel maps ran in ('taps' or 'xla') on this backend."""
+    return {"backend": jax.default_backend(), "taps_max_output_pixels": dynamic.taps_max_output_pixels(),
+            "form_at_2x2": dynamic.static_conv_form(4)}
 
 
 def _row(label, sampler, batch, steps, timed_steps, seconds, compile_s, flops, eps_flops, runs) -> dict:

@@ -71,6 +71,7 @@ def sweep(
     parallel.check_batch_size(batch_size, mesh)
     sampler = dict(sampler or {})
     records, grids = [], {}
+    real_stats = None  # Inception statistics of the real images: the same at every SNR, computed once
     for snr in snrs:
         started = time.perf_counter()
         scores = {"psnr": [], "lpips": []}
@@ -94,13 +95,16 @@ def sweep(
             if lpips_fn is not None:
                 scores["lpips"].append(parallel.to_host(lpips_fn(x, x_hat))[valid])
             if inception is not None:
-                acts_real.append(parallel.to_host(inception(x))[valid])
+                if real_stats is None:
+                    acts_real.append(parallel.to_host(inception(x))[valid])
                 acts_fake.append(parallel.to_host(inception(x_hat))[valid])
             if sum(len(s) for s, _ in shown) < grid_images:
                 shown.append((np.asarray(batch["image"])[valid], parallel.to_host(x_hat)[valid]))
         fid = None
         if inception is not None and seen > 1:
-            fid = fid_lib.fid_from_activations(np.concatenate(acts_real), np.concatenate(acts_fake))
+            if real_stats is None:
+                real_stats = fid_lib.activation_statistics(np.concatenate(acts_real))
+            fid = fid_lib.frechet_distance(*real_stats, *fid_lib.activation_statistics(np.concatenate(acts_fake)))
         record = {
             "method": method,
             "cr": cr,

@@ -20,7 +20,6 @@ OUT/jobs/<config> to run that job again.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import os
@@ -30,9 +29,10 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from casc_jax import results
+from casc_jax.results import REPO, git_commit
+
 NPZ_FILES = {"train": "cifar10_train_50k_jpeg.npz", "test": "cifar10_test_10k_jpeg.npz"}
-CSV_COLUMNS = ("method", "cr", "snr_db", "psnr", "lpips", "fid", "num_images")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,8 +155,6 @@ def run_job(job: Job, root: str, source: str, echo: Callable[[str], None] = _ech
     seconds = time.time() - started
     if code:
         raise RuntimeError(f"{job.name} failed (exit {code}) after {seconds / 60:.1f} min; see {workdir}/log.txt")
-    from casc_jax.results import git_commit
-
     record = {
         "job": job.name,
         "mode": job.mode,
@@ -167,27 +165,6 @@ def run_job(job: Job, root: str, source: str, echo: Callable[[str], None] = _ech
     with open(path, "w") as f:
         json.dump(record, f, indent=2)
     return record
-
-
-def eval_records(root: str, jobs: Sequence[Job]) -> list[dict]:
-    """Every evaluated job's eval/metrics.json records, in job order."""
-    records = []
-    for job in jobs:
-        path = os.path.join(root, job.config, "eval", "metrics.json")
-        if job.mode == "train" and os.path.exists(path):
-            with open(path) as f:
-                saved = json.load(f)
-            records += saved["records"] if isinstance(saved, dict) else saved  # {"records", "unavailable"}
-    return records
-
-
-def write_metrics_csv(records: Sequence[Mapping], path: str) -> None:
-    """metrics.csv with CSV_COLUMNS (fid empty when unavailable)."""
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        for r in records:
-            writer.writerow(["" if r.get(k) is None else r[k] for k in CSV_COLUMNS])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -218,7 +195,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         archive_job(job, root, archive)
     if args.train_only:
         return 0
-    from casc_jax import results
 
     results.publish(archive, out, JOBS, args, source)
     _echo(f"[reproduce] finished in {(time.time() - started) / 60:.1f} min; results in {args.out}")

@@ -9,6 +9,7 @@ results.md is read from those files; a claim whose inputs are missing is reporte
 
 from __future__ import annotations
 
+import csv
 import datetime
 import json
 import os
@@ -19,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from casc_jax import channel as ch
 from casc_jax import compare
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CSV_COLUMNS = ("method", "cr", "snr_db", "psnr", "lpips", "fid", "num_images")
 SNR_HIGH = 20.0
 COMPARABLE_LPIPS = "CASC's LPIPS is comparable to DiffSC's (within 10%) at 20 dB, CR 1/48 (Sec. IV-B)"
 
@@ -28,6 +31,27 @@ def _load(path: str):
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def eval_records(root: str, jobs: Sequence) -> list[dict]:
+    """Every evaluated job's eval/metrics.json records, in job order (`jobs`: `reproduce.Job`s)."""
+    records = []
+    for job in jobs:
+        path = os.path.join(root, job.config, "eval", "metrics.json")
+        if job.mode == "train" and os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+            records += saved["records"] if isinstance(saved, dict) else saved  # {"records", "unavailable"}
+    return records
+
+
+def write_metrics_csv(records: Sequence[Mapping], path: str) -> None:
+    """metrics.csv with CSV_COLUMNS (fid empty when unavailable)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for r in records:
+            writer.writerow(["" if r.get(k) is None else r[k] for k in CSV_COLUMNS])
 
 
 def git_commit(repo: str) -> str:
@@ -140,11 +164,9 @@ def quality_table(report: Mapping) -> str:
 
 def publish(root: str, out: str, jobs, args, source: str, echo=print) -> str:
     """Write metrics.csv, the figures and results.md for the jobs finished under `root`; return results.md."""
-    from casc_jax import reproduce
-
     os.makedirs(out, exist_ok=True)
-    records = reproduce.eval_records(root, jobs)
-    reproduce.write_metrics_csv(records, os.path.join(out, "metrics.csv"))
+    records = eval_records(root, jobs)
+    write_metrics_csv(records, os.path.join(out, "metrics.csv"))
     workdirs = [os.path.join(root, j.config) for j in jobs if j.mode == "train"]
     compare.compare([w for w in workdirs if os.path.exists(os.path.join(w, "eval", "metrics.json"))], out, echo=echo)
     for name in os.listdir(out):  # the per-CR CSV duplicates metrics.csv with absolute workdirs in it
@@ -162,7 +184,7 @@ def publish(root: str, out: str, jobs, args, source: str, echo=print) -> str:
     lines = [
         "# CIFAR-10 on 2 CPU cores: every CASC-paper system, trained and compared",
         "",
-        f"Written {datetime.date.today().isoformat()} at commit `{git_commit(reproduce.REPO)}` on "
+        f"Written {datetime.date.today().isoformat()} at commit `{git_commit(REPO)}` on "
         f"{platform.machine()} ({os.cpu_count()} CPU cores).",
         "",
         f"Status: {finished} of {len(jobs)} jobs finished"

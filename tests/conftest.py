@@ -1,5 +1,44 @@
-"""Test-wide settings: CPU only, and fast compiles for the small models the tests build."""
+"""Test-wide settings and fixtures: CPU only, fast compiles, and a compilation counter.
+
+The JAX flags are set here, once for the whole session, and never by a test module: a flag changed at
+import would leak into whatever module the same worker imports next.
+"""
 
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+# Shape and wiring tests of small models: XLA's optimisation passes only cost compile time here.
+# Subprocesses (launcher and multi-device tests) start from their own environment and keep the defaults.
+jax.config.update("jax_disable_most_optimizations", True)
+
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+class CompileCounter:
+    """Number of XLA backend compilations since the fixture started (or since `reset`)."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, event, duration_secs, **kwargs):
+        del duration_secs, kwargs
+        if event == _COMPILE_EVENT:
+            self.count += 1
+
+    def reset(self) -> None:
+        self.count = 0
+
+
+@pytest.fixture
+def compile_count():
+    """A `CompileCounter` registered with `jax.monitoring` for the test's duration."""
+    counter = CompileCounter()
+    jax.monitoring.register_event_duration_secs_listener(counter)
+    try:
+        yield counter
+    finally:
+        jax.monitoring.unregister_event_duration_listener(counter)

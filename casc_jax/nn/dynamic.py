@@ -20,9 +20,24 @@ import jax.numpy as jnp
 DYNAMIC = "dynamic"
 DYNAMIC_CONV_IMPLS = ("patches", "taps", "grouped")
 STATIC_CONV_IMPLS = ("auto", "xla", "taps")
-# XLA's CPU convolution is ~100x slower than plain matmuls on 2x2 feature maps (measured: 3x3
-# 256->256 at 2x2, batch 256: 708 ms as a conv, 8 ms as 9 tap matmuls), so 'auto' uses taps there.
-TAPS_MAX_OUTPUT_PIXELS = 4
+# 'auto' computes a static conv as tap matmuls when its output has at most this many pixels, per backend.
+# CPU (measured): XLA's convolution is ~100x slower than plain matmuls on 2x2 maps (3x3 256->256 at 2x2,
+# batch 256: 708 ms as a conv, 8 ms as 9 tap matmuls). GPU/TPU: not measured, so XLA's conv everywhere.
+TAPS_MAX_OUTPUT_PIXELS = {"cpu": 4}
+
+
+def taps_max_output_pixels(backend: str | None = None) -> int:
+    """The largest conv output (H * W pixels) that 'auto' computes as taps on `backend` (default: JAX's)."""
+    return TAPS_MAX_OUTPUT_PIXELS.get(backend or jax.default_backend(), 0)
+
+
+def static_conv_form(out_pixels: int, impl: str = "auto", backend: str | None = None) -> str:
+    """'taps' or 'xla': the form `conv2d` uses for an output of `out_pixels` pixels."""
+    if impl not in STATIC_CONV_IMPLS:
+        raise ValueError(f"unknown conv impl {impl!r}; choose one of {STATIC_CONV_IMPLS}")
+    if impl == "taps" or (impl == "auto" and out_pixels <= taps_max_output_pixels(backend)):
+        return "taps"
+    return "xla"
 
 
 def _shifted_views(x: jax.Array, kernel_size: Sequence[int]) -> list[jax.Array]:
@@ -58,11 +73,9 @@ def conv_taps(x: jax.Array, kernel: jax.Array, strides: int = 1, padding: str = 
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, strides: int = 1, padding: str = "SAME", impl: str = "auto"):
-    """Static NHWC/HWIO convolution by XLA's conv or by `conv_taps` ('auto' picks by output size)."""
-    if impl not in STATIC_CONV_IMPLS:
-        raise ValueError(f"unknown conv impl {impl!r}; choose one of {STATIC_CONV_IMPLS}")
+    """Static NHWC/HWIO convolution by XLA's conv or by `conv_taps` ('auto' picks by output size and backend)."""
     out_pixels = -(-x.shape[1] // strides) * -(-x.shape[2] // strides)
-    if impl == "taps" or (impl == "auto" and out_pixels <= TAPS_MAX_OUTPUT_PIXELS):
+    if static_conv_form(out_pixels, impl) == "taps":
         return conv_taps(x, kernel, strides, padding)
     return jax.lax.conv_general_dilated(
         x, kernel, (strides, strides), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")

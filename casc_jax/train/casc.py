@@ -28,6 +28,7 @@ import optax
 
 from casc_jax import channel as ch
 from casc_jax import data as data_lib
+from casc_jax.autoencoder import decoder_head
 from casc_jax.discriminator import PatchGAN, adaptive_weight, hinge_d_loss
 from casc_jax.metrics.lpips import LPIPS, load_lpips_params
 from casc_jax.system import CASC, STAGE2_PARTS, build_casc
@@ -44,39 +45,61 @@ def stage1_parts(model: CASC, cfg: ml_collections.ConfigDict):
     return disc, lpips_vars
 
 
-def make_stage1_step(model: CASC, cfg, disc: PatchGAN | None, tx, disc_tx, seed: int) -> Callable:
-    """(state, batch, lpips_vars) -> (state, metrics); pure, to be jitted data-parallel."""
+def stage1_grads(ae, cfg, disc, lpips, params, d_params, x, key, lpips_vars, active):
+    """Gradients of LDM's stage-1 generator loss w.r.t. the autoencoder `params`, in one backward pass.
+
+    loss = nll + lambda g_loss + w_cb codebook, nll = |x - x_hat| + w_p LPIPS, g_loss = -mean D(x_hat) and
+    lambda = ||grad_L nll|| / (||grad_L g_loss|| + 1e-4) (`adaptive_weight`, times `active`) from VJPs of the
+    decoder's last layer L alone (LDM takes both gradients w.r.t. L's weights). lambda is a constant of the
+    backward pass (stop_gradient), so the whole gradient is one pullback of d_nll + lambda d_gan.
+    Returns (grads, x_hat, metrics) with nll, codebook and, with a discriminator, g_loss and d_weight.
+    """
+
+    def features(p):
+        h, codebook_loss, _ = ae.apply({"params": p}, x, train=True, rngs={"dropout": key}, method=ae.features)
+        return h, codebook_loss
+
+    (h, codebook_loss), pullback = jax.vjp(features, params)
+    x_hat, head_pullback = jax.vjp(decoder_head, params["decoder"]["conv_out"], h)
+
+    def nll_fn(x_hat):  # rec = |x - x_hat| + w_p LPIPS(x, x_hat), averaged (LDM's nll)
+        rec = jnp.mean(jnp.abs(x - x_hat))
+        if lpips_vars is not None:
+            rec = rec + cfg.lpips_weight * jnp.mean(lpips.apply(lpips_vars, x, x_hat))
+        return rec
+
+    nll, d_x_hat = jax.value_and_grad(nll_fn)(x_hat)
+    metrics = {"nll": nll, "codebook": codebook_loss}
+    if disc is not None:
+        g_loss, d_gan = jax.value_and_grad(lambda xh: -jnp.mean(disc.apply({"params": d_params}, xh)))(x_hat)
+        last = lambda ct: head_pullback(ct)[0]["kernel"]  # noqa: E731  (grad w.r.t. L's kernel only)
+        weight = adaptive_weight(last(d_x_hat), last(d_gan), cfg.disc_weight) * active
+        d_x_hat = d_x_hat + weight * d_gan
+        metrics.update(g_loss=g_loss, d_weight=weight)
+    d_head, d_h = head_pullback(d_x_hat)
+    (grads,) = pullback((d_h, jnp.asarray(cfg.codebook_weight, codebook_loss.dtype)))
+    grads = dict(grads, decoder=dict(grads["decoder"], conv_out=d_head))
+    return grads, x_hat, metrics
+
+
+def make_stage1_step(
+    model: CASC, cfg, disc: PatchGAN | None, tx, disc_tx, seed: int, grads_fn: Callable = stage1_grads
+) -> Callable:
+    """(state, batch, lpips_vars) -> (state, metrics); pure, to be jitted data-parallel.
+
+    `grads_fn` has `stage1_grads`'s signature (`casc_jax.bench_hotpaths` times the former two-pass form).
+    """
     ae = model.autoencoder
     lpips = LPIPS(cfg.lpips_net)
 
     def step(state: loop.TrainState, batch, lpips_vars):
         x = batch["image"]
         key = jax.random.fold_in(jax.random.key(seed), state.step)
-
-        def forward(params):
-            x_hat, codebook_loss, _ = ae.apply({"params": params}, x, train=True, rngs={"dropout": key})
-            return x_hat, codebook_loss
-
-        (x_hat, codebook_loss), pullback = jax.vjp(forward, state.params)
-
-        def nll_fn(x_hat):  # rec = |x - x_hat| + w_p LPIPS(x, x_hat), averaged (LDM's nll)
-            rec = jnp.mean(jnp.abs(x - x_hat))
-            if lpips_vars is not None:
-                rec = rec + cfg.lpips_weight * jnp.mean(lpips.apply(lpips_vars, x, x_hat))
-            return rec
-
-        nll, d_nll = jax.value_and_grad(nll_fn)(x_hat)
-        (grads,) = pullback((d_nll, jnp.asarray(cfg.codebook_weight, codebook_loss.dtype)))
-        metrics = {"nll": nll, "codebook": codebook_loss}
+        active = (state.step >= cfg.disc_start).astype(jnp.float32)
+        d_params = state.extra["disc_params"] if disc is not None else None
+        grads, x_hat, metrics = grads_fn(ae, cfg, disc, lpips, state.params, d_params, x, key, lpips_vars, active)
         extra = state.extra
         if disc is not None:
-            active = (state.step >= cfg.disc_start).astype(jnp.float32)
-            d_params = extra["disc_params"]
-            g_loss, d_gan = jax.value_and_grad(lambda xh: -jnp.mean(disc.apply({"params": d_params}, xh)))(x_hat)
-            (grads_gan,) = pullback((d_gan, jnp.zeros_like(codebook_loss)))
-            last = lambda g: g["decoder"]["conv_out"]["kernel"]  # noqa: E731
-            weight = adaptive_weight(last(grads), last(grads_gan), cfg.disc_weight) * active
-            grads = jax.tree.map(lambda a, b: a + weight * b, grads, grads_gan)
 
             def d_loss_fn(p):
                 real = disc.apply({"params": p}, x)
@@ -86,10 +109,9 @@ def make_stage1_step(model: CASC, cfg, disc: PatchGAN | None, tx, disc_tx, seed:
             d_loss, d_grads = jax.value_and_grad(d_loss_fn)(d_params)
             d_updates, d_opt = disc_tx.update(d_grads, extra["disc_opt_state"], d_params)
             extra = {"disc_params": optax.apply_updates(d_params, d_updates), "disc_opt_state": d_opt}
-            metrics.update(g_loss=g_loss, d_loss=d_loss, d_weight=weight)
-        else:
-            weight, g_loss = 0.0, 0.0
-        loss = nll + weight * g_loss + cfg.codebook_weight * codebook_loss
+            metrics["d_loss"] = d_loss
+        weight, g_loss = metrics.get("d_weight", 0.0), metrics.get("g_loss", 0.0)
+        loss = metrics["nll"] + weight * g_loss + cfg.codebook_weight * metrics["codebook"]
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new = state.replace(
             step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state, extra=extra

@@ -1,5 +1,8 @@
 """Orbax checkpointing with resume: keep the last N, save every K steps and at the end.
 
+Saves are asynchronous: `save` returns once the state is copied off the device and orbax writes it in
+the background; every read (`latest_step`, `restore`) and `close` first waits for pending saves.
+
 A checkpoint that cannot be restored (corrupt, half-written) does not leave a run stuck: `restore`
 tries the older ones, newest first, resumes from the newest intact one (losing at most one save
 interval), says so, and moves each unreadable step aside to <path>_corrupt/<step> (kept for a look,
@@ -43,20 +46,25 @@ class Checkpointer:
 
     @property
     def latest_step(self) -> int | None:
+        """The newest finished checkpoint (waits for a pending save)."""
+        self._manager.wait_until_finished()
         return self._manager.latest_step()
 
     def save(self, step: int, state, *, force: bool = False) -> bool:
-        """Save `state` at `step` when due (every `save_every` steps) or when forced."""
+        """Start saving `state` at `step` when due (every `save_every` steps) or when forced; does not wait."""
         if not force and step % self.save_every:
             return False
         if step in self._manager.all_steps():
             return False
-        saved = self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        return self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+    def wait(self) -> None:
+        """Block until every pending save is on disk."""
         self._manager.wait_until_finished()
-        return saved
 
     def restore(self, state_like, step: int | None = None):
         """Restore the latest intact (or exactly `step`) checkpoint shaped like `state_like`; None when none exist."""
+        self._manager.wait_until_finished()
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
         steps = sorted(self._manager.all_steps(), reverse=True) if step is None else [step]
         failed = []

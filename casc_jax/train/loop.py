@@ -87,6 +87,25 @@ def _format_eta(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+@jax.jit
+def mark_nonfinite(first_bad: jax.Array, finite: jax.Array, step: jax.Array) -> jax.Array:
+    """The first non-finite step so far (-1: none), updated on the device: no host sync per step."""
+    return jnp.where((first_bad < 0) & jnp.logical_not(finite), step, first_bad)
+
+
+def _diverged(name: str, step: int, checkpointer: Checkpointer) -> TrainingDiverged:
+    last = checkpointer.latest_step
+    kept = (
+        f"The last good checkpoint (step {last}) is kept in {checkpointer.path}; rerunning resumes from it."
+        if last is not None
+        else "No checkpoint was saved yet, so nothing was kept."
+    )
+    return TrainingDiverged(
+        f"[{name}] non-finite loss or gradients at step {step}; stopped. {kept} Check the data for NaN/Inf "
+        "values, or lower the learning rate (--config.train.<stage>.base_lr)."
+    )
+
+
 def fit(
     *,
     name: str,
@@ -99,12 +118,15 @@ def fit(
     writer: metric_writers.MetricWriter,
     log_every: int = 100,
     echo: Callable[[str], None] = print,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> TrainState:
     """Run `step_fn` from `state.step` to `total_steps`, logging, checkpointing and stopping on NaN.
 
     `step_fn` returns (new_state, metrics) with a scalar bool `finite` among the metrics and must
-    leave the state unchanged when it is False (see `guarded`). The finite flag of step i is read
-    while step i + 1 runs, so the check costs no pipeline stall.
+    leave the state unchanged when it is False (see `guarded`). The first non-finite step is kept on
+    the device (`mark_nonfinite`) and read only at log steps and before each checkpoint save, so the
+    loop never waits for the device otherwise and a run that went non-finite is never saved: it stops
+    with `TrainingDiverged`, keeping the last good checkpoint.
     """
     start = int(jax.device_get(state.step))
     if start >= total_steps:
@@ -114,39 +136,23 @@ def fit(
     echo(f"[{name}] training steps {start} -> {total_steps}")
     progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer, every_steps=log_every)
     pending: list[Mapping[str, jax.Array]] = []
-    window_start, window_step = time.perf_counter(), start
-
-    def check(metrics, step):
-        if not bool(jax.device_get(metrics["finite"])):
-            last = checkpointer.latest_step
-            kept = (
-                f"The last good checkpoint (step {last}) is kept in {checkpointer.path}; rerunning resumes from it."
-                if last is not None
-                else "No checkpoint was saved yet, so nothing was kept."
-            )
-            raise TrainingDiverged(
-                f"[{name}] non-finite loss or gradients at step {step}; stopped. {kept} Check the data for NaN/Inf "
-                "values, or lower the learning rate (--config.train.<stage>.base_lr)."
-            )
-
-    previous = None
+    window_start, window_step = clock(), start
+    first_bad = np.int32(-1)
     for step in range(start + 1, total_steps + 1):
         batch = shard_batch(next(batches), mesh)
         state, metrics = step_fn(state, batch)
-        if previous is not None:
-            check(*previous)
-        previous = (metrics, step)
+        first_bad = mark_nonfinite(first_bad, metrics["finite"], np.int32(step))
         pending.append(metrics)
         progress(step)
         due_log = step % log_every == 0 or step == total_steps
         due_save = step % checkpointer.save_every == 0 or step == total_steps
-        if due_log or due_save:
-            check(*previous)
+        if (due_log or due_save) and (bad := int(jax.device_get(first_bad))) >= 0:
+            raise _diverged(name, bad, checkpointer)
         if due_log:
             host = jax.device_get(pending)
             scalars = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != "finite"}
             writer.write_scalars(step, {f"{name}/{k}": v for k, v in scalars.items()})
-            now = time.perf_counter()
+            now = clock()
             rate = (step - window_step) / max(now - window_start, 1e-9)
             window_start, window_step = now, step
             shown = " ".join(f"{k} {v:.4g}" for k, v in scalars.items())

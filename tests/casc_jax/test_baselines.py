@@ -13,17 +13,6 @@ from casc_jax.baselines import DiffSC, build_deepjscc, build_diffsc
 from casc_jax.system import build_casc
 from configs import casc_base
 
-# Shape and wiring tests: XLA's optimisation passes only cost compile time here. Set at import (it
-# measurably helps more than setting it in a fixture) and restored when this module is done.
-_OPTIMIZATIONS_WERE_DISABLED = jax.config.read("jax_disable_most_optimizations")
-jax.config.update("jax_disable_most_optimizations", True)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _restore_optimizations():
-    yield
-    jax.config.update("jax_disable_most_optimizations", _OPTIMIZATIONS_WERE_DISABLED)
-
 
 def _config(cr="1/48", size=32, timesteps=6):
     c = ml_collections.ConfigDict()

@@ -27,14 +27,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def QUIET(line):
     del line
 
-_OPTIMIZATIONS_WERE_DISABLED = jax.config.read("jax_disable_most_optimizations")
-jax.config.update("jax_disable_most_optimizations", True)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _restore_optimizations():
-    yield
-    jax.config.update("jax_disable_most_optimizations", _OPTIMIZATIONS_WERE_DISABLED)
 
 
 def _tiny(system="deepjscc", loss="mse", steps=4, every=2, unet_steps=2):

@@ -46,6 +46,7 @@ def test_speed_report_rows_and_extrapolation(tmp_path):
     for r in rows.values():
         assert r["ms_per_image"] > 0 and r["achieved_gflops"] > 0
     assert set(report["load_at_start"]) == {"load_average", "cores", "quiet"}
+    assert report["small_map_convs"] == {"backend": "cpu", "taps_max_output_pixels": 4, "form_at_2x2": "taps"}
     path = benchmark.write_report(report, str(tmp_path), echo=lambda s: None)
     assert path.endswith("benchmark.json")
 

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from casc_jax import can
-from casc_jax.nn.dynamic import DYNAMIC, DYNAMIC_CONV_IMPLS, CondConv, CondDense, conv_taps, dynamic_conv
+from casc_jax.nn.dynamic import (
+    DYNAMIC,
+    DYNAMIC_CONV_IMPLS,
+    CondConv,
+    CondDense,
+    conv_taps,
+    dynamic_conv,
+    static_conv_form,
+)
 
 
 def _conv(x, kernel):
@@ -125,3 +133,11 @@ def test_conv_taps_equals_xla_conv(hw, stride, padding):
     with jax.default_matmul_precision("highest"):
         got = conv_taps(x, k, stride, padding)
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+def test_small_map_conv_form_is_chosen_per_backend():
+    assert static_conv_form(4, backend="cpu") == "taps" and static_conv_form(9, backend="cpu") == "xla"
+    assert static_conv_form(4, backend="gpu") == "xla" and static_conv_form(4, backend="tpu") == "xla"
+    assert static_conv_form(64, impl="taps", backend="gpu") == "taps"
+    with pytest.raises(ValueError, match="unknown conv impl"):
+        static_conv_form(4, impl="winograd")

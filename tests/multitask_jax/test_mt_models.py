@@ -12,8 +12,6 @@ from multitask_jax import dit as dit_lib
 from multitask_jax import jscc
 from multitask_jax.system import build_multitask, model_config
 
-jax.config.update("jax_disable_most_optimizations", True)
-
 
 def _randomize(params, scale=0.1, seed=3):
     """Replace every parameter with noise so zero-initialised (adaLN-Zero) layers stop hiding paths."""

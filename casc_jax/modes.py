@@ -1,0 +1,97 @@
+"""Launcher modes shared by every system: the sample grid and user-image transmission.
+
+Each takes a `reconstruct(x, key, snr) -> x_hat` built by the system's own mode module (`casc_jax.run`,
+`casc_jax.baselines_run`, `multitask_jax.run`), so this module imports none of them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+
+from casc_jax import cli, image_io
+from casc_jax import data as data_lib
+from casc_jax.train import parallel
+
+
+def sample_grid(config, workdir, reconstruct, echo=print) -> str:
+    """Test images and their reconstructions at each eval SNR -> WORKDIR/samples.png (any system).
+
+    Rows: the sources, then one row per SNR, each labelled; every process reconstructs the same global
+    batch, and process 0 writes the figure.
+    """
+    n = config.eval.grid_images
+    mesh = parallel.make_mesh()
+    batch = next(data_lib.make_dataset(config.data, config.data.eval_split, batch_size=n, shuffle_seed=None,
+                                       repeat=False, process_index=0, process_count=1))
+    images = parallel.pad_to_devices(batch["image"], mesh)
+    rows = [("source", batch["image"])]
+    for i, snr in enumerate(config.channel.eval_snrs):
+        out = parallel.to_host(reconstruct(images, jax.random.key(i), float(snr)))[:n]
+        rows.append((f"SNR {float(snr):g} dB", out))
+    path = os.path.join(workdir, "samples.png")
+    if parallel.is_primary():
+        labelled_grid(rows, path, title=f"{config.name} (CR {config.cr})")
+    echo(f"[sample] rows: source, then SNR {list(config.channel.eval_snrs)} dB -> {path}")
+    return path
+
+
+def labelled_grid(rows, path: str, title: str | None = None, min_cell_px: int = 96) -> str:
+    """Rows of images [(label, (N, H, W, 3) in [-1, 1])] -> one PNG with each row's label on its left.
+
+    Small images (CIFAR's 32 x 32) are enlarged by an integer factor (nearest neighbour, so pixels stay
+    sharp) until a cell is at least `min_cell_px` wide.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    cols = max(len(images) for _, images in rows)
+    h, w = rows[0][1].shape[1:3]
+    scale = max(1, -(-min_cell_px // max(h, w)))
+    font = ImageFont.load_default()
+    pad, label_w, title_h = 4, 110, 24 if title else 0
+    cell_h, cell_w = h * scale, w * scale
+    canvas = Image.new("RGB", (label_w + cols * (cell_w + pad) + pad, title_h + len(rows) * (cell_h + pad) + pad),
+                       "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((pad, 6), title, fill="black", font=font)
+    for r, (label, images) in enumerate(rows):
+        y = title_h + pad + r * (cell_h + pad)
+        draw.text((pad, y + cell_h // 2 - 6), label, fill="black", font=font)
+        for c, img in enumerate(image_io.to_uint8(np.asarray(images))):
+            tile = Image.fromarray(img).resize((cell_w, cell_h), Image.Resampling.NEAREST)
+            canvas.paste(tile, (label_w + pad + c * (cell_w + pad), y))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    canvas.save(path, format="PNG")
+    return path
+
+
+def check_transmit_options(options) -> list[str]:
+    """The --image paths (checked: present, readable, each once); UserError otherwise."""
+    return cli.check_images(options.get("images") or [])
+
+
+def transmit_images(config, workdir, options, reconstruct, num_devices: int, echo=print) -> list[str]:
+    """A user's own images -> reconstructed PNGs (original size) at each SNR in `--snr` (any system).
+
+    Output names never collide or overwrite (`casc_jax.cli.transmit_targets`); process 0 writes them.
+    """
+    paths = check_transmit_options(options)
+    snrs = options.get("snrs") or tuple(config.channel.eval_snrs)
+    out_dir = options.get("out_dir") or os.path.join(workdir, "transmit")
+    targets = cli.transmit_targets(paths, snrs, out_dir)
+    fit = options.get("fit", "pad")
+    images, sizes = image_io.load_images_for_transmit(paths, config.data.image_size, fit=fit)
+    padded = -len(images) % num_devices  # the batch must split evenly over the devices
+    batch = np.concatenate([images, np.zeros((padded,) + images.shape[1:], images.dtype)])
+    written = []
+    for snr, row in zip(snrs, targets):
+        out = parallel.to_host(reconstruct(batch, jax.random.key(int(round(snr * 10))), float(snr)))[: len(images)]
+        for target, image, original in zip(row, out, sizes):
+            if parallel.is_primary():
+                image_io.save_png(image_io.restore_size(image, original, fit=fit), target)
+            written.append(target)
+    echo(f"[transmit] wrote {len(written)} file(s) to {out_dir}")
+    return written

@@ -1,0 +1,98 @@
+"""Import layering: no cycle between the modules of casc_jax and multitask_jax.
+
+Imports are read with `ast` (nothing is executed); imports inside functions count too, since a lazy
+import only hides a cycle.
+"""
+
+import ast
+import os
+import pkgutil
+
+import casc_jax
+import multitask_jax
+
+PACKAGES = (casc_jax, multitask_jax)
+
+
+def _modules() -> dict[str, str]:
+    """Module name -> source file, for every module of PACKAGES."""
+    found = {}
+    for pkg in PACKAGES:
+        found[pkg.__name__] = pkg.__file__
+        for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+            spec = info.module_finder.find_spec(info.name)
+            if spec is not None and spec.origin and spec.origin.endswith(".py"):
+                found[info.name] = spec.origin
+    return found
+
+
+def _resolve(name: str, known) -> str | None:
+    """The longest known module that `name` is or lies in (`a.b.func` -> `a.b`)."""
+    while name and name not in known:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def _imports(module: str, path: str, known) -> set[str]:
+    """Known modules imported by `module` (absolute and relative imports, at any depth)."""
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    package = module if os.path.basename(path) == "__init__.py" else module.rpartition(".")[0]
+    targets = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            targets.update(f"{base}.{alias.name}" for alias in node.names)
+    resolved = {_resolve(t, known) for t in targets}
+    return {m for m in resolved if m and m != module and not module.startswith(m + ".")}
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {m: _imports(m, path, modules) for m, path in modules.items()}
+
+
+def find_cycle(graph) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None (iterative DFS, colours white/grey/black)."""
+    state, parent = {}, {}
+    for root in sorted(graph):
+        if root in state:
+            continue
+        stack = [(root, iter(sorted(graph[root])))]
+        state[root] = "grey"
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                state[node] = "black"
+                stack.pop()
+            elif state.get(child) == "grey":
+                path = [node]
+                while path[-1] != child:
+                    path.append(parent[path[-1]])
+                return path[::-1] + [child]
+            elif child not in state:
+                state[child], parent[child] = "grey", node
+                stack.append((child, iter(sorted(graph.get(child, ())))))
+    return None
+
+
+def test_find_cycle_reports_the_loop():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_every_module_is_found():
+    graph = import_graph()
+    assert "casc_jax.train.loop" in graph and "multitask_jax.train" in graph
+    assert "casc_jax.train.checkpoint" in graph["casc_jax.train.loop"]
+
+
+def test_no_import_cycles():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
