@@ -33,3 +33,20 @@ def test_monotone_claim_per_method():
     assert _verdicts(records)["casc_cr48: PSNR rises and LPIPS falls with SNR"] is True
     records.append(_rec("casc_cr48", "1/48", 15.0, 14.0, 0.13))
     assert _verdicts(records)["casc_cr48: PSNR rises and LPIPS falls with SNR"] is False
+
+
+def _quality(rows, best):
+    keys = ("sampler", "ms_per_image", "psnr_vs_source", "lpips_vs_source", "psnr_vs_ddpm", "lpips_vs_ddpm")
+    return {"num_images": 4, "snr_db": 20.0, "device": "cpu", "fastest_within_tolerance": best,
+            "rows": [dict(zip(keys, r)) for r in rows]}
+
+
+def test_quality_table_names_the_fast_setting_or_says_there_is_none():
+    ddpm = ("ddpm", 1600.0, 16.2, 0.103, 100.0, 0.0)
+    within = ("dpmpp_2m 10 steps (logsnr)", 28.0, 16.0, 0.105, 30.0, 0.01)
+    table = results.quality_table(_quality([ddpm, within], within[0]))
+    assert "within 0.3 dB PSNR and 0.01 LPIPS of the 1000-step DDPM: **dpmpp_2m 10 steps (logsnr)**" in table
+    outside = ("dpmpp_2m 10 steps (logsnr)", 28.0, 15.5, 0.107, 17.4, 0.05)
+    table = results.quality_table(_quality([ddpm, outside, ("ddim 5 steps", 17.0, 14.4, 0.12, 15.9, 0.06)], "ddpm"))
+    assert "No fast sampler stays within" in table
+    assert "dpmpp_2m 10 steps (logsnr), is 0.70 dB below it at 28.0 against 1600.0 ms/image" in table
