@@ -123,7 +123,8 @@ def reconstruction_sweep(model: FCNDigital, config, *, echo=print) -> tuple[list
                     seen += int(valid.sum())
                     if i == 0:
                         grids.setdefault(f"source_{size}", image_io.to_uint8(batch["image"][valid]))
-                        grids[f"{method}_{size}_snr{snr:g}"] = image_io.to_uint8(images[valid])
+                        shown = np.where(ok[:, None, None, None], image_io.to_uint8(images), 0)  # failed: black
+                        grids[f"{method}_{size}_snr{snr:g}"] = shown[valid]
                         grids[f"{method}_{size}_snr{snr:g}_ok"] = ok[valid]
                 got = np.concatenate(scores)
                 record = {

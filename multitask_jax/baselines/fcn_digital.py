@@ -24,6 +24,7 @@ is not differentiable, and a delivered JPEG is bit-exact).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
@@ -37,6 +38,11 @@ from multitask_jax import jscc
 from multitask_jax.tasks import SEGMENTATION, check_task
 
 MODULATIONS = ("16qam", "64qam")
+
+
+@functools.cache
+def _link(budget: Budget, modulation: str, code_rate: float, channel: str, equalizer: str, iterations: int):
+    return DigitalLink(budget, modulation, code_rate, channel, equalizer, iterations=iterations)
 
 
 class FCN(nn.Module):
@@ -80,8 +86,8 @@ class FCNDigital:
         return self.fcn.num_classes
 
     def link(self, modulation: str) -> DigitalLink:
-        return DigitalLink(self.budget, modulation, self.code_rate, self.channel_kind, self.equalizer,
-                           iterations=self.iterations)
+        """The link of `modulation` (one instance per setting, so its jitted chain compiles once)."""
+        return _link(self.budget, modulation, self.code_rate, self.channel_kind, self.equalizer, self.iterations)
 
     def budget_fields(self, modulation: str) -> dict:
         """Per-image channel uses and bits of `modulation` (for the records)."""
