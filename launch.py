@@ -66,10 +66,11 @@ def _compare() -> str:
     """casc_jax.compare, or multitask_jax.compare when the workdirs hold multi-task evaluations."""
     multitask = any(os.path.isdir(os.path.join(w, "eval", t)) for w in _WORKDIRS.value
                     for t in ("reconstruction", "segmentation"))
-    if multitask:
-        from multitask_jax import compare
-    else:
-        from casc_jax import compare
+    with cli.native_stderr_silenced(not flags.FLAGS.verbose):  # TensorFlow's start-up notices
+        if multitask:
+            from multitask_jax import compare
+        else:
+            from casc_jax import compare
 
     out = os.path.abspath(_OUT.value or _WORKDIR.value or os.path.join("runs", "compare"))
     workdir_lib.check_writable(out, "--out")

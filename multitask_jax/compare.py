@@ -103,8 +103,9 @@ def tables(records: Sequence[Mapping], task: str) -> str:
         uses = sorted({(label(r["method"]), r.get("channel_uses"), r.get("overhead_bits")) for r in at})
         parts.append("Budget per image: " + "; ".join(f"{m} {k} channel uses, {b} bits" for m, k, b in uses))
         notes = _failure_notes(at)
-        parts += ["", "Decoding failures:", *notes] if notes else []
-    return "\n\n".join(parts) + "\n"
+        if notes:
+            parts.append("Decoding failures:\n" + "\n".join(notes))
+    return "\n\n".join(p.strip("\n") for p in parts) + "\n"
 
 
 def _visual_snr(keys) -> float | None:
