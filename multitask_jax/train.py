@@ -16,6 +16,9 @@ as well. Training segmentation after reconstruction with those parts frozen keep
 exactly as trained. `shared=False` trains a separate segmentation chain (used by the smoke preset so that
 it runs on its own); a workdir then holds two transmitters, one per task.
 
+The step (`make_loss_step`) and the stage runner (`fit_stage`) take any system's loss function: the
+multi-task paper's baselines (multitask_jax.baselines) train with the same loop, SNR draw and optimiser.
+
 Each stage checkpoints into WORKDIR/<task>/checkpoints and resumes from there (casc_jax.train.loop).
 A shared segmentation stage records the reconstruction step it was trained on and warns when the
 reconstruction stage has moved on since.
