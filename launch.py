@@ -30,7 +30,14 @@ SYSTEMS = {
     "deepjscc": ("casc_jax.baselines_run", ("train", "eval", "sample", "transmit")),
     "diffsc": ("casc_jax.baselines_run", ("train", "eval", "sample", "transmit")),
     "multitask": ("multitask_jax.run", ("train", "eval", "sample", "transmit")),
+    # The multi-task paper's baselines (configs/mt_*.py).
+    "mt_deepjscc": ("multitask_jax.baselines.run", ("train", "eval", "sample", "transmit")),
+    "mt_adjscc": ("multitask_jax.baselines.run", ("train", "eval", "sample", "transmit")),
+    "mt_witt": ("multitask_jax.baselines.run", ("train", "eval", "sample", "transmit")),
+    "mt_deeplab_jscc": ("multitask_jax.baselines.run", ("train", "eval", "sample", "transmit")),
+    "mt_fcn_digital": ("multitask_jax.baselines.digital_run", ("train", "eval", "transmit")),
 }
+MULTITASK_DATA = tuple(name for name in SYSTEMS if name == "multitask" or name.startswith("mt_"))  # VOC / DIV2K
 NEEDS_TRAINED = ("eval", "sample", "transmit", "quality")  # read a trained model from WORKDIR
 NEEDS_DATA = ("train", "eval", "sample", "quality")  # read config.data
 TRANSMIT_ONLY = ("image", "snr", "fit", "task")
@@ -56,7 +63,14 @@ def echo(line: str) -> None:
 
 
 def _compare() -> str:
-    from casc_jax import compare
+    """casc_jax.compare, or multitask_jax.compare when the workdirs hold multi-task evaluations."""
+    multitask = any(os.path.isdir(os.path.join(w, "eval", t)) for w in _WORKDIRS.value
+                    for t in ("reconstruction", "segmentation"))
+    with cli.native_stderr_silenced(not flags.FLAGS.verbose):  # TensorFlow's start-up notices
+        if multitask:
+            from multitask_jax import compare
+        else:
+            from casc_jax import compare
 
     out = os.path.abspath(_OUT.value or _WORKDIR.value or os.path.join("runs", "compare"))
     workdir_lib.check_writable(out, "--out")
@@ -111,7 +125,7 @@ def _validate(config, mode: str) -> dict:
                             'e.g. --task="segment the image"')
         if config.system != "multitask":  # multitask names its outputs after the task it picks from --task
             cli.transmit_targets(_IMAGES.value, snrs or tuple(config.channel.eval_snrs), out_dir)
-    if mode in NEEDS_DATA and config.system != "multitask":
+    if mode in NEEDS_DATA and config.system not in MULTITASK_DATA:
         cli.check_data(config.data)
     return {"module": module, "workdir": workdir, "uses_workdir": uses_workdir, "out_dir": out_dir, "snrs": snrs}
 

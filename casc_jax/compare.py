@@ -135,12 +135,16 @@ def _sorted(records: Sequence[Mapping]) -> list[Mapping]:
     return sorted(records, key=lambda r: (_method_order(r["method"]), r["snr_db"]))
 
 
-def write_csv(records: Sequence[Mapping], path: str) -> None:
+def write_csv(
+    records: Sequence[Mapping], path: str, fields: Sequence[str] = _CSV_FIELDS, label_fn=None, order=None
+) -> None:
+    """Every record, methods in `order` then by SNR, with the display name from `label_fn`."""
+    label_fn, order = label_fn or label, order or _method_order
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
         writer.writeheader()
-        for r in _sorted(records):
-            writer.writerow(dict(r, label=label(r["method"])))
+        for r in sorted(records, key=lambda r: (order(r["method"]), r["snr_db"])):
+            writer.writerow(dict(r, label=label_fn(r["method"])))
 
 
 def _fmt(metric: str, value) -> str:
@@ -149,15 +153,28 @@ def _fmt(metric: str, value) -> str:
     return f"{value:.2f}" if metric in ("psnr", "fid") else f"{value:.4f}"
 
 
-def markdown_tables(records: Sequence[Mapping], cr: str) -> str:
-    """One Markdown table per metric (rows: methods, columns: SNRs), the best of each column in bold."""
-    methods = sorted({r["method"] for r in records}, key=_method_order)
+def markdown_tables(
+    records: Sequence[Mapping],
+    cr: str,
+    *,
+    metrics: Sequence[str] = METRICS,
+    titles: Mapping[str, str] = METRIC_TITLES,
+    lower_is_better: Mapping[str, bool] = LOWER_IS_BETTER,
+    label_fn=None,
+    order=None,
+    heading: str | None = None,
+) -> str:
+    """One Markdown table per metric (rows: methods, columns: SNRs), the best of each column in bold.
+
+    The keyword arguments let another comparison (multitask_jax.compare) use its own metrics and labels."""
+    label_fn, order = label_fn or label, order or _method_order
+    methods = sorted({r["method"] for r in records}, key=order)
     snrs = sorted({r["snr_db"] for r in records})
-    value = {(r["method"], r["snr_db"], m): r.get(m) for r in records for m in METRICS}
-    lines = [f"# Comparison at CR {cr}", ""]
-    for metric in METRICS:
-        arrow = "lower is better" if LOWER_IS_BETTER[metric] else "higher is better"
-        lines += [f"## {METRIC_TITLES[metric]} ({arrow})", ""]
+    value = {(r["method"], r["snr_db"], m): r.get(m) for r in records for m in metrics}
+    lines = [heading or f"# Comparison at CR {cr}", ""]
+    for metric in metrics:
+        arrow = "lower is better" if lower_is_better[metric] else "higher is better"
+        lines += [f"## {titles[metric]} ({arrow})", ""]
         lines.append("| method | " + " | ".join(f"{s:g} dB" for s in snrs) + " |")
         lines.append("|---|" + "---:|" * len(snrs))
         best = {}
@@ -165,16 +182,16 @@ def markdown_tables(records: Sequence[Mapping], cr: str) -> str:
             vals = [value.get((m, s, metric)) for m in methods]
             vals = [v for v in vals if v is not None]
             if vals:
-                best[s] = min(vals) if LOWER_IS_BETTER[metric] else max(vals)
+                best[s] = min(vals) if lower_is_better[metric] else max(vals)
         for m in methods:
             cells = []
             for s in snrs:
                 v = value.get((m, s, metric))
                 text = _fmt(metric, v)
                 cells.append(f"**{text}**" if v is not None and v == best.get(s) and len(methods) > 1 else text)
-            lines.append(f"| {label(m)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label_fn(m)} | " + " | ".join(cells) + " |")
         reasons = sorted({r[f"{metric}_unavailable"] for r in records if r.get(f"{metric}_unavailable")})
-        lines += [""] + [f"{METRIC_TITLES[metric]} n/a: {reason}" for reason in reasons] + ([""] if reasons else [])
+        lines += [""] + [f"{titles[metric]} n/a: {reason}" for reason in reasons] + ([""] if reasons else [])
     return "\n".join(lines)
 
 

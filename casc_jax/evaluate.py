@@ -220,16 +220,17 @@ _CSV_ORDER = ["method", "cr", "snr_db", "psnr", "lpips", "fid", "sampler", "step
 
 
 _AXIS_LABELS = {"psnr": "PSNR (dB), higher is better", "lpips": "LPIPS, lower is better",
-                "fid": "FID, lower is better"}
+                "fid": "FID, lower is better", "miou": "mIoU, higher is better"}
+_UNIT_RANGE = ("lpips", "miou")  # metrics that live in [0, 1]
 
 
 def _axis_range(metric: str, values: Sequence[float]) -> tuple[float, float]:
     """A y-range that shows the data with a margin: LPIPS within [0, 1], FID from 0, PSNR around the data
     (at least 2 dB tall, so that nearly equal values do not fill the panel with noise)."""
     lo, hi = min(values), max(values)
-    span = max(hi - lo, {"psnr": 2.0, "lpips": 0.05, "fid": 5.0}[metric])
+    span = max(hi - lo, {"psnr": 2.0, "fid": 5.0}.get(metric, 0.05))
     lo, hi = lo - 0.15 * span, hi + 0.15 * span
-    if metric == "lpips":
+    if metric in _UNIT_RANGE:
         return max(0.0, lo), min(1.0, hi)
     if metric == "fid":
         return 0.0, hi
@@ -242,6 +243,7 @@ def plot_metrics_vs_snr(
     title: str | None = None,
     style: Callable[[str, str], Mapping] | None = None,
     legend_below: bool = False,
+    metrics: Sequence[str] = METRICS,
 ) -> None:
     """One panel per metric against SNR, one line per (method, CR); metrics with no value (e.g. FID
     without its weights) get no panel.
@@ -255,7 +257,7 @@ def plot_metrics_vs_snr(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [m for m in METRICS if any(r.get(m) is not None for r in records)] or ["psnr"]
+    metrics = [m for m in metrics if any(r.get(m) is not None for r in records)] or list(metrics[:1])
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     axes = axes[0]
     lines = sorted({(r["method"], r["cr"]) for r in records})
@@ -269,7 +271,7 @@ def plot_metrics_vs_snr(
                 ax.plot(*zip(*pts), **line)
                 values += [v for _, v in pts]
         ax.set_xlabel("SNR (dB)")
-        ax.set_ylabel(_AXIS_LABELS[metric])
+        ax.set_ylabel(_AXIS_LABELS.get(metric, metric))
         ax.grid(alpha=0.3)
         if values:
             ax.set_ylim(*_axis_range(metric, values))

@@ -14,7 +14,9 @@ WORKDIR/eval/segmentation/
                                 (Fig. 7, bottom)
 
 Every record also carries the channel, the number of channel uses and the overhead in bits (the
-accounting of multitask_jax.jscc). Sizes are written W x H, as the paper does ("768x512").
+accounting of multitask_jax.jscc). Sizes are written W x H, as the paper does ("768x512"). grids.npz in
+each folder keeps the shown images (uint8 sources, reconstructions, class masks) for multitask_jax.compare.
+The same sweeps evaluate the learned baselines (`build_model`, `method`: multitask_jax.baselines).
 
 casc_jax.evaluate.sweep is not reused: it reads CASC's data pipeline (square centre crops of
 casc_jax.data.make_dataset), while the multi-task validation needs multitask_jax.data's cover crops at
@@ -46,6 +48,7 @@ from multitask_jax.system import MultiTaskSystem
 from multitask_jax.tasks import RECONSTRUCTION, SEGMENTATION, check_task
 
 METHOD = "multitask"
+GRIDS_FILE = "grids.npz"
 
 
 # -- jitted, batch-sharded receivers -------------------------------------------------------------
@@ -62,7 +65,7 @@ def reconstructor(model: MultiTaskSystem, params, mesh, sampler: Mapping) -> Cal
 
 def segmenter(model: MultiTaskSystem, params, mesh) -> Callable:
     """(I (B, H, W, 3), mask (B, H, W), key, snr_db) -> (predicted classes (B, H, W), confusion (K, K))."""
-    num_classes = model.seg_decoder.num_classes
+    num_classes = model.num_classes
 
     @jax.jit
     def run(params, x, mask, key, snr):
@@ -103,17 +106,25 @@ def _size_name(hw: Sequence[int]) -> str:
 
 
 # -- reconstruction ------------------------------------------------------------------------------
-def evaluate_reconstruction(config, params, workdir: str, *, echo=print) -> list[dict]:
-    """PSNR against SNR at every `data.eval_sizes` (H, W); writes WORKDIR/eval/reconstruction/."""
+def _sampler(config) -> dict:
+    return config.sampler.to_dict() if "sampler" in config else {}
+
+
+def evaluate_reconstruction(
+    config, params, workdir: str, *, echo=print, build_model=mt_train.build_model, method: str = METHOD
+) -> list[dict]:
+    """PSNR against SNR at every `data.eval_sizes` (H, W); writes WORKDIR/eval/reconstruction/.
+
+    `build_model(config, (H, W))` gives the system (ours, or a baseline with the same interface)."""
     mesh = parallel.make_mesh()
     batch_size = parallel.check_batch_size(config.eval.batch_size, mesh)
-    sampler = config.sampler.to_dict()
+    sampler = _sampler(config)
     snrs = [float(s) for s in config.channel.eval_snrs]
     grid_snrs = [s for s in (float(g) for g in config.eval.grid_snrs) if s in snrs]
-    records, figures = [], {}
+    records, figures, grids = [], {}, {}
     for hw in config.data.get("eval_sizes") or (mt_train.image_hw(config),):
         hw = tuple(int(s) for s in hw)
-        model = mt_train.build_model(config, hw)
+        model = build_model(config, hw)
         run = reconstructor(model, params, mesh, sampler)
         shown = {}
         for snr in snrs:
@@ -133,7 +144,7 @@ def evaluate_reconstruction(config, params, workdir: str, *, echo=print) -> list
                     shown[snr] = x_hat[valid]
             record = {
                 "task": RECONSTRUCTION,
-                "method": METHOD,
+                "method": method,
                 "size": _size_name(hw),
                 "height": hw[0],
                 "width": hw[1],
@@ -151,10 +162,13 @@ def evaluate_reconstruction(config, params, workdir: str, *, echo=print) -> list
         rows = [("original", image_io.to_uint8(shown["original"][:n]))]
         rows += [(f"SNR {s:g} dB", image_io.to_uint8(shown[s][:n])) for s in grid_snrs]
         figures[_size_name(hw)] = rows
+        grids[f"source_{_size_name(hw)}"] = rows[0][1]
+        grids.update({f"{method}_{_size_name(hw)}_snr{s:g}": image_io.to_uint8(shown[s][:n]) for s in grid_snrs})
     out_dir = os.path.join(workdir, "eval", RECONSTRUCTION)
     if not parallel.is_primary():  # process 0 writes the files
         return records
     write_records(records, out_dir)
+    np.savez_compressed(os.path.join(out_dir, GRIDS_FILE), **grids)
     plot_psnr_vs_snr(records, os.path.join(out_dir, "psnr_vs_snr.png"))
     for name, rows in figures.items():
         save_rows_figure(rows, os.path.join(out_dir, f"samples_{name}.png"), f"Reconstructions ({name})")
@@ -162,18 +176,20 @@ def evaluate_reconstruction(config, params, workdir: str, *, echo=print) -> list
 
 
 # -- segmentation --------------------------------------------------------------------------------
-def evaluate_segmentation(config, params, workdir: str, *, echo=print) -> list[dict]:
+def evaluate_segmentation(
+    config, params, workdir: str, *, echo=print, build_model=mt_train.build_model, method: str = METHOD
+) -> list[dict]:
     """mIoU and pixel accuracy against SNR over the evaluation split; writes WORKDIR/eval/segmentation/."""
     mesh = parallel.make_mesh()
     batch_size = parallel.check_batch_size(config.eval.batch_size, mesh)
-    model = mt_train.build_model(config)
+    model = build_model(config)
     run = segmenter(model, params, mesh)
     snrs = [float(s) for s in config.channel.eval_snrs]
     grid_snrs = [s for s in (float(g) for g in config.eval.grid_snrs) if s in snrs]
     records, shown = [], {}
     for snr in snrs:
         started, seen = time.perf_counter(), 0
-        total = np.zeros((model.seg_decoder.num_classes,) * 2, np.int64)
+        total = np.zeros((model.num_classes,) * 2, np.int64)
         for i, batch in enumerate(mt_train.batches_for_eval(config, SEGMENTATION, batch_size=batch_size)):
             if config.eval.num_images and seen >= config.eval.num_images:
                 break
@@ -190,7 +206,7 @@ def evaluate_segmentation(config, params, workdir: str, *, echo=print) -> list[d
         iou = np.asarray(seg_metrics.per_class_iou(total), np.float64)
         record = {
             "task": SEGMENTATION,
-            "method": METHOD,
+            "method": method,
             "size": _size_name(mt_train.image_hw(config)),
             "snr_db": snr,
             **seg_metrics.segmentation_metrics(total),
@@ -213,16 +229,20 @@ def evaluate_segmentation(config, params, workdir: str, *, echo=print) -> list[d
     rows = [("image", image_io.to_uint8(shown["image"][:n]))]
     rows.append(("ground truth", colorize_mask(shown["ground truth"][:n])))
     rows += [(f"SNR {s:g} dB", colorize_mask(shown[s][:n])) for s in grid_snrs]
+    grids = {"image": rows[0][1], "ground_truth": np.asarray(shown["ground truth"][:n])}
+    grids.update({f"{method}_snr{s:g}": np.asarray(shown[s][:n]) for s in grid_snrs})
+    np.savez_compressed(os.path.join(out_dir, GRIDS_FILE), **grids)
     classes = np.unique(np.concatenate([np.ravel(a[:n]) for k, a in shown.items() if k != "image"]))
     save_rows_figure(rows, os.path.join(out_dir, "masks.png"), "Segmentation (VOC palette)", legend=classes)
     return records
 
 
-def evaluate(config, params, workdir: str, task: str, *, echo=print) -> list[dict]:
-    """The sweep of `task`: `evaluate_reconstruction` or `evaluate_segmentation`."""
+def evaluate(config, params, workdir: str, task: str, *, echo=print, **system) -> list[dict]:
+    """The sweep of `task`: `evaluate_reconstruction` or `evaluate_segmentation` (`system`: their
+    `build_model` and `method`, for a baseline)."""
     if check_task(task) == RECONSTRUCTION:
-        return evaluate_reconstruction(config, params, workdir, echo=echo)
-    return evaluate_segmentation(config, params, workdir, echo=echo)
+        return evaluate_reconstruction(config, params, workdir, echo=echo, **system)
+    return evaluate_segmentation(config, params, workdir, echo=echo, **system)
 
 
 # -- files and figures ---------------------------------------------------------------------------
@@ -249,6 +269,14 @@ def _pyplot():
     return plt
 
 
+def _lines(ax, rows: Sequence[Mapping], key: str) -> None:
+    """One line per method of `rows` (sorted by SNR); points with no value (nothing delivered) are left out."""
+    for method in dict.fromkeys(r["method"] for r in rows):
+        pts = [(r["snr_db"], r[key]) for r in rows if r["method"] == method and r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=method)
+
+
 def plot_psnr_vs_snr(records: Sequence[Mapping], path: str) -> None:
     """PSNR against SNR, one panel per validation size, smallest first (Figs. 4 and 5)."""
     plt = _pyplot()
@@ -257,7 +285,7 @@ def plot_psnr_vs_snr(records: Sequence[Mapping], path: str) -> None:
     fig, axes = plt.subplots(1, len(sizes), figsize=(4.6 * len(sizes), 3.6), squeeze=False)
     for i, (ax, size) in enumerate(zip(axes[0], sizes)):
         rows = sorted((r for r in records if r["size"] == size), key=lambda r: r["snr_db"])
-        ax.plot([r["snr_db"] for r in rows], [r["psnr"] for r in rows], marker="o", label=METHOD)
+        _lines(ax, rows, "psnr")
         kind = {0: "low-res. (Fig. 4) ", len(sizes) - 1: "high-res. (Fig. 5) "}.get(i, "") if len(sizes) > 1 else ""
         ax.set_title(f"{kind}{size}: {rows[0]['channel_uses']} channel uses, {rows[0]['channel']}", fontsize=10)
         ax.set_xlabel("SNR (dB)")
@@ -275,7 +303,7 @@ def plot_segmentation_vs_snr(records: Sequence[Mapping], path: str) -> None:
     rows = sorted(records, key=lambda r: r["snr_db"])
     fig, axes = plt.subplots(1, 2, figsize=(8.8, 3.6))
     for ax, key, label in zip(axes, ("miou", "pixel_accuracy"), ("mIoU", "pixel accuracy")):
-        ax.plot([r["snr_db"] for r in rows], [r[key] for r in rows], marker="o", label=METHOD)
+        _lines(ax, rows, key)
         ax.set_xlabel("SNR (dB)")
         ax.set_ylabel(label)
         ax.set_ylim(0.0, 1.0)

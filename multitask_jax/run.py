@@ -13,7 +13,9 @@ colour and reads back as labels) or photo_reconstruction_snr<S>.png, at the orig
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -29,6 +31,26 @@ from multitask_jax.tasks import RECONSTRUCTION, SEGMENTATION, TASKS
 build_model = mt_train.build_model  # launch.py's check that the config gives a model
 
 
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+    """What sample and transmit need of a system: ours, or a baseline of multitask_jax.baselines.
+
+    load_params(config, workdir, task, echo) -> (params, source); build_model(config, (H, W) or None);
+    sampler(config) -> the reverse-chain options or None.
+    """
+
+    load_params: Callable
+    build_model: Callable
+    sampler: Callable
+
+
+MULTITASK = Hooks(
+    load_params=lambda config, workdir, task, echo=print: mt_train.load_task_params(config, workdir, task, echo=echo),
+    build_model=mt_train.build_model,
+    sampler=lambda config: config.sampler.to_dict(),
+)
+
+
 def train(config, workdir, options, echo=print):
     """Train (or resume) the stage of `config.task`, then its evaluation sweep."""
     params = mt_train.train_task(config, workdir, config.task, echo=echo)
@@ -41,20 +63,20 @@ def evaluate(config, workdir, options, echo=print):
     return mt_eval.evaluate(config, params, workdir, config.task, echo=echo)
 
 
-def sample(config, workdir, options, echo=print):
+def sample(config, workdir, options, echo=print, hooks: Hooks = MULTITASK):
     """The first evaluation images and the task's outputs at every evaluation SNR -> WORKDIR/samples_<task>.png."""
     task = config.task
-    params, source = mt_train.load_task_params(config, workdir, task, echo=echo)
+    params, source = hooks.load_params(config, workdir, task, echo=echo)
     mesh = parallel.make_mesh()
     n = parallel.check_batch_size(config.eval.grid_images, mesh)
     local = next(mt_train.batches_for_eval(config, task, batch_size=n))  # this process's share of the grid
     keys = ("image", "mask") if task == SEGMENTATION else ("image",)
     batch = parallel.shard_batch({k: local[k] for k in keys}, mesh)
     host = {k: parallel.to_host(v) for k, v in batch.items()}
-    model = mt_train.build_model(config)
+    model = hooks.build_model(config)
     rows = [("image", image_io.to_uint8(host["image"]))]
     if task == RECONSTRUCTION:
-        run = mt_eval.reconstructor(model, params, mesh, config.sampler.to_dict())
+        run = mt_eval.reconstructor(model, params, mesh, hooks.sampler(config))
     else:
         rows.append(("ground truth", colorize_mask(host["mask"])))
         segment = mt_eval.segmenter(model, params, mesh)
@@ -128,22 +150,29 @@ def transmit(config, workdir, options, echo=print):
     if not paths:
         raise ValueError("--mode=transmit needs --image=PATH (repeat the flag for several images)")
     task = select_task(text, echo).task  # before any model work: an out-of-scope request stops here
+    return transmit_task(config, workdir, options, task, echo=echo)
+
+
+def transmit_task(config, workdir, options, task: str, echo=print, hooks: Hooks = MULTITASK, tag: str | None = None):
+    """`options['images']` through the system of `hooks` for `task` at each SNR -> PNGs (named with `tag`,
+    default '_<task>')."""
+    paths = options.get("images") or []
     cli.check_images(paths)
     snrs = options.get("snrs") or tuple(config.channel.eval_snrs)
     out_dir = options.get("out_dir") or os.path.join(workdir, "transmit")
-    targets = cli.transmit_targets(paths, snrs, out_dir, tag=f"_{task}")
+    targets = cli.transmit_targets(paths, snrs, out_dir, tag=f"_{task}" if tag is None else tag)
     h, w = mt_train.image_hw(config)
     if h != w:
         raise ValueError(f"transmit letterboxes into a square model input; model.image_size is {(h, w)}")
     fit = options.get("fit", "pad")
     images, sizes = image_io.load_images_for_transmit(paths, h, fit=fit)
-    params, source = mt_train.load_task_params(config, workdir, task, echo=echo)
-    model = mt_train.build_model(config)
+    params, source = hooks.load_params(config, workdir, task, echo=echo)
+    model = hooks.build_model(config)
     mesh = parallel.make_mesh()
     echo(f"[transmit] {source}; {len(paths)} image(s), {model.num_channel_uses} channel uses "
          f"({model.overhead_bits()} bits) each, {config.channel.kind} channel")
     if task == RECONSTRUCTION:
-        run = mt_eval.reconstructor(model, params, mesh, config.sampler.to_dict())
+        run = mt_eval.reconstructor(model, params, mesh, hooks.sampler(config))
     else:
         segment = mt_eval.segmenter(model, params, mesh)
         run = lambda x, key, snr: segment(x, np.zeros(x.shape[:3], np.int32), key, snr)[0]  # noqa: E731

@@ -61,6 +61,11 @@ class MultiTaskSystem:
         """k, complex symbols per image (the same for both tasks: the JSCC encoder is shared)."""
         return jscc.channel_uses(self.image_shape[:2], self.encoder.channels, self.encoder.downsample)
 
+    @property
+    def num_classes(self) -> int:
+        """Segmentation classes (21 VOC classes)."""
+        return self.seg_decoder.num_classes
+
     def overhead_bits(self, bits_per_real: int = jscc.BITS_PER_REAL) -> int:
         """Bits per image under the stated accounting (see multitask_jax.jscc)."""
         return jscc.overhead_bits(self.num_channel_uses, bits_per_real)

@@ -16,6 +16,9 @@ as well. Training segmentation after reconstruction with those parts frozen keep
 exactly as trained. `shared=False` trains a separate segmentation chain (used by the smoke preset so that
 it runs on its own); a workdir then holds two transmitters, one per task.
 
+The step (`make_loss_step`) and the stage runner (`fit_stage`) take any system's loss function: the
+multi-task paper's baselines (multitask_jax.baselines) train with the same loop, SNR draw and optimiser.
+
 Each stage checkpoints into WORKDIR/<task>/checkpoints and resumes from there (casc_jax.train.loop).
 A shared segmentation stage records the reconstruction step it was trained on and warns when the
 reconstruction stage has moved on since.
@@ -113,33 +116,28 @@ def optimizer(stage_cfg, global_batch: int) -> optax.GradientTransformation:
     return loop.adam(lr, stage_cfg.b1, stage_cfg.b2, weight_decay=stage_cfg.weight_decay, clip_norm=stage_cfg.clip_norm)
 
 
-def make_train_step(
-    model: MultiTaskSystem, task: str, stage_cfg, train_snrs, tx, seed: int, grad_groups: int = 0
+def make_loss_step(
+    loss_fn: Callable, stage_cfg, train_snrs, tx, seed: int, grad_groups: int = 0, keys: tuple[str, ...] = ("image",)
 ) -> Callable:
-    """(state, batch, frozen) -> (state, metrics); pure, to be jitted data-parallel.
+    """(state, batch, frozen) -> (state, metrics) for any system's `loss_fn(params, b, key)`; pure, to be jitted
+    data-parallel. Every system of the multi-task comparison (ours and the baselines) trains with it.
 
-    `frozen` holds the parameter parts that are not trained (or None). One SNR per example is drawn
-    uniformly from `train_snrs`. `grad_groups` > 0: the device-count-independent gradient of
-    `parallel.value_and_grad`; the segmentation loss is then the mean of the groups' losses, each a mean
-    over its own labelled pixels.
+    `b` holds the batch's `keys` and 'snr', one SNR per example drawn uniformly from `train_snrs`; `params` is
+    the trainable tree merged over `frozen` (the parts that are not trained, or None). `grad_groups` > 0:
+    the device-count-independent gradient of `parallel.value_and_grad` (each group's loss a mean over it).
     """
-    check_task(task)
     train_snrs = tuple(float(s) for s in train_snrs)
 
     def step(state: loop.TrainState, batch, frozen):
-        x = batch["image"]
         key = jax.random.fold_in(jax.random.key(seed), state.step)
         k_snr, k_loss = jax.random.split(key)
-        snr = ch.sample_snr(k_snr, x.shape[0], train_snrs)
+        b = {k: batch[k] for k in keys}
+        b["snr"] = ch.sample_snr(k_snr, b[keys[0]].shape[0], train_snrs)
 
-        def loss_fn(trainable, b, key):
-            params = dict(frozen or {}, **trainable)
-            if task == RECONSTRUCTION:
-                return model.recon_loss(params, b["x"], key, b["snr"])
-            return model.seg_loss(params, b["x"], b["mask"], key, b["snr"])
+        def merged_loss(trainable, b, key):
+            return loss_fn(dict(frozen or {}, **trainable), b, key)
 
-        b = {"x": x, "snr": snr} if task == RECONSTRUCTION else {"x": x, "snr": snr, "mask": batch["mask"]}
-        loss, grads = parallel.value_and_grad(loss_fn, grad_groups)(state.params, b, k_loss)
+        loss, grads = parallel.value_and_grad(merged_loss, grad_groups)(state.params, b, k_loss)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = state.ema_params
@@ -152,6 +150,24 @@ def make_train_step(
     return step
 
 
+def task_keys(task: str) -> tuple[str, ...]:
+    """The batch entries a task's loss reads."""
+    return ("image",) if check_task(task) == RECONSTRUCTION else ("image", "mask")
+
+
+def make_train_step(
+    model: MultiTaskSystem, task: str, stage_cfg, train_snrs, tx, seed: int, grad_groups: int = 0
+) -> Callable:
+    """`make_loss_step` with our system's loss of `task`: L_R (`recon_loss`) or L_S (`seg_loss`)."""
+    return make_loss_step(_loss_of(model, task), stage_cfg, train_snrs, tx, seed, grad_groups, task_keys(task))
+
+
+def new_state(params, stage_cfg, tx, extra=None) -> loop.TrainState:
+    """A fresh stage state of trainable `params`: the optimiser state, an EMA copy when `stage_cfg.ema_decay`."""
+    ema = jax.tree.map(jnp.copy, params) if stage_cfg.ema_decay else None
+    return loop.TrainState(jnp.int32(0), params, tx.init(params), ema, extra)
+
+
 def initial_state(model: MultiTaskSystem, config, task: str, key, reconstruction_step: int = 0) -> loop.TrainState:
     """A fresh stage state: the trainable parts of `model.init(key)`, AdamW state, EMA copy if enabled.
 
@@ -160,17 +176,25 @@ def initial_state(model: MultiTaskSystem, config, task: str, key, reconstruction
     stage_cfg = config.train[task]
     params = model.init(key)
     trainable = {k: params[k] for k in trainable_parts(config, task)}
-    ema = jax.tree.map(jnp.copy, trainable) if stage_cfg.ema_decay else None
     extra = {"reconstruction_step": jnp.int32(reconstruction_step)} if is_shared(config, task) else None
-    tx = optimizer(stage_cfg, config.train.batch_size)
-    return loop.TrainState(jnp.int32(0), trainable, tx.init(trainable), ema, extra)
+    return new_state(trainable, stage_cfg, optimizer(stage_cfg, config.train.batch_size), extra)
 
 
 def abstract_state(model: MultiTaskSystem, config, task: str, mesh) -> loop.TrainState:
     """Shapes, dtypes and replicated shardings of a stage state (a restore target), nothing allocated."""
-    abstract = jax.eval_shape(lambda k: initial_state(model, config, task, k), jax.random.key(0))
+    return abstract_of(lambda k: initial_state(model, config, task, k), mesh)
+
+
+def abstract_of(initial_state_fn: Callable, mesh) -> loop.TrainState:
+    """The restore target of the state `initial_state_fn(key)` would create, replicated over `mesh`."""
+    abstract = jax.eval_shape(initial_state_fn, jax.random.key(0))
     sharding = parallel.replicated(mesh)
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
+
+
+def restore(config, workdir: str, name: str, initial_state_fn: Callable) -> tuple[int | None, loop.TrainState | None]:
+    """(step, state) of stage `name`'s latest checkpoint in `workdir`, or (None, None)."""
+    return loop.restore_stage(workdir, name, config.train, abstract_of(initial_state_fn, parallel.make_mesh()))
 
 
 def deployed(state: loop.TrainState) -> dict:
@@ -214,31 +238,52 @@ def train_task(config: ml_collections.ConfigDict, workdir: str, task: str | None
     (every part on its path, frozen ones included)."""
     task = check_task(task or config.task)
     model = build_model(config)
-    mesh = parallel.make_mesh()
-    global_batch = config.train.batch_size
-    local_batch = parallel.check_batch_size(global_batch, mesh)
-    stage_cfg = config.train[task]
     frozen, recon_step = None, 0
     if is_shared(config, task):
+        mesh = parallel.make_mesh()
         frozen, recon_step = _shared_parts(config, workdir, model, mesh)
         echo(f"[{task}] frozen {', '.join(SHARED_PARTS)} from the reconstruction stage at step {recon_step}")
         _, previous = loop.restore_stage(workdir, task, config.train, abstract_state(model, config, task, mesh))
         if previous is not None:
             _check_transmitter(previous, recon_step, echo)
+    state = fit_stage(
+        config, workdir, name=task, task=task,
+        initial_state_fn=lambda k: initial_state(model, config, task, k, reconstruction_step=recon_step),
+        loss_fn=_loss_of(model, task),
+        seed=config.seed + _SEED_OFFSET[task], frozen=frozen, echo=echo,
+    )
+    return dict(frozen or {}, **deployed(state))
+
+
+def _loss_of(model: MultiTaskSystem, task: str) -> Callable:
+    def loss_fn(params, b, key):
+        if task == RECONSTRUCTION:
+            return model.recon_loss(params, b["image"], key, b["snr"])
+        return model.seg_loss(params, b["image"], b["mask"], key, b["snr"])
+
+    return loss_fn
+
+
+def fit_stage(
+    config, workdir: str, *, name: str, task: str, initial_state_fn: Callable, loss_fn: Callable, seed: int,
+    frozen=None, echo=print,
+) -> loop.TrainState:
+    """Run (or resume) stage `name` of any system on `task`'s data: `config.train[name]` (AdamW, steps, EMA),
+    `make_loss_step(loss_fn)` data-parallel, checkpoints in WORKDIR/<name>/checkpoints. Returns the final state."""
+    mesh = parallel.make_mesh()
+    global_batch = config.train.batch_size
+    local_batch = parallel.check_batch_size(global_batch, mesh)
+    stage_cfg = config.train[name]
     # Created by one jitted call, directly replicated (eager init dispatches thousands of small ops).
-    state = jax.jit(
-        lambda k: initial_state(model, config, task, k, reconstruction_step=recon_step),
-        out_shardings=parallel.replicated(mesh),
-    )(jax.random.key(config.seed))
+    state = jax.jit(initial_state_fn, out_shardings=parallel.replicated(mesh))(jax.random.key(config.seed))
     steps = stage_cfg.num_steps or loop.num_steps(stage_cfg, num_examples(config, task, "train"), global_batch)
-    seed = config.seed + _SEED_OFFSET[task]
-    groups = parallel.check_grad_groups(config.train.get("grad_groups", 0), global_batch, mesh.size)
+    groups = parallel.check_grad_groups(config.train.get("grad_groups") or 0, global_batch, mesh.size)
     tx = optimizer(stage_cfg, global_batch)
-    step = make_train_step(model, task, stage_cfg, config.channel.train_snrs, tx, seed, groups)
+    step = make_loss_step(loss_fn, stage_cfg, config.channel.train_snrs, tx, seed, groups, task_keys(task))
     writer = loop.make_writer(workdir)
     try:
-        state = loop.run_stage(
-            name=task,
+        return loop.run_stage(
+            name=name,
             workdir=workdir,
             train_cfg=config.train,
             initial_state=state,
@@ -253,7 +298,6 @@ def train_task(config: ml_collections.ConfigDict, workdir: str, task: str | None
         )
     finally:
         writer.close()
-    return dict(frozen or {}, **deployed(state))
 
 
 def _with_const(jitted, const, state, batch):

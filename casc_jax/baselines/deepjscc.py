@@ -68,13 +68,14 @@ class DeepJSCCEncoder(nn.Module):
     channels: int
     filters: Sequence[int] = (16, 32, 32, 32)
     kernel_size: int = 5
+    strides: Sequence[int] = ENCODER_STRIDES  # the paper's; multitask_jax's baseline downsamples by 16
 
     @nn.compact
     def __call__(self, x):
         _check_filters(self.filters)
         k, p = self.kernel_size, self.kernel_size // 2
         h = (x + 1.0) / 2.0  # the paper's input normalisation to [0, 1]
-        for i, (features, stride) in enumerate(zip((*self.filters, self.channels), ENCODER_STRIDES)):
+        for i, (features, stride) in enumerate(zip((*self.filters, self.channels), self.strides, strict=True)):
             h = nn.Conv(features, (k, k), strides=stride, padding=((p, p), (p, p)), name=f"conv{i}")(h)
             h = nn.PReLU(negative_slope_init=PRELU_INIT, name=f"prelu{i}")(h)
         return h
@@ -85,6 +86,7 @@ class DeepJSCCDecoder(nn.Module):
 
     filters: Sequence[int] = (16, 32, 32, 32)
     kernel_size: int = 5
+    strides: Sequence[int] = DECODER_STRIDES
 
     @nn.compact
     def __call__(self, y):
@@ -92,7 +94,7 @@ class DeepJSCCDecoder(nn.Module):
         k = self.kernel_size
         widths = (*reversed(self.filters), 3)
         h = y
-        for i, (features, stride) in enumerate(zip(widths, DECODER_STRIDES)):
+        for i, (features, stride) in enumerate(zip(widths, self.strides, strict=True)):
             h = nn.ConvTranspose(features, (k, k), strides=(stride, stride), padding="SAME", name=f"tconv{i}")(h)
             if i < len(widths) - 1:
                 h = nn.PReLU(negative_slope_init=PRELU_INIT, name=f"prelu{i}")(h)

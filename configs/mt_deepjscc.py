@@ -1,0 +1,10 @@
+"""Multi-task baseline: DeepJSCC (Bourtsoulatze et al. 2019), reconstruction: PSNR vs SNR (Figs. 4, 5).
+
+Presets '' (paper) and 'smoke'; see configs/mt_baselines_base.py.
+"""
+
+from configs.mt_baselines_base import base_config
+
+
+def get_config(arg: str = ""):
+    return base_config("deepjscc", preset=arg)
