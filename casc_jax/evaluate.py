@@ -5,7 +5,7 @@ metrics.csv,
 metrics_vs_snr.png (one panel per metric), samples_snr<SNR>.png (sources over reconstructions) and
 reconstructions.npz (the grid's sources and their reconstructions at every SNR, uint8, for
 `casc_jax.compare`'s visual comparison).
-FID needs the pytorch-fid InceptionV3 weights (casc_jax.metrics.fid); without them it is null, the
+FID needs the pytorch-fid InceptionV3 weights (casc_jax.metrics.inception); without them it is null, the
 reason is recorded once in metrics.json, and the rest of the sweep still runs. On several hosts every
 process evaluates the same global batches and gathers the per-image scores; process 0 writes the files.
 """
@@ -25,6 +25,7 @@ import numpy as np
 from casc_jax import data as data_lib
 from casc_jax import image_io
 from casc_jax.metrics import fid as fid_lib
+from casc_jax.metrics import inception as inception_lib
 from casc_jax.metrics.image import psnr
 from casc_jax.metrics.lpips import load_lpips
 from casc_jax.train import parallel
@@ -67,7 +68,7 @@ def sweep(
     x and x_hat are (B, H, W, 3) in [-1, 1]; `reconstruct` is expected to be jitted and sharded.
     """
     lpips_fn, lpips_reason = optional_metric(lambda: load_lpips(lpips_net), "LPIPS", echo)
-    inception, fid_reason = optional_metric(lambda: fid_lib.load_inception(fid_weights or None), "FID", echo)
+    inception, fid_reason = optional_metric(lambda: inception_lib.load_inception(fid_weights or None), "FID", echo)
     parallel.check_batch_size(batch_size, mesh)
     sampler = dict(sampler or {})
     records, grids = [], {}

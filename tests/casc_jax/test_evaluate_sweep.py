@@ -6,6 +6,7 @@ import numpy as np
 from casc_jax import data as data_lib
 from casc_jax import evaluate
 from casc_jax.metrics import fid as fid_lib
+from casc_jax.metrics import inception as inception_lib
 from casc_jax.train import parallel
 
 
@@ -16,7 +17,7 @@ def test_real_inception_statistics_are_computed_once(tmp_path, monkeypatch):
         seen_batches.append(np.asarray(x).copy())
         return jnp.stack([x.mean((1, 2, 3)), x.std((1, 2, 3)), x[..., 0].mean((1, 2)), x[..., 1].max((1, 2))], 1)
 
-    monkeypatch.setattr(fid_lib, "load_inception", lambda path=None: fake_inception)
+    monkeypatch.setattr(inception_lib, "load_inception", lambda path=None: fake_inception)
     monkeypatch.setattr(evaluate, "load_lpips", lambda net: (_ for _ in ()).throw(FileNotFoundError("no LPIPS")))
     cfg = data_lib.default_config()
     cfg.update(source="embedded")

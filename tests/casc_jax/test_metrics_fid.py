@@ -18,7 +18,7 @@ from casc_jax.metrics import (
     random_inception_variables,
     save_inception_weights,
 )
-from casc_jax.metrics.fid import BasicConv2d, _flatten, map_pytorch_fid_entry, resize_bilinear
+from casc_jax.metrics.inception import BasicConv2d, _flatten, map_pytorch_fid_entry, resize_bilinear
 
 
 def _random_psd(rng, d, rank=None):
