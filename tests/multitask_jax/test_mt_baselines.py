@@ -17,7 +17,6 @@ from multitask_jax.baselines import digital_eval, models
 from multitask_jax.baselines import run as bl_run
 from multitask_jax.evaluate import GRIDS_FILE
 
-jax.config.update("jax_disable_most_optimizations", True)
 JSCC = ("deepjscc", "adjscc", "witt", "deeplab_jscc")
 quiet = lambda s: None  # noqa: E731
 
