@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from multitask_jax.baselines.common import JSCCBaseline, output_image, snr_column
+from multitask_jax.baselines.common import JSCCBaseline, link_fields, output_image, snr_column
 from multitask_jax.baselines.deepjscc import DECODER_STRIDES, ENCODER_STRIDES
 from multitask_jax.tasks import RECONSTRUCTION
 
@@ -104,12 +104,9 @@ def build(cfg, image_hw: Sequence[int], channels: int, channel_kind: str = "awgn
     if len(filters) != 4:
         raise ValueError(f"adjscc.filters needs 4 hidden widths, got {filters}")
     return JSCCBaseline(
-        name="adjscc",
-        encoder=Encoder(channels, filters, k),
-        decoder=Decoder(filters, k),
-        task=RECONSTRUCTION,
-        image_shape=(int(image_hw[0]), int(image_hw[1]), 3),
-        channels=channels,
-        channel_kind=channel_kind,
-        equalizer=equalizer,
+        "adjscc",
+        Encoder(channels, filters, k),
+        Decoder(filters, k),
+        RECONSTRUCTION,
+        **link_fields(image_hw, channels, channel_kind, equalizer),
     )

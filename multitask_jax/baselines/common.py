@@ -55,6 +55,16 @@ def snr_column(snr_db, batch: int) -> jax.Array:
     return jnp.broadcast_to(jnp.asarray(snr_db, jnp.float32).reshape(-1), (batch,))[:, None]
 
 
+def link_fields(image_hw: Sequence[int], channels: int, channel_kind: str = "awgn", equalizer: str = "zf") -> dict:
+    """The `JSCCBaseline` fields every baseline shares: its image shape, channel uses per position and channel."""
+    return dict(
+        image_shape=(int(image_hw[0]), int(image_hw[1]), 3),
+        channels=channels,
+        channel_kind=channel_kind,
+        equalizer=equalizer,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class JSCCBaseline:
     """A learned JSCC baseline: encoder -> power normalisation -> channel -> decoder, for one `task`.

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 
 from casc_jax.baselines.deepjscc import DeepJSCCDecoder, DeepJSCCEncoder
-from multitask_jax.baselines.common import JSCCBaseline
+from multitask_jax.baselines.common import JSCCBaseline, link_fields
 from multitask_jax.tasks import RECONSTRUCTION
 
 ENCODER_STRIDES = (2, 2, 2, 2, 1)
@@ -52,12 +52,9 @@ def build(cfg, image_hw: Sequence[int], channels: int, channel_kind: str = "awgn
     """DeepJSCC from `cfg` = {filters, kernel_size}."""
     filters, k = tuple(cfg.filters), int(cfg.kernel_size)
     return JSCCBaseline(
-        name="deepjscc",
-        encoder=Encoder(channels, filters, k),
-        decoder=Decoder(filters, k),
-        task=RECONSTRUCTION,
-        image_shape=(int(image_hw[0]), int(image_hw[1]), 3),
-        channels=channels,
-        channel_kind=channel_kind,
-        equalizer=equalizer,
+        "deepjscc",
+        Encoder(channels, filters, k),
+        Decoder(filters, k),
+        RECONSTRUCTION,
+        **link_fields(image_hw, channels, channel_kind, equalizer),
     )

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from casc_jax.nn.layers import ResBlock, group_norm
-from multitask_jax.baselines.common import JSCCBaseline
+from multitask_jax.baselines.common import JSCCBaseline, link_fields
 from multitask_jax.tasks import SEGMENTATION
 
 
@@ -91,13 +91,10 @@ def build(cfg, image_hw: Sequence[int], channels: int, channel_kind: str = "awgn
         raise ValueError(f"deeplab.widths needs 4 stride-2 stages (output stride 16), got {widths}")
     rates = tuple(int(r) for r in cfg.rates)
     return JSCCBaseline(
-        name="deeplab_jscc",
-        encoder=Encoder(channels, widths, int(cfg.features), rates),
-        decoder=Decoder(int(cfg.num_classes), int(cfg.features), rates, float(cfg.dropout)),
-        task=SEGMENTATION,
-        image_shape=(int(image_hw[0]), int(image_hw[1]), 3),
-        channels=channels,
-        channel_kind=channel_kind,
-        equalizer=equalizer,
+        "deeplab_jscc",
+        Encoder(channels, widths, int(cfg.features), rates),
+        Decoder(int(cfg.num_classes), int(cfg.features), rates, float(cfg.dropout)),
+        SEGMENTATION,
         num_classes=int(cfg.num_classes),
+        **link_fields(image_hw, channels, channel_kind, equalizer),
     )

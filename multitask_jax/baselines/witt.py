@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from multitask_jax.baselines.common import JSCCBaseline, output_image, snr_column
+from multitask_jax.baselines.common import JSCCBaseline, link_fields, output_image, snr_column
 from multitask_jax.jscc import depth_to_space
 from multitask_jax.swin import PatchEmbed, PatchMerging, SwinBlock
 from multitask_jax.tasks import RECONSTRUCTION
@@ -125,14 +125,11 @@ def build(cfg, image_hw: Sequence[int], channels: int, channel_kind: str = "awgn
     if not len(kw["widths"]) == len(kw["depths"]) == len(kw["heads"]) == 4:
         raise ValueError("witt.widths, depths and heads need 4 stages each (patch 2 and 3 mergings: H/16)")
     return JSCCBaseline(
-        name="witt",
-        encoder=Encoder(channels, **kw),
-        decoder=Decoder(**kw),
-        task=RECONSTRUCTION,
-        image_shape=(int(image_hw[0]), int(image_hw[1]), 3),
-        channels=channels,
-        channel_kind=channel_kind,
-        equalizer=equalizer,
+        "witt",
+        Encoder(channels, **kw),
+        Decoder(**kw),
+        RECONSTRUCTION,
+        **link_fields(image_hw, channels, channel_kind, equalizer),
     )
 
 
