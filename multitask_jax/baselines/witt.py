@@ -19,6 +19,7 @@ width and a 2 x 2 depth-to-space; the output is 2 sigmoid - 1 (images in [-1, 1]
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -66,47 +67,51 @@ def _stage(x, depth: int, heads: int, window: int, mlp_ratio: float, name: str, 
     return x
 
 
-class Encoder(nn.Module):
-    """I (B, H, W, 3), SNR -> (B, H/16, W/16, channels), before power normalisation."""
+@dataclasses.dataclass(frozen=True)
+class SwinSpec:
+    """The Swin stages WITT's encoder runs and its decoder mirrors (4 stages: patch 2 and 3 mergings = H/16)."""
 
-    channels: int
-    widths: Sequence[int] = (128, 192, 256, 320)
-    depths: Sequence[int] = (2, 2, 6, 2)
-    heads: Sequence[int] = (4, 6, 8, 10)
+    widths: tuple[int, ...] = (128, 192, 256, 320)
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    heads: tuple[int, ...] = (4, 6, 8, 10)
     window: int = 8
     mlp_ratio: float = 4.0
     modnet_layers: int = 7
 
+
+class Encoder(nn.Module):
+    """I (B, H, W, 3), SNR -> (B, H/16, W/16, channels), before power normalisation."""
+
+    channels: int
+    spec: SwinSpec = SwinSpec()
+
     @nn.compact
     def __call__(self, x, snr_db, *, train: bool = False):
-        h = PatchEmbed(2, self.widths[0], name="patch_embed")(x)
-        for s, (width, depth, heads) in enumerate(zip(self.widths, self.depths, self.heads, strict=True)):
+        sp = self.spec
+        h = PatchEmbed(2, sp.widths[0], name="patch_embed")(x)
+        for s, (width, depth, heads) in enumerate(zip(sp.widths, sp.depths, sp.heads, strict=True)):
             if s:
                 h = nn.Dense(width, name=f"stage{s}_proj")(PatchMerging(name=f"stage{s}_merge")(h))
-            h = _stage(h, depth, heads, self.window, self.mlp_ratio, f"stage{s}", train)
+            h = _stage(h, depth, heads, sp.window, sp.mlp_ratio, f"stage{s}", train)
         h = nn.LayerNorm(epsilon=1e-5, name="norm")(h)
-        h = ChannelModNet(self.modnet_layers, int(1.5 * self.widths[-1]), name="modnet")(h, snr_db)
+        h = ChannelModNet(sp.modnet_layers, int(1.5 * sp.widths[-1]), name="modnet")(h, snr_db)
         return nn.Dense(self.channels, name="head")(h)
 
 
 class Decoder(nn.Module):
     """y (B, H/16, W/16, C), SNR -> image (B, H, W, 3) in [-1, 1]."""
 
-    widths: Sequence[int] = (128, 192, 256, 320)
-    depths: Sequence[int] = (2, 2, 6, 2)
-    heads: Sequence[int] = (4, 6, 8, 10)
-    window: int = 8
-    mlp_ratio: float = 4.0
-    modnet_layers: int = 7
+    spec: SwinSpec = SwinSpec()
 
     @nn.compact
     def __call__(self, y, snr_db, out_hw=None, *, train: bool = False):
-        widths = tuple(reversed(self.widths))
+        sp = self.spec
+        widths = tuple(reversed(sp.widths))
         h = nn.Dense(widths[0], name="head")(y)
-        h = ChannelModNet(self.modnet_layers, int(1.5 * widths[0]), name="modnet")(h, snr_db)
-        depths, heads = tuple(reversed(self.depths)), tuple(reversed(self.heads))
+        h = ChannelModNet(sp.modnet_layers, int(1.5 * widths[0]), name="modnet")(h, snr_db)
+        depths, heads = tuple(reversed(sp.depths)), tuple(reversed(sp.heads))
         for s in range(len(widths)):
-            h = _stage(h, depths[s], heads[s], self.window, self.mlp_ratio, f"stage{s}", train)
+            h = _stage(h, depths[s], heads[s], sp.window, sp.mlp_ratio, f"stage{s}", train)
             h = PatchReverseMerging(widths[min(s + 1, len(widths) - 1)], name=f"stage{s}_split")(h)
         h = nn.LayerNorm(epsilon=1e-5, name="norm")(h)
         return output_image(nn.Dense(3, name="to_rgb")(h))
@@ -114,7 +119,7 @@ class Decoder(nn.Module):
 
 def build(cfg, image_hw: Sequence[int], channels: int, channel_kind: str = "awgn", equalizer: str = "zf"):
     """WITT from `cfg` = {widths, depths, heads (4 stages each), window, mlp_ratio, modnet_layers}."""
-    kw = dict(
+    spec = SwinSpec(
         widths=tuple(cfg.widths),
         depths=tuple(cfg.depths),
         heads=tuple(cfg.heads),
@@ -122,15 +127,15 @@ def build(cfg, image_hw: Sequence[int], channels: int, channel_kind: str = "awgn
         mlp_ratio=float(cfg.mlp_ratio),
         modnet_layers=int(cfg.modnet_layers),
     )
-    if not len(kw["widths"]) == len(kw["depths"]) == len(kw["heads"]) == 4:
+    if not len(spec.widths) == len(spec.depths) == len(spec.heads) == 4:
         raise ValueError("witt.widths, depths and heads need 4 stages each (patch 2 and 3 mergings: H/16)")
     return JSCCBaseline(
         "witt",
-        Encoder(channels, **kw),
-        Decoder(**kw),
+        Encoder(channels, spec),
+        Decoder(spec),
         RECONSTRUCTION,
         **link_fields(image_hw, channels, channel_kind, equalizer),
     )
 
 
-__all__ = ["ChannelModNet", "Decoder", "Encoder", "PatchReverseMerging", "build"]
+__all__ = ["ChannelModNet", "Decoder", "Encoder", "PatchReverseMerging", "SwinSpec", "build"]
