@@ -15,10 +15,9 @@ from collections.abc import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-from casc_jax import modes
+from casc_jax import diffusion, modes
 from casc_jax.baselines import DiffSC, build_diffsc
 from casc_jax.evaluate import config_sweep
-from casc_jax.system import sampler_options
 from casc_jax.train import parallel
 from casc_jax.train.baselines import build_model, load_trained_params, train_baseline
 
@@ -140,7 +139,7 @@ def diffsc_parts_for_benchmark(config, timesteps: int | None = None) -> dict[str
     """
     model = _diffsc_for_benchmark(config, timesteps)
     sampler = config.sampler.to_dict()
-    _, dtype = sampler_options(sampler)
+    dtype = diffusion.SamplerSpec.of(sampler).compute_dtype
     return {
         "receive": lambda params, y, key: model.receive(params, y, key, sampler),
         "condition": model.condition,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import shutil
 import statistics
 import tempfile
@@ -183,8 +184,7 @@ def main(argv=None) -> dict:
     for name, t in rows.items():
         print(f"| {name:<30} | {t['before']:>10.4g} | {t['after']:>10.4g} | {t['after'] / t['before']:>12.3f} |")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+        pathlib.Path(args.out).write_text(json.dumps(report, indent=2))
     return report
 
 

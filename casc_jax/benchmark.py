@@ -27,11 +27,10 @@ from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from casc_jax import diffusion
 from casc_jax.nn import dynamic
-from casc_jax.system import CASC, build_casc, sampler_options
+from casc_jax.system import CASC, build_casc
 from casc_jax.train import parallel
 
 PAPER_MS_PER_IMAGE = {"CASC (RTX A6000)": 145.82, "DiffSC (RTX A6000)": 301.80}
@@ -104,12 +103,12 @@ def default_variants(config) -> list[Variant]:
 
 def _truncate(config, sampler: Mapping, max_steps: int) -> tuple[Mapping, int, float]:
     """(sampler actually timed, diffusion T actually used, scale to the full chain)."""
-    kwargs, _ = sampler_options(sampler)
+    spec = diffusion.SamplerSpec.of(sampler)
     T = config.diffusion.num_timesteps
-    steps = kwargs["steps"] or T
+    steps = spec.steps or T
     if not max_steps or steps <= max_steps:
         return sampler, T, 1.0
-    if kwargs["sampler"] == "ddpm":
+    if spec.name == "ddpm":
         return sampler, max_steps, steps / max_steps
     return dict(sampler, steps=max_steps), T, steps / max_steps
 
@@ -125,7 +124,7 @@ def _model_for(config, can: bool, timesteps: int) -> CASC:
 
 def receiver_fns(model: CASC, sampler: Mapping):
     """(whole receiver, denoiser-only step, decoder-only, CAN-only) as jittable functions."""
-    kwargs, dtype = sampler_options(sampler)
+    dtype = diffusion.SamplerSpec.of(sampler).compute_dtype
 
     def receive(params, c_hat, key):
         return model.receive(params, c_hat, key, sampler)
@@ -144,7 +143,7 @@ def receiver_fns(model: CASC, sampler: Mapping):
 
 def _loop_receiver(model: CASC, sampler: Mapping, params, c_hat, key):
     """Per-step dispatch: the same chain with a Python loop calling one jitted step per timestep."""
-    kwargs, dtype = sampler_options(sampler)
+    dtype = diffusion.SamplerSpec.of(sampler).compute_dtype
     dynamic = jax.jit(model.dynamic_weights)(params, c_hat)
     T = model.schedule.num_timesteps
 
@@ -184,8 +183,8 @@ def speed(config, params=None, echo=print, variants: list[Variant] | None = None
         )
         key = jax.random.key(2)
         receive, one_eps, decode, can = receiver_fns(model, sampler)
-        kwargs, _ = sampler_options(sampler)
-        steps_timed = kwargs["steps"] or T_used
+        spec = diffusion.SamplerSpec.of(sampler)
+        steps_timed = spec.steps or T_used
         if v.dispatch == "loop":
             fn = functools.partial(_loop_receiver, model, sampler)
             first, median, runs = timed(fn, p, c_hat, key, repeats=repeats)
@@ -193,7 +192,7 @@ def speed(config, params=None, echo=print, variants: list[Variant] | None = None
             fn = jax.jit(receive)
             first, median, runs = timed(fn, p, c_hat, key, repeats=repeats)
         z = jnp.zeros((batch,) + model.latent_shape)
-        cost_key = (v.can, sampler_options(sampler)[1])
+        cost_key = (v.can, spec.compute_dtype)
         if cost_key not in costs:  # FLOPs depend on the network and dtype only, not on the sampler
             dynamic = jax.jit(can)(p, c_hat)
             t = jnp.zeros((batch,), jnp.int32)
@@ -205,7 +204,7 @@ def speed(config, params=None, echo=print, variants: list[Variant] | None = None
         steps_full = int(round(steps_timed * scale))
         flops = steps_full * eps_flops + fixed_flops
         seconds = median * scale if scale == 1.0 else _scaled_time(median, scale, model, p, z, decode)
-        row = _row(v.label, dict(sampler, steps=steps_full if kwargs["steps"] else None), batch, steps_full,
+        row = _row(v.label, dict(sampler, steps=steps_full if spec.steps else None), batch, steps_full,
                    steps_timed, seconds, first - median, flops, eps_flops, runs)
         row["fraction_of_matmul_peak"] = row["achieved_gflops"] / peak
         rows.append(row)
@@ -320,86 +319,3 @@ def write_report(report: dict, workdir: str, echo=print) -> str:
     echo("* timed on fewer steps of the same per-step program and scaled to the full chain")
     echo(f"wrote {path}")
     return path
-
-
-def quality_variants(config) -> list[dict]:
-    """Fast samplers to compare with DDPM: DDIM, DPM-Solver++(2M) (uniform and `benchmark.spacing`) and
-    the default fast sampler (DPM-Solver++(3M)) at the configured step counts."""
-    spacing = config.benchmark.spacing or diffusion.DEFAULT_SPACING
-    rows = []
-    for steps in config.benchmark.ddim_steps:
-        rows.append({"name": "ddim", "steps": steps, "spacing": spacing})
-    for steps in config.benchmark.dpm_steps:
-        rows.append({"name": "dpmpp_2m", "steps": steps, "spacing": "uniform"})
-        if spacing != "uniform":
-            rows.append({"name": "dpmpp_2m", "steps": steps, "spacing": spacing})
-        rows.append({"name": diffusion.FAST_SAMPLER, "steps": steps, "spacing": spacing})
-    return rows
-
-
-def quality(config, params, images: np.ndarray, echo=print, lpips_fn=None) -> dict:
-    """PSNR / LPIPS of each fast sampler against the full DDPM chain and the sources, with its speed.
-
-    images: (N, H, W, 3) in [-1, 1]. Every sampler receives the same C_hat (one channel draw at
-    `benchmark.quality_snr`), so differences come from the sampler alone.
-    """
-    from casc_jax.metrics.image import psnr
-
-    model = build_casc(config)
-    mesh = parallel.make_mesh()
-    params = parallel.replicate(params, mesh)
-    x = jax.device_put(jnp.asarray(images), parallel.batch_sharded(mesh))
-    snr = config.benchmark.quality_snr
-    c_hat = jax.jit(lambda p, x, k: model.channel(k, model.transmit(p, x), snr))(params, x, jax.random.key(3))
-    key = jax.random.key(4)
-    samplers = [{"name": "ddpm"}] + quality_variants(config)
-    outputs, rows = {}, []
-    for sampler in samplers:
-        fn = jax.jit(lambda p, c, k, s=sampler: model.receive(p, c, k, s)).lower(params, c_hat, key).compile()
-        times = []
-        for _ in range(max(1, config.benchmark.repeats)):  # compile excluded; the last output is scored
-            start = time.perf_counter()
-            out = jax.block_until_ready(fn(params, c_hat, key))
-            times.append(time.perf_counter() - start)
-        label = sampler["name"] + (f" {sampler['steps']} steps" if "steps" in sampler else "")
-        label += f" ({sampler['spacing']})" if "spacing" in sampler else ""
-        outputs[label] = out
-        ref = outputs["ddpm"]
-        row = {
-            "sampler": label,
-            "config": sampler,
-            "ms_per_image": 1e3 * statistics.median(times) / len(images),
-            "psnr_vs_source": float(jnp.mean(psnr(x, out))),
-            "psnr_vs_ddpm": float(jnp.mean(jnp.minimum(psnr(ref, out), 100.0))),
-        }
-        if lpips_fn is not None:
-            row["lpips_vs_source"] = float(jnp.mean(lpips_fn(x, out)))
-            row["lpips_vs_ddpm"] = float(jnp.mean(lpips_fn(ref, out)))
-        rows.append(row)
-        echo(
-            f"[quality] {label:<28} {row['ms_per_image']:8.2f} ms/image  PSNR vs source {row['psnr_vs_source']:.2f} dB"
-            f"  vs DDPM {row['psnr_vs_ddpm']:.2f} dB"
-            + (f"  LPIPS vs source {row['lpips_vs_source']:.4f}" if lpips_fn is not None else "")
-        )
-    best = fastest_within_tolerance(rows)
-    echo(f"[quality] fastest sampler within {PSNR_TOLERANCE_DB} dB PSNR and {LPIPS_TOLERANCE} LPIPS of DDPM: "
-         f"{best['sampler']} ({best['ms_per_image']:.2f} ms/image)")
-    return {"device": device_description(), "snr_db": snr, "num_images": len(images), "rows": rows,
-            "fastest_within_tolerance": best["sampler"]}
-
-
-PSNR_TOLERANCE_DB = 0.3
-LPIPS_TOLERANCE = 0.01
-
-
-def fastest_within_tolerance(rows: list[dict]) -> dict:
-    """The fastest row whose PSNR (LPIPS) against the sources is within the tolerance of rows[0]'s (DDPM's)."""
-    ddpm = rows[0]
-
-    def keeps(r):
-        ok = r["psnr_vs_source"] >= ddpm["psnr_vs_source"] - PSNR_TOLERANCE_DB
-        if "lpips_vs_source" in ddpm:
-            ok = ok and r["lpips_vs_source"] <= ddpm["lpips_vs_source"] + LPIPS_TOLERANCE
-        return ok
-
-    return min((r for r in rows if keeps(r)), key=lambda r: r["ms_per_image"])

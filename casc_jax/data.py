@@ -33,6 +33,7 @@ Sources (``cfg.source``, the ``data`` section of a config):
   order (seed 0) when loaded, so that any prefix (an evaluation subset) mixes the classes of a
   class-sorted archive.
 
+How a split is read (batch size, shuffle seed, ``repeat``, shard, start) is a ``casc_jax.batching.Stream``.
 Training streams resume exactly: ``start_batch=k`` yields the batches an uninterrupted stream would
 yield from its k-th batch on (same order, same epochs), so a restored run sees the data it would have.
 
@@ -42,20 +43,17 @@ TensorFlow is imported only on the TFDS path, so importing this module stays che
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from casc_jax import image_io
+from casc_jax.batching import Batch, Stream, array_batches, num_eval_batches
 
 ARRAY_SPLITS = ("train", "test", "validation")  # split names of the folder, embedded and npz sources
 _CACHE_LIMIT_BYTES = 2 * 1024**3  # cache decoded TFDS shards in memory up to this size
 _SHUFFLE_BUFFER_MAX = 50_000
-
-Batch = dict[str, np.ndarray]
-
 
 class DatasetUnavailableError(RuntimeError):
     """The configured dataset cannot be loaded here (not prepared, download off or failed)."""
@@ -80,61 +78,6 @@ def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
     if hasattr(cfg, "get"):
         return cfg.get(key, default)
     return getattr(cfg, key, default)
-
-
-def num_eval_batches(num_examples: int, batch_size: int, process_count: int) -> int:
-    """Batches per process in a padded evaluation pass: every process yields the same number."""
-    return math.ceil(math.ceil(num_examples / process_count) / batch_size)
-
-
-def epoch_order(local: np.ndarray, shuffle_seed: int | None, epoch: int) -> np.ndarray:
-    """The order of this process's examples in training epoch `epoch`: a function of (seed, epoch) alone."""
-    if shuffle_seed is None:
-        return local
-    return np.random.default_rng([shuffle_seed, epoch]).permutation(local)
-
-
-def array_batches(
-    images: np.ndarray,
-    labels: np.ndarray,
-    *,
-    batch_size: int,
-    shuffle_seed: int | None,
-    repeat: bool,
-    process_index: int,
-    process_count: int,
-    start_batch: int = 0,
-) -> Iterator[Batch]:
-    """Batches of in-memory uint8 images (N, S, S, 3); see the module docstring for the layout."""
-    n = len(images)
-    local = np.arange(n)[process_index::process_count]
-    if repeat and n < process_count:
-        raise ValueError(f"{n} examples cannot give every one of {process_count} processes a shard")
-
-    def stream() -> Iterator[Batch]:
-        # The single-process stream of global batches (batch_size * process_count), of which this process
-        # takes its contiguous block: the global batches do not depend on the number of processes.
-        size = batch_size * process_count
-        epoch, offset = divmod(start_batch * size, n)
-        pending = epoch_order(np.arange(n), shuffle_seed, epoch)[offset:]
-        while True:
-            while len(pending) < size:
-                epoch += 1
-                pending = np.concatenate([pending, epoch_order(np.arange(n), shuffle_seed, epoch)])
-            idx = pending[process_index * batch_size : (process_index + 1) * batch_size]
-            pending = pending[size:]
-            yield dict(image=image_io.to_float(images[idx]), label=labels[idx], valid=np.ones(batch_size, bool))
-
-    def single_pass() -> Iterator[Batch]:
-        order = epoch_order(local, shuffle_seed, 0)
-        for b in range(num_eval_batches(n, batch_size, process_count)):
-            idx = order[b * batch_size : (b + 1) * batch_size]
-            image = np.zeros((batch_size, *images.shape[1:]), np.float32)
-            label = np.zeros(batch_size, np.int32)
-            image[: len(idx)], label[: len(idx)] = image_io.to_float(images[idx]), labels[idx]
-            yield dict(image=image, label=label, valid=np.arange(batch_size) < len(idx))
-
-    return stream() if repeat else single_pass()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,18 +195,7 @@ def _tfds_split(cfg, name: str, split: str):
     return ds, _tf_count(ds, tf), tf
 
 
-def _tfds_batches(
-    cfg,
-    name: str,
-    split: str,
-    *,
-    batch_size: int,
-    shuffle_seed: int | None,
-    repeat: bool,
-    process_index: int,
-    process_count: int,
-    start_batch: int = 0,
-) -> Iterator[Batch]:
+def _tfds_batches(cfg, name: str, split: str, stream: Stream) -> Iterator[Batch]:
     """tf.data pipeline: shard by process, decode, cache, (shuffle, repeat), scale, batch, prefetch.
 
     The shuffle is seeded, so the stream is the same on every run and `start_batch` skips into it."""
@@ -273,11 +205,10 @@ def _tfds_batches(
     ds, n, tf = _tfds_split(cfg, name, split)
     if n == 0:
         raise ValueError(f"TFDS split {split!r} of {name!r} is empty")
-    n_local = len(range(process_index, n, process_count))
-    if repeat and n_local == 0:
-        raise ValueError(f"{n} examples cannot give every one of {process_count} processes a shard")
+    n_local = stream.check_shards(n)
+    batch_size, shuffle_seed, repeat = stream.batch_size, stream.shuffle_seed, stream.repeat
     autotune = tf.data.AUTOTUNE
-    ds = ds.shard(process_count, process_index)
+    ds = ds.shard(stream.process_count, stream.process_index)
     ds = ds.map(lambda ex: _tf_example(ex, size, tf), num_parallel_calls=autotune)
     if n_local * size * size * 3 <= _CACHE_LIMIT_BYTES:
         ds = ds.cache()
@@ -293,7 +224,7 @@ def _tfds_batches(
 
     ds = ds.map(scale, num_parallel_calls=autotune)
     if not repeat:
-        pad = num_eval_batches(n, batch_size, process_count) * batch_size - n_local
+        pad = num_eval_batches(n, batch_size, stream.process_count) * batch_size - n_local
         blank = dict(
             image=tf.zeros((size, size, 3), tf.float32),
             label=tf.constant(0, tf.int32),
@@ -301,8 +232,8 @@ def _tfds_batches(
         )
         ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(pad))
     ds = ds.batch(batch_size, drop_remainder=True)
-    if start_batch:
-        ds = ds.skip(start_batch)
+    if stream.start_batch:
+        ds = ds.skip(stream.start_batch)
     ds = ds.prefetch(autotune)
     return iter(tfds.as_numpy(ds))
 
@@ -330,18 +261,6 @@ def parse_source(source: str) -> tuple[str, str]:
     )
 
 
-def resolve_process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
-    """(process_index, process_count), defaulting to JAX's; ValueError when out of range."""
-    if process_index is None or process_count is None:
-        import jax
-
-        process_index = jax.process_index() if process_index is None else process_index
-        process_count = jax.process_count() if process_count is None else process_count
-    if process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(f"need 0 <= process_index < process_count, got {process_index}, {process_count}")
-    return int(process_index), int(process_count)
-
-
 def _array_source(cfg, kind: str, arg: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     if split not in ARRAY_SPLITS:
         raise ValueError(f"data.source={kind} supports the splits {ARRAY_SPLITS}, got {split!r}")
@@ -357,50 +276,26 @@ def _array_source(cfg, kind: str, arg: str, split: str) -> tuple[np.ndarray, np.
     return image_io.load_embedded(size) if kind == "embedded" else image_io.load_image_folder(arg, size)
 
 
-def make_dataset(
-    cfg,
-    split: str,
-    *,
-    batch_size: int,
-    shuffle_seed: int | None,
-    repeat: bool,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    start_batch: int = 0,
-) -> Iterator[Batch]:
-    """Numpy batches of ``split`` for this process; the layout is in the module docstring.
+def make_dataset(cfg, split: str, stream: Stream) -> Iterator[Batch]:
+    """Numpy batches of ``split`` for this process, read as ``stream`` says; the layout is in the module
+    docstring.
 
     Args:
       cfg: the ``data`` config section: ``source``, ``image_size``, ``data_dir``, ``download``.
-      split: a TFDS split ('train', 'test', 'train[:90%]') or, for folder/embedded, one of
-        ``ARRAY_SPLITS`` (they all give the same images).
-      batch_size: B, the batch size of this process.
-      shuffle_seed: shuffle with this seed, or keep file order when None.
-      repeat: True for an endless training stream; False for one padded evaluation pass.
-      process_index, process_count: this process's shard; default ``jax.process_index()`` and
-        ``jax.process_count()``.
-      start_batch: with ``repeat``, start the stream at its ``start_batch``-th batch (exact resume).
+      split: a TFDS split ('train', 'test', 'train[:90%]') or, for folder/embedded/npz, one of
+        ``ARRAY_SPLITS`` (folder and embedded give the same images for all of them).
+      stream: batch size, order, repetition, shard and start (:class:`Stream`).
 
     Raises:
       DatasetUnavailableError: a TFDS dataset that is not prepared and cannot be downloaded.
       FileNotFoundError, ValueError: a bad source, folder or image file (the message names it).
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    process_index, process_count = resolve_process(process_index, process_count)
+    stream = stream.resolved()
     kind, arg = parse_source(cfg_get(cfg, "source"))
-    kwargs = dict(
-        batch_size=int(batch_size),
-        shuffle_seed=shuffle_seed,
-        repeat=bool(repeat),
-        process_index=process_index,
-        process_count=process_count,
-        start_batch=int(start_batch) if repeat else 0,
-    )
     if kind == "tfds":
-        return _tfds_batches(cfg, arg, split, **kwargs)
+        return _tfds_batches(cfg, arg, split, stream)
     images, labels = _array_source(cfg, kind, arg, split)
-    return array_batches(images, labels, **kwargs)
+    return array_batches(images, labels, stream)
 
 
 def num_examples(cfg, split: str) -> int:

@@ -80,8 +80,8 @@ def sweep(
         seen = 0
         # Every process reads the whole global batch (same order as one process), and the per-image
         # scores are gathered from all of them: the same records on any number of hosts.
-        batches = data_lib.make_dataset(data_cfg, split, batch_size=batch_size, shuffle_seed=None, repeat=False,
-                                        process_index=0, process_count=1)
+        batches = data_lib.make_dataset(data_cfg, split,
+                                        data_lib.Stream(batch_size, process_index=0, process_count=1))
         for i, batch in enumerate(batches):
             if num_images and seen >= num_images:
                 break

@@ -24,8 +24,8 @@ def sample_grid(config, workdir, reconstruct, echo=print) -> str:
     """
     n = config.eval.grid_images
     mesh = parallel.make_mesh()
-    batch = next(data_lib.make_dataset(config.data, config.data.eval_split, batch_size=n, shuffle_seed=None,
-                                       repeat=False, process_index=0, process_count=1))
+    stream = data_lib.Stream(n, process_index=0, process_count=1)
+    batch = next(data_lib.make_dataset(config.data, config.data.eval_split, stream))
     images = parallel.pad_to_devices(batch["image"], mesh)
     rows = [("source", batch["image"])]
     for i, snr in enumerate(config.channel.eval_snrs):

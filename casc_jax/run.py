@@ -72,18 +72,17 @@ def quality(config, workdir, options, echo=print):
     """Quality versus speed of the samplers on a trained model -> WORKDIR/benchmark_quality.json."""
     import json
 
-    from casc_jax import benchmark as bench
+    from casc_jax import sampler_quality
     from casc_jax.evaluate import optional_metric
     from casc_jax.metrics.lpips import load_lpips
 
     params, source = load_trained_params(config, workdir)
     n = config.benchmark.quality_images
-    batch = next(data_lib.make_dataset(config.data, config.data.eval_split, batch_size=n, shuffle_seed=None,
-                                       repeat=False))
+    batch = next(data_lib.make_dataset(config.data, config.data.eval_split, data_lib.Stream.single_pass(n)))
     images = batch["image"][batch["valid"]]
     images = images[: len(images) - len(images) % parallel.make_mesh().devices.size]
     lpips_fn, _ = optional_metric(lambda: load_lpips(config.eval.lpips_net), "LPIPS", echo)
-    report = bench.quality(config, params, images, echo=echo, lpips_fn=lpips_fn)
+    report = sampler_quality.quality(config, params, images, echo=echo, lpips_fn=lpips_fn)
     report["weights"] = source
     path = os.path.join(workdir, "benchmark_quality.json")
     with open(path, "w") as f:

@@ -22,6 +22,7 @@ from casc_jax import diffusion
 from casc_jax.autoencoder import VQAutoencoder
 from casc_jax.can import CAN, dynamic_variables, group_layers, kernel_shapes
 from casc_jax.nn.dynamic import DYNAMIC
+from casc_jax.nn.layers import module_from_config
 from casc_jax.unet import UNet
 
 Params = Mapping[str, Any]
@@ -121,10 +122,11 @@ class CASC:
         return lambda z_t, t: self.eps(params, z_t, t, c_hat, dynamic, dtype=dtype)
 
     def denoise(self, params: Params, c_hat: jax.Array, key: jax.Array, sampler: Mapping | None = None):
-        """C_hat -> Z_tilde by the scanned reverse chain, eq. (5). `sampler`: see `sampler_options`."""
-        kwargs, dtype = sampler_options(sampler)
+        """C_hat -> Z_tilde by the scanned reverse chain, eq. (5). `sampler`: a `diffusion.SamplerSpec` or
+        a config mapping of its fields (None: T-step DDPM)."""
+        spec = diffusion.SamplerSpec.of(sampler)
         shape = (c_hat.shape[0],) + self.latent_shape
-        return diffusion.sample(self.denoiser_fn(params, c_hat, dtype), self.schedule, shape, key, **kwargs)
+        return diffusion.sample(self.denoiser_fn(params, c_hat, spec.compute_dtype), self.schedule, shape, key, spec)
 
     def decode(self, params: Params, z: jax.Array) -> jax.Array:
         """Z_tilde -> X_hat (quantise, then D), eq. (6)."""
@@ -160,27 +162,6 @@ class CASC:
             )
 
 
-def sampler_options(sampler: Mapping | None) -> tuple[dict, jnp.dtype | None]:
-    """A config's `sampler` section -> (diffusion.sample kwargs, dtype).
-
-    Keys: name, steps, eta, spacing, dtype and, for 'dpmpp_3m', corrector and final_order. steps 0 /
-    None means every timestep; a missing or empty spacing is `diffusion.DEFAULT_SPACING` ('logsnr',
-    uniform in log-SNR on integer timesteps); dtype 'bfloat16' runs the denoiser in bf16 (params stay f32).
-    """
-    sampler = dict(sampler or {})
-    kwargs = dict(
-        sampler=sampler.get("name", "ddpm"),
-        steps=sampler.get("steps") or None,
-        eta=sampler.get("eta", 0.0),
-        spacing=sampler.get("spacing") or diffusion.DEFAULT_SPACING,
-    )
-    for key in ("corrector", "final_order"):
-        if sampler.get(key) is not None:
-            kwargs[key] = sampler[key]
-    dtype = sampler.get("dtype") or "float32"
-    return kwargs, (None if dtype == "float32" else jnp.dtype(dtype))
-
-
 def _tuple(values: Sequence) -> tuple:
     return tuple(values) if values is not None else ()
 
@@ -190,34 +171,13 @@ def build_casc(config: ml_collections.ConfigDict) -> CASC:
     size = config.data.image_size
     image_shape = (size, size, 3)
     ae_cfg = config.autoencoder
-    autoencoder = VQAutoencoder(
-        ch=ae_cfg.ch,
-        ch_mult=_tuple(ae_cfg.ch_mult),
-        num_res_blocks=ae_cfg.num_res_blocks,
-        attn_resolutions=_tuple(ae_cfg.attn_resolutions),
-        z_channels=ae_cfg.z_channels,
-        embed_dim=ae_cfg.embed_dim,
-        num_codes=ae_cfg.num_codes,
-        beta=ae_cfg.beta,
-        dropout=ae_cfg.dropout,
-        l2_codes=ae_cfg.get("l2_codes", False),
-    )
+    autoencoder = module_from_config(VQAutoencoder, ae_cfg)
     factor = autoencoder.downsampling
     if size % factor:
         raise ValueError(f"image size {size} is not divisible by the autoencoder's downsampling {factor}")
     latent_shape = (size // factor, size // factor, ae_cfg.embed_dim)
     channels = ch.condition_channels(config.cr, image_shape, latent_shape[:2])
-    u = config.unet
-    unet = UNet(
-        ch=u.ch,
-        ch_mult=_tuple(u.ch_mult),
-        num_res_blocks=u.num_res_blocks,
-        attn_resolutions=_tuple(u.attn_resolutions),
-        head_dim=u.head_dim,
-        dropout=u.dropout,
-        out_channels=ae_cfg.embed_dim,
-        dynamic_impl=u.dynamic_impl,
-    )
+    unet = module_from_config(UNet, config.unet, out_channels=ae_cfg.embed_dim)
     groups = {}
     if config.can.layers:
         abstract = jax.eval_shape(

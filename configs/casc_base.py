@@ -86,6 +86,7 @@ def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_
             max_timed_steps=50,
             ddim_steps=(50, 20),
             dpm_steps=(20, 10),
+            ddim_eta1_steps=(50,),  # stochastic DDIM (eta = 1): --mode=quality only
             spacing="logsnr",
             quality_images=256,
             diffsc_config=common.unset(str),  # e.g. configs/diffsc_cr48.py: time DiffSC's receiver beside CASC's
@@ -124,8 +125,12 @@ def _cpu(c: ml_collections.ConfigDict) -> None:
     c.train.stage1.update(batch_size=32, num_steps=800, disc_start=400)
     c.train.stage2.update(base_lr=1e-4, scale_lr=False, num_steps=2000, ema_decay=0.999)
     c.eval.update(batch_size=200, num_images=CPU_EVAL_IMAGES)
-    # --mode=quality: every sampler at 5-50 steps against the 1000-step DDPM on 256 test images, timed once.
-    c.benchmark.update(quality_images=256, ddim_steps=(5, 10, 20, 50), dpm_steps=(5, 10, 20, 50), repeats=1)
+    # --mode=quality: every sampler at 5-50 steps (stochastic DDIM 10-100) against the 1000-step DDPM on 256
+    # test images, timed once.
+    c.benchmark.update(
+        quality_images=256, ddim_steps=(5, 10, 20, 50), dpm_steps=(5, 10, 20, 50), ddim_eta1_steps=(10, 20, 50, 100),
+        repeats=1,
+    )
     # --mode=benchmark: the trained receivers at batch 256, CASC beside the CPU DiffSC (the paper's Table I).
     c.benchmark.update(diffsc_config="configs/diffsc_cr48.py:cpu", max_timed_steps=20)
 
@@ -142,5 +147,6 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
     c.train.stage2.update(base_lr=1e-4, scale_lr=False, num_steps=20, ema_decay=0.9)
     c.eval.update(batch_size=16, num_images=16, grid_images=8)
     c.benchmark.update(
-        batch_size=16, repeats=2, max_timed_steps=None, ddim_steps=(10,), dpm_steps=(5,), quality_images=16
+        batch_size=16, repeats=2, max_timed_steps=None, ddim_steps=(10,), dpm_steps=(5,), ddim_eta1_steps=(10,),
+        quality_images=16
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import statistics
 import time
 
@@ -129,8 +130,7 @@ def main(argv=None) -> dict:
             f"{r['encoder_sentences_per_s']:>15.1f} {r['end_to_end_sentences_per_s']:>18.1f}"
         )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        pathlib.Path(args.json).write_text(json.dumps(result, indent=2))
     return result
 
 

@@ -33,16 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from casc_jax.data import (
-    DatasetUnavailableError,
-    array_batches,
-    cfg_get,
-    import_tf,
-    num_eval_batches,
-    parse_source,
-    resolve_process,
-    tfds_builder,
-)
+from casc_jax.batching import Batch, Stream, array_batches, num_eval_batches
+from casc_jax.data import DatasetUnavailableError, cfg_get, import_tf, parse_source, tfds_builder
 from casc_jax.image_io import load_image_folder
 from casc_jax.metrics.segmentation import VOC_IGNORE_INDEX
 
@@ -51,7 +43,6 @@ DIV2K_NAME = "div2k/bicubic_x2"
 EVAL_SIZES = ((224, 224), (512, 768))  # (H, W): the paper's 224x224 and 768x512 validation images
 EMBEDDED_MASK_DIR = "voc2012_val_masks"
 
-Batch = dict[str, np.ndarray]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,14 +173,21 @@ def voc_builder(data_dir: str | None = None, manual_dir: str | None = None, down
     return builder
 
 
+def _resized_pair(ex, size: int, tf, cover: bool):
+    """(image, mask) of a VOC example resized (bilinear / nearest) so that its shorter side (`cover`)
+    or its longer side is `size`."""
+    image, mask = ex["image"], ex["segmentation_mask"]
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    if cover:
+        new = tf.cast(tf.math.ceil(shape * (size / tf.reduce_min(shape))), tf.int32)
+    else:
+        new = tf.maximum(tf.cast(tf.round(shape * (size / tf.reduce_max(shape))), tf.int32), 1)
+    return tf.image.resize(image, new, "bilinear"), tf.image.resize(mask, new, "nearest")
+
+
 def _seg_train_map(size: int, tf):
     def fn(ex):
-        image, mask = ex["image"], ex["segmentation_mask"]
-        shape = tf.cast(tf.shape(image)[:2], tf.float32)
-        scale = size / tf.reduce_min(shape)
-        new = tf.cast(tf.math.ceil(shape * scale), tf.int32)
-        image = tf.image.resize(image, new, "bilinear")
-        mask = tf.image.resize(mask, new, "nearest")
+        image, mask = _resized_pair(ex, size, tf, cover=True)
         both = tf.concat([image, tf.cast(mask, tf.float32)], axis=-1)
         both = tf.image.random_crop(both, (size, size, 4))
         both = tf.image.random_flip_left_right(both)
@@ -200,75 +198,46 @@ def _seg_train_map(size: int, tf):
 
 def _seg_eval_map(size: int, tf):
     def fn(ex):
-        image, mask = ex["image"], ex["segmentation_mask"]
-        shape = tf.cast(tf.shape(image)[:2], tf.float32)
-        scale = size / tf.reduce_max(shape)
-        new = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), 1)
-        image = tf.image.resize(image, new, "bilinear")
-        mask = tf.cast(tf.image.resize(mask, new, "nearest"), tf.int32)
+        image, mask = _resized_pair(ex, size, tf, cover=False)
         image = tf.image.pad_to_bounding_box(image, 0, 0, size, size)
-        mask = tf.image.pad_to_bounding_box(mask - VOC_IGNORE_INDEX, 0, 0, size, size) + VOC_IGNORE_INDEX
-        return image, mask[..., 0]
+        mask = tf.image.pad_to_bounding_box(tf.cast(mask, tf.int32) - VOC_IGNORE_INDEX, 0, 0, size, size)
+        return image, (mask + VOC_IGNORE_INDEX)[..., 0]
 
     return fn
 
 
-def _tf_batches(ds, n: int, *, batch_size, shuffle_seed, repeat, process_index, process_count, example_fn, blank, tf):
+def _tf_batches(ds, n: int, stream: Stream, *, example_fn, blank, tf):
     """Shard, (shuffle, repeat), map to (image uint8-range float, target), scale, pad, batch."""
     import tensorflow_datasets as tfds
 
-    n_local = len(range(process_index, n, process_count))
-    if n_local == 0 and repeat:
-        raise ValueError(f"{n} examples cannot give every one of {process_count} processes a shard")
+    n_local = stream.check_shards(n)
     autotune = tf.data.AUTOTUNE
-    ds = ds.shard(process_count, process_index)
-    if shuffle_seed is not None:
-        ds = ds.shuffle(max(1, min(n_local, 10_000)), seed=shuffle_seed, reshuffle_each_iteration=True)
-    if repeat:
+    ds = ds.shard(stream.process_count, stream.process_index)
+    if stream.shuffle_seed is not None:
+        ds = ds.shuffle(max(1, min(n_local, 10_000)), seed=stream.shuffle_seed, reshuffle_each_iteration=True)
+    if stream.repeat:
         ds = ds.repeat()
     ds = ds.map(example_fn, num_parallel_calls=autotune)
     scale = lambda ex: dict(ex, image=ex["image"] / 127.5 - 1.0, valid=tf.constant(True))
     ds = ds.map(scale, num_parallel_calls=autotune)
-    if not repeat:
-        pad = num_eval_batches(n, batch_size, process_count) * batch_size - n_local
+    if not stream.repeat:
+        pad = num_eval_batches(n, stream.batch_size, stream.process_count) * stream.batch_size - n_local
         ds = ds.concatenate(tf.data.Dataset.from_tensors(dict(blank, valid=tf.constant(False))).repeat(pad))
-    return iter(tfds.as_numpy(ds.batch(batch_size, drop_remainder=True).prefetch(autotune)))
+    return iter(tfds.as_numpy(ds.batch(stream.batch_size, drop_remainder=True).prefetch(autotune)))
 
 
-def _loop_kwargs(batch_size, shuffle_seed, repeat, process_index, process_count) -> dict:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    process_index, process_count = resolve_process(process_index, process_count)
-    return dict(
-        batch_size=int(batch_size),
-        shuffle_seed=shuffle_seed,
-        repeat=bool(repeat),
-        process_index=process_index,
-        process_count=process_count,
-    )
-
-
-def make_segmentation_dataset(
-    cfg: Any,
-    split: str,
-    *,
-    batch_size: int,
-    shuffle_seed: int | None,
-    repeat: bool,
-    process_index: int | None = None,
-    process_count: int | None = None,
-) -> Iterator[Batch]:
+def make_segmentation_dataset(cfg: Any, split: str, stream: Stream) -> Iterator[Batch]:
     """VOC batches dict(image, mask, valid) of `split` ('train' or 'validation'); see the module docstring.
 
     cfg: `source` ('tfds:voc2012_segmentation' or 'embedded'), `image_size` S, `data_dir`, `manual_dir`,
-    `download`. Training augmentation is used when `repeat` is True.
+    `download`. Training augmentation is used when `stream.repeat` is True.
     """
-    kwargs = _loop_kwargs(batch_size, shuffle_seed, repeat, process_index, process_count)
+    stream = stream.resolved()
     size = int(cfg_get(cfg, "image_size", 64))
     kind, arg = parse_source(cfg_get(cfg, "source"))
     if kind == "embedded":
         images, masks, _ = load_embedded_voc(size)
-        batches = array_batches(images, np.arange(len(images), dtype=np.int32), **kwargs)
+        batches = array_batches(images, np.arange(len(images), dtype=np.int32), stream)
         def with_mask(b: Batch) -> Batch:
             mask = np.where(b["valid"][:, None, None], masks[b["label"]], VOC_IGNORE_INDEX).astype(np.int32)
             return dict(image=b["image"], mask=mask, valid=b["valid"])
@@ -280,14 +249,14 @@ def make_segmentation_dataset(
     tf = import_tf()
     ds = builder.as_dataset(split=split, shuffle_files=False)
     n = builder.info.splits[split].num_examples
-    fn = _seg_train_map(size, tf) if repeat else _seg_eval_map(size, tf)
+    fn = _seg_train_map(size, tf) if stream.repeat else _seg_eval_map(size, tf)
 
     def example_fn(ex):
         image, mask = fn(ex)
         return dict(image=tf.ensure_shape(image, (size, size, 3)), mask=tf.ensure_shape(mask, (size, size)))
 
     blank = dict(image=tf.zeros((size, size, 3)), mask=tf.fill((size, size), VOC_IGNORE_INDEX))
-    return _tf_batches(ds, n, example_fn=example_fn, blank=blank, tf=tf, **kwargs)
+    return _tf_batches(ds, n, stream, example_fn=example_fn, blank=blank, tf=tf)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -316,28 +285,19 @@ def cover_crop(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return arr[top : top + h, left : left + w]
 
 
-def make_reconstruction_dataset(
-    cfg: Any,
-    split: str,
-    *,
-    batch_size: int,
-    shuffle_seed: int | None,
-    repeat: bool,
-    process_index: int | None = None,
-    process_count: int | None = None,
-) -> Iterator[Batch]:
+def make_reconstruction_dataset(cfg: Any, split: str, stream: Stream) -> Iterator[Batch]:
     """DIV2K (or folder / embedded) batches dict(image, valid) of `split` at cfg.image_size (H, W) or S.
 
-    Training (`repeat`) takes random crops with flips; evaluation uses `cover_crop`'s view.
+    Training (`stream.repeat`) takes random crops with flips; evaluation uses `cover_crop`'s view.
     """
-    kwargs = _loop_kwargs(batch_size, shuffle_seed, repeat, process_index, process_count)
+    stream = stream.resolved()
     h, w = _hw(cfg_get(cfg, "image_size", 224))
     kind, arg = parse_source(cfg_get(cfg, "source"))
     if kind in ("embedded", "folder"):
         side = max(h, w)  # square sources (folder images are centre-cropped to a square first)
         images = load_embedded_voc(side)[0] if kind == "embedded" else load_image_folder(arg, side)[0]
         images = np.stack([cover_crop(x, (h, w)) for x in images])
-        batches = array_batches(images, np.zeros(len(images), np.int32), **kwargs)
+        batches = array_batches(images, np.zeros(len(images), np.int32), stream)
         return (dict(image=b["image"], valid=b["valid"]) for b in batches)
     name = DIV2K_NAME if arg == "div2k" else arg
     builder = tfds_builder(name, cfg_get(cfg, "data_dir"), bool(cfg_get(cfg, "download", False)))
@@ -359,7 +319,7 @@ def make_reconstruction_dataset(
         return dict(image=tf.cast(tf.ensure_shape(image, (h, w, 3)), tf.float32))
 
     blank = dict(image=tf.zeros((h, w, 3)))
-    return _tf_batches(ds, n, example_fn=train_fn if repeat else eval_fn, blank=blank, tf=tf, **kwargs)
+    return _tf_batches(ds, n, stream, example_fn=train_fn if stream.repeat else eval_fn, blank=blank, tf=tf)
 
 
 __all__ = [

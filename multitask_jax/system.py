@@ -23,7 +23,6 @@ import ml_collections
 
 from casc_jax import channel as ch
 from casc_jax import diffusion
-from casc_jax.system import sampler_options
 from multitask_jax import jscc
 from multitask_jax.dit import DiT, dit_config, eps_from_x0
 from multitask_jax.swin import FeatureSelection, SwinFeatureExtractor
@@ -140,11 +139,11 @@ class MultiTaskSystem:
 
     def reconstruct(self, params: Params, y: jax.Array, key: jax.Array, sampler: Mapping | None = None):
         """y -> reconstruction (B, H, W, 3) by the scanned reverse chain (`sampler`: name, steps, ...)."""
-        kwargs, dtype = sampler_options(sampler)
-        if dtype is not None:
-            raise ValueError(f"the DiT decoder samples in float32 only; got sampler dtype {dtype}")
+        spec = diffusion.SamplerSpec.of(sampler)
+        if spec.compute_dtype is not None:
+            raise ValueError(f"the DiT decoder samples in float32 only; got sampler dtype {spec.dtype}")
         shape = (y.shape[0],) + self.image_shape
-        return diffusion.sample(self.denoiser_fn(params, y), self.schedule, shape, key, **kwargs)
+        return diffusion.sample(self.denoiser_fn(params, y), self.schedule, shape, key, spec)
 
     def receive(
         self,

@@ -35,9 +35,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from casc_jax import channel as ch
 from casc_jax import data as casc_data
 from casc_jax import image_io
+from casc_jax.batching import Stream
 from casc_jax.train import loop, parallel
 from multitask_jax import data as mt_data
 from multitask_jax.system import MultiTaskSystem, build_multitask
@@ -76,12 +76,10 @@ def data_config(config, task: str, image_size=None) -> dict:
     return dict(config.data.to_dict(), image_size=(h, w))
 
 
-def make_batches(config, task: str, split: str, *, batch_size: int, shuffle_seed, repeat: bool, image_size=None):
+def make_batches(config, task: str, split: str, stream: Stream, image_size=None):
     """Numpy batches of `task`'s data: {image, valid} (reconstruction) or {image, mask, valid}."""
     make = mt_data.make_reconstruction_dataset if task == RECONSTRUCTION else mt_data.make_segmentation_dataset
-    return make(
-        data_config(config, task, image_size), split, batch_size=batch_size, shuffle_seed=shuffle_seed, repeat=repeat
-    )
+    return make(data_config(config, task, image_size), split, stream)
 
 
 def num_examples(config, task: str, split: str) -> int:
@@ -119,35 +117,14 @@ def optimizer(stage_cfg, global_batch: int) -> optax.GradientTransformation:
 def make_loss_step(
     loss_fn: Callable, stage_cfg, train_snrs, tx, seed: int, grad_groups: int = 0, keys: tuple[str, ...] = ("image",)
 ) -> Callable:
-    """(state, batch, frozen) -> (state, metrics) for any system's `loss_fn(params, b, key)`; pure, to be jitted
-    data-parallel. Every system of the multi-task comparison (ours and the baselines) trains with it.
+    """`loop.make_loss_step` for a multi-task system's `loss_fn(params, b, key)`, where `params` is the
+    trainable tree merged over the step's `frozen` argument (the parts not trained, or None)."""
 
-    `b` holds the batch's `keys` and 'snr', one SNR per example drawn uniformly from `train_snrs`; `params` is
-    the trainable tree merged over `frozen` (the parts that are not trained, or None). `grad_groups` > 0:
-    the device-count-independent gradient of `parallel.value_and_grad` (each group's loss a mean over it).
-    """
-    train_snrs = tuple(float(s) for s in train_snrs)
+    def merged(trainable, frozen, b, key):
+        return loss_fn(dict(frozen or {}, **trainable), b, key)
 
-    def step(state: loop.TrainState, batch, frozen):
-        key = jax.random.fold_in(jax.random.key(seed), state.step)
-        k_snr, k_loss = jax.random.split(key)
-        b = {k: batch[k] for k in keys}
-        b["snr"] = ch.sample_snr(k_snr, b[keys[0]].shape[0], train_snrs)
-
-        def merged_loss(trainable, b, key):
-            return loss_fn(dict(frozen or {}, **trainable), b, key)
-
-        loss, grads = parallel.value_and_grad(merged_loss, grad_groups)(state.params, b, k_loss)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = state.ema_params
-        if ema is not None:
-            ema = loop.ema_update(ema, params, stage_cfg.ema_decay, state.step + 1)
-        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
-        finite = loop.all_finite(loss, grads)
-        return loop.guarded(new, state.replace(step=state.step + 1), finite), {"loss": loss, "finite": finite}
-
-    return step
+    ema = stage_cfg.get("ema_decay")
+    return loop.make_loss_step(merged, tx, seed, train_snrs, ema_decay=ema, grad_groups=grad_groups, keys=keys)
 
 
 def task_keys(task: str) -> tuple[str, ...]:
@@ -289,7 +266,7 @@ def fit_stage(
             initial_state=state,
             step_fn=functools.partial(_with_const, parallel.jit_data_parallel(step, mesh), frozen),
             make_batches=lambda start: loop.skip_batches(
-                make_batches(config, task, "train", batch_size=local_batch, shuffle_seed=seed, repeat=True), start
+                make_batches(config, task, "train", Stream.training(local_batch, seed)), start
             ),
             total_steps=int(steps),
             mesh=mesh,
@@ -327,7 +304,4 @@ def load_task_params(config, workdir: str, task: str, *, echo=print) -> tuple[di
 
 def batches_for_eval(config, task: str, *, batch_size: int, image_size=None) -> Iterator[Mapping[str, np.ndarray]]:
     """One padded pass over `config.data.eval_split` of `task` in file order."""
-    return make_batches(
-        config, task, config.data.eval_split, batch_size=batch_size, shuffle_seed=None, repeat=False,
-        image_size=image_size,
-    )
+    return make_batches(config, task, config.data.eval_split, Stream.single_pass(batch_size), image_size)

@@ -48,7 +48,7 @@ import ml_collections
 
 from casc_jax import diffusion
 from casc_jax.baselines.deepjscc import DeepJSCC, build_deepjscc
-from casc_jax.system import sampler_options
+from casc_jax.nn.layers import module_from_config
 from casc_jax.unet import UNet
 
 Params = Mapping[str, Any]
@@ -110,13 +110,14 @@ class DiffSC:
     def receive(self, params: Params, y: jax.Array, key: jax.Array, sampler: Mapping | None = None):
         """Receiver: Y (B, H/4, W/4, c) -> X_hat (B, H, W, 3) in [-1, 1] by the scanned reverse chain.
 
-        `sampler`: {'name', 'steps', 'eta', 'spacing', 'dtype'} as CASC's `sampler_options`, plus an
-        optional 'clip_x0' overriding the model's per-step clipping.
+        `sampler`: a `diffusion.SamplerSpec` or config mapping, as CASC's; its clip_x0, when not None,
+        overrides the model's per-step clipping.
         """
-        kwargs, dtype = sampler_options(sampler)
-        clip = dict(sampler or {}).get("clip_x0", self.clip_x0)
+        spec = diffusion.SamplerSpec.of(sampler)
+        if spec.clip_x0 is None:
+            spec = dataclasses.replace(spec, clip_x0=self.clip_x0)
         shape = (y.shape[0],) + self.image_shape
-        x0 = diffusion.sample(self.denoiser_fn(params, y, dtype), self.schedule, shape, key, clip_x0=clip, **kwargs)
+        x0 = diffusion.sample(self.denoiser_fn(params, y, spec.compute_dtype), self.schedule, shape, key, spec)
         return jnp.clip(x0, -1.0, 1.0)
 
     def __call__(self, params: Params, x, key, snr_db, sampler: Mapping | None = None):
@@ -145,16 +146,7 @@ class DiffSC:
 def build_diffsc(config: ml_collections.ConfigDict) -> DiffSC:
     """DiffSC from a config with the DeepJSCC fields plus diffsc.unet, diffsc.clip_x0 and diffusion."""
     jscc = build_deepjscc(config)
-    u = config.diffsc.unet
-    unet = UNet(
-        ch=u.ch,
-        ch_mult=tuple(u.ch_mult),
-        num_res_blocks=u.num_res_blocks,
-        attn_resolutions=tuple(u.attn_resolutions or ()),
-        head_dim=u.head_dim,
-        dropout=u.dropout,
-        out_channels=3,
-    )
+    unet = module_from_config(UNet, config.diffsc.unet, out_channels=3)
     downsampling = 2 ** (len(unet.ch_mult) - 1)
     if config.data.image_size % downsampling:
         raise ValueError(

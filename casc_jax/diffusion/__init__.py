@@ -27,6 +27,7 @@ from casc_jax.diffusion.schedules import (
     q_sample,
 )
 from casc_jax.diffusion.solvers import dpmpp_3m_step
+from casc_jax.diffusion.spec import SamplerSpec
 from casc_jax.diffusion.timesteps import DEFAULT_SPACING
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "FAST_SAMPLER",
     "SAMPLERS",
     "SCHEDULE_KINDS",
+    "SamplerSpec",
     "SPACINGS",
     "Schedule",
     "alpha_sigma",

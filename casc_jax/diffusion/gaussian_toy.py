@@ -22,19 +22,20 @@ import numpy as np
 
 from casc_jax.diffusion.samplers import sample
 from casc_jax.diffusion.schedules import Schedule, alpha_sigma, make_schedule
+from casc_jax.diffusion.spec import SamplerSpec
 
-# (label, sample() keyword arguments); the first rows are the issue's baselines
+# (label, SamplerSpec fields but steps); the first rows are the issue's baselines
 VARIANTS = (
-    ("DDIM uniform", dict(sampler="ddim", spacing="uniform")),
-    ("DDIM logsnr", dict(sampler="ddim", spacing="logsnr")),
-    ("2M uniform", dict(sampler="dpmpp_2m", spacing="uniform")),
-    ("2M logsnr", dict(sampler="dpmpp_2m", spacing="logsnr")),
-    ("2M logsnr_cont", dict(sampler="dpmpp_2m", spacing="logsnr_cont")),
-    ("3M logsnr (default)", dict(sampler="dpmpp_3m", spacing="logsnr")),
-    ("3M logsnr_cont", dict(sampler="dpmpp_3m", spacing="logsnr_cont")),
-    ("3M logsnr final_order=1", dict(sampler="dpmpp_3m", spacing="logsnr", final_order=1)),
-    ("3M logsnr corrector=1", dict(sampler="dpmpp_3m", spacing="logsnr", corrector=1)),
-    ("3M logsnr corrector=3", dict(sampler="dpmpp_3m", spacing="logsnr", corrector=3)),
+    ("DDIM uniform", dict(name="ddim", spacing="uniform")),
+    ("DDIM logsnr", dict(name="ddim", spacing="logsnr")),
+    ("2M uniform", dict(name="dpmpp_2m", spacing="uniform")),
+    ("2M logsnr", dict(name="dpmpp_2m", spacing="logsnr")),
+    ("2M logsnr_cont", dict(name="dpmpp_2m", spacing="logsnr_cont")),
+    ("3M logsnr (default)", dict(name="dpmpp_3m", spacing="logsnr")),
+    ("3M logsnr_cont", dict(name="dpmpp_3m", spacing="logsnr_cont")),
+    ("3M logsnr final_order=1", dict(name="dpmpp_3m", spacing="logsnr", final_order=1)),
+    ("3M logsnr corrector=1", dict(name="dpmpp_3m", spacing="logsnr", corrector=1)),
+    ("3M logsnr corrector=3", dict(name="dpmpp_3m", spacing="logsnr", corrector=3)),
 )
 
 
@@ -69,8 +70,8 @@ def rms_error(schedule: Schedule, problem, steps: int, **kwargs) -> float:
     """rms over samples and dimensions of (sampler output - exact map)."""
     mu, s, x_T = problem
     x_T32 = jnp.asarray(x_T, jnp.float32)
-    fn = jax.jit(lambda x: sample(eps_star(schedule, mu, s), schedule, x.shape, jax.random.key(0),
-                                  steps=steps, x_T=x, **kwargs))
+    spec = SamplerSpec(steps=steps, **kwargs)
+    fn = jax.jit(lambda x: sample(eps_star(schedule, mu, s), schedule, x.shape, jax.random.key(0), spec, x_T=x))
     x0 = np.asarray(fn(x_T32), np.float64)
     return float(np.sqrt(np.mean((x0 - exact_map(schedule, mu, s, x_T)) ** 2)))
 

@@ -21,7 +21,7 @@ Conventions:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,8 @@ import numpy as np
 
 from casc_jax.diffusion import solvers
 from casc_jax.diffusion.schedules import Schedule, alpha_sigma, extract, predict_x0
-from casc_jax.diffusion.timesteps import DEFAULT_SPACING, SPACINGS, make_timesteps
+from casc_jax.diffusion.spec import SamplerSpec
+from casc_jax.diffusion.timesteps import SPACINGS, make_timesteps
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -38,7 +39,7 @@ FAST_SAMPLER = "dpmpp_3m"  # the recommended few-step sampler (with the default 
 
 
 def sampler_names() -> tuple[str, ...]:
-    """The names accepted by :func:`sample`'s ``sampler`` argument."""
+    """The names accepted as :class:`SamplerSpec` ``name``."""
     return SAMPLERS
 
 
@@ -186,7 +187,8 @@ def dpmpp_2m_step(
 # ----------------------------------------------------------------------------- whole chains
 
 
-def _check_sampler(sampler: str, steps, eta, spacing: str, num_timesteps: int, corrector, final_order) -> None:
+def _check_sampler(spec: SamplerSpec, num_timesteps: int, final_order: int) -> None:
+    sampler, steps, eta, corrector = spec.name, spec.steps, spec.eta, spec.corrector
     if sampler not in SAMPLERS:
         raise ValueError(f"Unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}.")
     if sampler == "ddpm" and steps is not None and not (
@@ -196,8 +198,8 @@ def _check_sampler(sampler: str, steps, eta, spacing: str, num_timesteps: int, c
             f"The 'ddpm' sampler runs all T={num_timesteps} ancestral steps; got steps={steps!r}. "
             "Use steps=None, or sampler='ddim' / 'dpmpp_2m' / 'dpmpp_3m' for fewer steps."
         )
-    if spacing not in SPACINGS:
-        raise ValueError(f"Unknown timestep spacing {spacing!r}; choose one of {list(SPACINGS)}.")
+    if spec.spacing not in SPACINGS:
+        raise ValueError(f"Unknown timestep spacing {spec.spacing!r}; choose one of {list(SPACINGS)}.")
     if sampler != "ddim" and isinstance(eta, (int, float)) and eta != 0:
         raise ValueError(f"eta={eta} only applies to sampler='ddim' (got sampler={sampler!r}).")
     if sampler != "dpmpp_3m" and (corrector or final_order != 1):
@@ -207,11 +209,13 @@ def _check_sampler(sampler: str, steps, eta, spacing: str, num_timesteps: int, c
                          f"got {corrector}, {final_order}.")
 
 
-def _build_chain(eps_fn, schedule, shape, key, sampler, steps, eta, clip_x0, x_T, spacing, corrector, final_order):
+def _build_chain(eps_fn, schedule, shape, key, spec, x_T):
     """The scan pieces shared by :func:`sample` and :func:`sample_loop`: (carry0, body, xs, final)."""
     T = schedule.num_timesteps
-    final_order = 2 if final_order is None and sampler == "dpmpp_3m" else (final_order or 1)
-    _check_sampler(sampler, steps, eta, spacing, T, corrector, final_order)
+    spec = SamplerSpec.of(spec)
+    sampler, steps, eta, clip_x0, spacing = spec.name, spec.steps, spec.eta, spec.clip_x0, spec.spacing
+    final_order = 2 if spec.final_order is None and sampler == "dpmpp_3m" else (spec.final_order or 1)
+    _check_sampler(spec, T, final_order)
     key_T, key_chain = jax.random.split(key)
     if x_T is None:
         x_T = jax.random.normal(key_T, tuple(shape), jnp.float32)
@@ -238,7 +242,7 @@ def _build_chain(eps_fn, schedule, shape, key, sampler, steps, eta, clip_x0, x_T
         except jax.errors.TracerArrayConversionError as e:
             raise ValueError("sampler='dpmpp_3m' needs a concrete schedule: close over the Schedule "
                              "instead of passing it as a traced argument of jax.jit.") from e
-        coef = solvers.plan(alphas, sigmas, lams, 3, int(corrector), final_order)
+        coef = solvers.plan(alphas, sigmas, lams, 3, int(spec.corrector), final_order)
         return solvers.multistep_chain(eps_fn, ts, alphas, sigmas, coef, x_T, clip_x0)
     if sampler == "ddim":
         xs = (jnp.arange(ts.size, dtype=jnp.int32), jnp.asarray(ts), jnp.asarray(ts_next))
@@ -273,48 +277,28 @@ def sample(
     schedule: Schedule,
     shape: Sequence[int],
     key: jax.Array,
-    *,
-    sampler: str = "ddpm",
-    steps: int | Sequence[int] | None = None,
-    eta: float = 0.0,
-    clip_x0: float | None = None,
+    spec: SamplerSpec | Mapping | None = None,
     x_T: jax.Array | None = None,
-    spacing: str = DEFAULT_SPACING,
-    corrector: int = 0,
-    final_order: int | None = None,
 ) -> jax.Array:
     """Run the whole reverse chain ``x_T -> x_0`` as one ``jax.lax.scan``.
 
-    Jit-able: ``sampler``, ``steps``, ``spacing``, ``corrector``, ``final_order``, ``shape`` and
-    ``clip_x0`` are static (close over them or mark them static); ``key``, ``x_T`` and ``eta`` may be
-    traced, and so may ``schedule`` for ``'ddpm'`` and for ``'ddim'`` / ``'dpmpp_2m'`` on the
-    ``'uniform'`` spacing (the log-SNR grids and DPM-Solver++(3M)'s float64 plan need it concrete).
+    Jit-able: ``spec`` (but for ``eta``) and ``shape`` are static (close over them); ``key``, ``x_T`` and
+    ``spec.eta`` may be traced, and so may ``schedule`` for ``'ddpm'`` and for ``'ddim'`` / ``'dpmpp_2m'``
+    on the ``'uniform'`` spacing (the log-SNR grids and DPM-Solver++(3M)'s float64 plan need it concrete).
 
     Args:
-      eps_fn: denoiser ``(x_t (B, ...), t int32 (B,)) -> eps_hat (B, ...)``.
+      eps_fn: denoiser ``(x_t (B, ...), t int32 (B,)) -> eps_hat (B, ...)`` (float32 ``t`` on the
+        ``'logsnr_cont'`` grid).
       schedule: the discrete schedule (T timesteps).
       shape: ``(B, ...)`` of the samples.
       key: PRNG key (see the module docstring for how it is split).
-      sampler: one of :func:`sampler_names`: ``'ddpm'`` (T ancestral steps), ``'ddim'``, ``'dpmpp_2m'``,
-        ``'dpmpp_3m'`` (:data:`FAST_SAMPLER`, see ``solvers``).
-      steps: ``None`` (every integer timestep), a step count for DDIM / DPM-Solver++ (placed by
-        ``spacing``, see :func:`make_timesteps`) or an explicit sequence of int timesteps. ``'ddpm'``
-        accepts only None or T.
-      eta: DDIM's stochasticity (0 = deterministic).
-      clip_x0: clip the predicted ``x_0`` to ``[-c, c]`` in every step, or ``None``.
+      spec: the sampler, its steps and grid: a :class:`SamplerSpec`, a config mapping of its fields, or
+        None (T-step DDPM). ``'ddpm'`` accepts only steps None or T.
       x_T: the starting noise (default: ``N(0, I)`` drawn from ``key``).
-      spacing: ``'logsnr'`` (default: uniform in log-SNR, rounded to integer timesteps),
-        ``'logsnr_cont'`` (exactly uniform, at real timesteps: ``eps_fn`` gets float32 ``t``) or
-        ``'uniform'`` (DDIM's integer grid);
-        see :func:`make_timesteps`. The log-SNR grids need a concrete, closed-over schedule.
-      corrector: ``'dpmpp_3m'`` only: 0, or the past evaluations (1..3) used by the corrector.
-      final_order: ``'dpmpp_3m'`` only: 1 or 2 (default) for the last step to the clean data.
     Returns:
       x_0, shape ``shape``, float32 (``x_T``'s dtype when given).
     """
-    carry0, body, xs, final = _build_chain(
-        eps_fn, schedule, shape, key, sampler, steps, eta, clip_x0, x_T, spacing, corrector, final_order
-    )
+    carry0, body, xs, final = _build_chain(eps_fn, schedule, shape, key, spec, x_T)
     carry, _ = jax.lax.scan(body, carry0, xs)
     return final(carry)
 
@@ -324,15 +308,8 @@ def sample_loop(
     schedule: Schedule,
     shape: Sequence[int],
     key: jax.Array,
-    *,
-    sampler: str = "ddpm",
-    steps: int | Sequence[int] | None = None,
-    eta: float = 0.0,
-    clip_x0: float | None = None,
+    spec: SamplerSpec | Mapping | None = None,
     x_T: jax.Array | None = None,
-    spacing: str = DEFAULT_SPACING,
-    corrector: int = 0,
-    final_order: int | None = None,
     jit_step: bool = False,
 ) -> jax.Array:
     """:func:`sample` as a Python loop over the same scan body (reference / debugging).
@@ -340,9 +317,7 @@ def sample_loop(
     Same arguments and same result as :func:`sample` (up to float rounding). With ``jit_step=True``
     each step is a jitted call: the per-step dispatch baseline that the scanned form is compared to.
     """
-    carry, body, xs, final = _build_chain(
-        eps_fn, schedule, shape, key, sampler, steps, eta, clip_x0, x_T, spacing, corrector, final_order
-    )
+    carry, body, xs, final = _build_chain(eps_fn, schedule, shape, key, spec, x_T)
     step = jax.jit(body) if jit_step else body
     n = jax.tree.leaves(xs)[0].shape[0]
     for i in range(n):

@@ -6,6 +6,7 @@ per-sample kernel is supplied for its path in the `dynamic` collection.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import flax.linen as nn
@@ -19,6 +20,17 @@ zeros = nn.initializers.zeros
 
 AE_NORM_EPS = 1e-6  # LDM's autoencoder (taming `Normalize`)
 UNET_NORM_EPS = 1e-5  # LDM's denoiser (openaimodel `GroupNorm32`, torch's default)
+
+
+def module_from_config(cls: type[nn.Module], section, **fixed) -> nn.Module:
+    """`cls(...)` with every field that the config `section` sets (sequences as tuples, None as ()) and `fixed`."""
+    names = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+    unknown = set(section.keys()) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {sorted(unknown)}; its fields: {sorted(names)}")
+    kwargs = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in section.items()}
+    kwargs.update({k: () for k, v in kwargs.items() if v is None and isinstance(getattr(cls, k, None), tuple)})
+    return cls(**kwargs, **fixed)
 
 
 def group_norm(channels: int, name: str | None = None, eps: float = AE_NORM_EPS) -> nn.GroupNorm:

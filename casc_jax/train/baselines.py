@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from casc_jax import channel as ch
 from casc_jax import data as data_lib
 from casc_jax.baselines import DeepJSCC, DiffSC, build_deepjscc, build_diffsc
 from casc_jax.metrics.lpips import LPIPS, load_lpips_params
@@ -85,51 +84,26 @@ def lpips_parts(stage_cfg) -> tuple[LPIPS | None, dict | None]:
 
 
 def make_deepjscc_step(model: DeepJSCC, stage_cfg, train_snrs, tx, seed: int, grad_groups: int = 0):
-    """(state, batch, lpips_vars) -> (state, metrics): one step of DeepJSCC's loss; pure, to be jitted.
-
-    `grad_groups` > 0: the device-count-independent gradient of `parallel.value_and_grad`.
-    """
+    """(state, batch, lpips_vars) -> (state, metrics): one step of DeepJSCC's loss (`loop.make_loss_step`)."""
     kind = stage_cfg.loss
     lpips = LPIPS(stage_cfg.lpips_net) if kind == "lpips" else None
 
-    def step(state: loop.TrainState, batch, lpips_vars):
-        x = batch["image"]
-        k_snr, k_loss = jax.random.split(jax.random.fold_in(jax.random.key(seed), state.step))
-        snr = ch.sample_snr(k_snr, x.shape[0], train_snrs)
+    def loss_fn(params, lpips_vars, b, key):
         lpips_fn = None if lpips is None else functools.partial(lpips.apply, lpips_vars)
+        return model.loss(params, b["image"], key, b["snr"], kind=kind, lpips_fn=lpips_fn)
 
-        def loss_fn(params, batch, key):
-            return model.loss(params, batch["x"], key, batch["snr"], kind=kind, lpips_fn=lpips_fn)
-
-        loss, grads = parallel.value_and_grad(loss_fn, grad_groups)(state.params, {"x": x, "snr": snr}, k_loss)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
-        finite = loop.all_finite(loss, grads)
-        return loop.guarded(new, state.replace(step=state.step + 1), finite), {"loss": loss, "finite": finite}
-
-    return step
+    return loop.make_loss_step(loss_fn, tx, seed, train_snrs, grad_groups=grad_groups)
 
 
 def make_diffsc_step(model: DiffSC, stage_cfg, train_snrs, tx, seed: int, grad_groups: int = 0):
     """(state, batch, deepjscc_params) -> (state, metrics): L_simple for the U-Net, DeepJSCC frozen; EMA."""
 
-    def step(state: loop.TrainState, batch, jscc_params):
-        x = batch["image"]
-        k_snr, k_loss = jax.random.split(jax.random.fold_in(jax.random.key(seed + 1), state.step))
-        snr = ch.sample_snr(k_snr, x.shape[0], train_snrs)
+    def loss_fn(unet, jscc_params, b, key):
+        return model.denoiser_loss({"deepjscc": jscc_params, "unet": unet}, b["image"], key, b["snr"])
 
-        def loss_fn(unet, batch, key):
-            return model.denoiser_loss({"deepjscc": jscc_params, "unet": unet}, batch["x"], key, batch["snr"])
-
-        loss, grads = parallel.value_and_grad(loss_fn, grad_groups)(state.params, {"x": x, "snr": snr}, k_loss)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = loop.ema_update(state.ema_params, params, stage_cfg.ema_decay, state.step + 1)
-        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
-        finite = loop.all_finite(loss, grads)
-        return loop.guarded(new, state.replace(step=state.step + 1), finite), {"loss": loss, "finite": finite}
-
-    return step
+    return loop.make_loss_step(
+        loss_fn, tx, seed + 1, train_snrs, ema_decay=stage_cfg.ema_decay, grad_groups=grad_groups
+    )
 
 
 # -- states ---------------------------------------------------------------------------------------
@@ -208,7 +182,7 @@ def train_baseline(config: ml_collections.ConfigDict, workdir: str, echo=print) 
             initial_state=states[name],
             step_fn=functools.partial(_with_const, parallel.jit_data_parallel(step, mesh), const),
             make_batches=lambda start: data_lib.make_dataset(
-                config.data, "train", batch_size=local[name], shuffle_seed=seed, repeat=True, start_batch=start
+                config.data, "train", data_lib.Stream.training(local[name], seed, start)
             ),
             total_steps=total[name],
             mesh=mesh,

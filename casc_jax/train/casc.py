@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from casc_jax import channel as ch
 from casc_jax import data as data_lib
 from casc_jax.autoencoder import decoder_head
 from casc_jax.discriminator import PatchGAN, adaptive_weight, hinge_d_loss
@@ -125,29 +124,13 @@ def make_stage1_step(
 
 # -- stage 2 --------------------------------------------------------------------------------------
 def make_stage2_step(model: CASC, cfg, train_snrs, tx, seed: int, grad_groups: int = 0) -> Callable:
-    """(state, batch, autoencoder_params) -> (state, metrics): L_denoiser through the channel.
+    """(state, batch, autoencoder_params) -> (state, metrics): L_denoiser through the channel, with EMA
+    (`loop.make_loss_step`; `grad_groups` > 0: the device-count-independent gradient)."""
 
-    `grad_groups` > 0: the device-count-independent gradient of `parallel.value_and_grad`.
-    """
+    def loss_fn(trainable, ae_params, b, key):
+        return model.denoiser_loss(dict(trainable, autoencoder=ae_params), b["image"], key, b["snr"])
 
-    def step(state: loop.TrainState, batch, ae_params):
-        x = batch["image"]
-        key = jax.random.fold_in(jax.random.key(seed + 1), state.step)
-        k_snr, k_loss = jax.random.split(key)
-        snr = ch.sample_snr(k_snr, x.shape[0], train_snrs)
-
-        def loss_fn(trainable, batch, key):
-            return model.denoiser_loss(dict(trainable, autoencoder=ae_params), batch["x"], key, batch["snr"])
-
-        loss, grads = parallel.value_and_grad(loss_fn, grad_groups)(state.params, {"x": x, "snr": snr}, k_loss)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = loop.ema_update(state.ema_params, params, cfg.ema_decay, state.step + 1)
-        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
-        finite = loop.all_finite(loss, grads)
-        return loop.guarded(new, state.replace(step=state.step + 1), finite), {"loss": loss, "finite": finite}
-
-    return step
+    return loop.make_loss_step(loss_fn, tx, seed + 1, train_snrs, ema_decay=cfg.ema_decay, grad_groups=grad_groups)
 
 
 # -- orchestration --------------------------------------------------------------------------------
@@ -203,7 +186,7 @@ def train_casc(config: ml_collections.ConfigDict, workdir: str, echo=print) -> d
             initial_state=states[name],
             step_fn=functools.partial(_with_const, jitted, const),
             make_batches=lambda start: data_lib.make_dataset(
-                config.data, "train", batch_size=local_batch[name], shuffle_seed=seed, repeat=True, start_batch=start
+                config.data, "train", data_lib.Stream.training(local_batch[name], seed, start)
             ),
             total_steps=loop.num_steps(stage_cfg, examples, batch[name]),
             mesh=mesh,

@@ -15,8 +15,9 @@ import numpy as np
 import optax
 from clu import metric_writers, periodic_actions
 
+from casc_jax.channel import sample_snr
 from casc_jax.train.checkpoint import Checkpointer
-from casc_jax.train.parallel import shard_batch
+from casc_jax.train.parallel import shard_batch, value_and_grad
 
 
 class TrainingDiverged(RuntimeError):
@@ -66,6 +67,47 @@ def all_finite(*trees) -> jax.Array:
 def guarded(new_state: TrainState, old_state: TrainState, finite: jax.Array) -> TrainState:
     """Keep the old state when the step produced non-finite values."""
     return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, old_state)
+
+
+def make_loss_step(
+    loss_fn: Callable,
+    tx: optax.GradientTransformation,
+    seed: int,
+    train_snrs,
+    *,
+    ema_decay: float | None = None,
+    grad_groups: int = 0,
+    keys: tuple[str, ...] = ("image",),
+) -> Callable:
+    """(state, batch, frozen) -> (state, metrics): one step on `loss_fn(trainable, frozen, b, key)`, a scalar
+    mean over the batch; pure, to be jitted data-parallel. Every system trains with it but CASC's stage 1
+    (two optimisers and its own backward pass).
+
+    `b` holds the batch's `keys` and 'snr', one SNR per example drawn uniformly from `train_snrs`;
+    the keys come from `fold_in(key(seed), state.step)`. `frozen` (what is not trained: another stage's
+    params, LPIPS weights, or None) is an argument, not a constant baked into the compiled step. The EMA
+    is updated when the state keeps one (LDM's warmed-up `ema_decay`); a step with a non-finite loss or
+    gradient leaves the state as it was, but for the step count. `grad_groups` > 0: the
+    device-count-independent gradient of `parallel.value_and_grad`.
+    """
+    train_snrs = tuple(float(s) for s in train_snrs)
+
+    def step(state: TrainState, batch, frozen):
+        k_snr, k_loss = jax.random.split(jax.random.fold_in(jax.random.key(seed), state.step))
+        b = {k: batch[k] for k in keys}
+        b["snr"] = sample_snr(k_snr, b[keys[0]].shape[0], train_snrs)
+        grad_fn = value_and_grad(lambda p, b, key: loss_fn(p, frozen, b, key), grad_groups)
+        loss, grads = grad_fn(state.params, b, k_loss)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = state.ema_params
+        if ema is not None:
+            ema = ema_update(ema, params, ema_decay, state.step + 1)
+        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
+        finite = all_finite(loss, grads)
+        return guarded(new, state.replace(step=state.step + 1), finite), {"loss": loss, "finite": finite}
+
+    return step
 
 
 def stage_batch_size(train_cfg, stage: str) -> int:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from casc_jax import image_io
+from casc_jax.batching import Stream
 from casc_jax.evaluate import PSNR_CAP_DB
 from casc_jax.metrics import segmentation as seg_metrics
 from casc_jax.metrics.image import psnr
@@ -97,9 +98,8 @@ def segmentation_sweep(model: FCNDigital, params, config, *, echo=print) -> tupl
 def recon_batches(config, hw):
     """One pass over `config.recon_data` at (H, W) (the reconstruction data of the comparison)."""
     cfg = dict(config.recon_data.to_dict(), image_size=tuple(hw))
-    return mt_data.make_reconstruction_dataset(
-        cfg, config.recon_data.eval_split, batch_size=config.eval.batch_size, shuffle_seed=None, repeat=False
-    )
+    stream = Stream.single_pass(config.eval.batch_size)
+    return mt_data.make_reconstruction_dataset(cfg, config.recon_data.eval_split, stream)
 
 
 def reconstruction_sweep(model: FCNDigital, config, *, echo=print) -> tuple[list[dict], dict]:

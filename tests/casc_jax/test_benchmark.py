@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from casc_jax import benchmark
+from casc_jax import benchmark, sampler_quality
 from configs import casc_base
 
 
@@ -13,7 +13,8 @@ def _tiny():
     c.autoencoder.update(ch=8, num_codes=32)
     c.unet.update(ch=16, head_dim=16)
     c.diffusion.num_timesteps = 6
-    c.benchmark.update(batch_size=2, repeats=1, max_timed_steps=3, ddim_steps=(2,), dpm_steps=(2,))
+    c.benchmark.update(batch_size=2, repeats=1, max_timed_steps=3, ddim_steps=(2,), dpm_steps=(2,),
+                       ddim_eta1_steps=(3,))
     return c
 
 
@@ -66,9 +67,12 @@ def test_quality_compares_every_sampler_with_ddpm():
 
     params = build_casc(config).init(jax.random.key(0))
     images = np.asarray(jax.random.uniform(jax.random.key(1), (2, 32, 32, 3), minval=-1, maxval=1))
-    report = benchmark.quality(config, params, images, echo=lambda s: None)
+    report = sampler_quality.quality(config, params, images, echo=lambda s: None)
     labels = [r["sampler"] for r in report["rows"]]
     assert labels[0] == "ddpm" and any(s.startswith("ddim") for s in labels) and any("dpmpp" in s for s in labels)
+    assert "ddim eta=1 3 steps (uniform)" in labels  # stochastic DDIM, on the one spacing asked for
+    stochastic = report["rows"][labels.index("ddim eta=1 3 steps (uniform)")]
+    assert stochastic["config"]["eta"] == 1.0 and 0 < stochastic["psnr_vs_ddpm"] < 100.0
     assert report["rows"][0]["psnr_vs_ddpm"] == 100.0  # DDPM against itself, capped
     assert report["fastest_within_tolerance"] in labels
 
@@ -81,8 +85,8 @@ def test_fastest_within_tolerance_needs_both_psnr_and_lpips():
         {"sampler": "good", "ms_per_image": 5.0, "psnr_vs_source": 19.75, "lpips_vs_source": 0.205},
         {"sampler": "slower_good", "ms_per_image": 9.0, "psnr_vs_source": 20.0, "lpips_vs_source": 0.20},
     ]
-    assert benchmark.fastest_within_tolerance(rows)["sampler"] == "good"
-    assert benchmark.fastest_within_tolerance(rows[:1])["sampler"] == "ddpm"
+    assert sampler_quality.fastest_within_tolerance(rows)["sampler"] == "good"
+    assert sampler_quality.fastest_within_tolerance(rows[:1])["sampler"] == "ddpm"
 
 
 def test_diffsc_row_is_timed_like_casc():

@@ -100,13 +100,11 @@ def test_bad_source_and_arguments():
     assert data.parse_source("folder:/a:b") == ("folder", "/a:b")
     cfg = _cfg(source="embedded")
     with pytest.raises(ValueError, match="batch_size"):
-        data.make_dataset(cfg, "test", batch_size=0, shuffle_seed=None, repeat=False)
+        data.make_dataset(cfg, "test", data.Stream(0))
     with pytest.raises(ValueError, match="process_index"):
-        data.make_dataset(cfg, "test", batch_size=2, shuffle_seed=None, repeat=False, process_index=2,
-                          process_count=2)
+        data.make_dataset(cfg, "test", data.Stream(2, process_index=2, process_count=2))
     with pytest.raises(ValueError, match="splits"):
-        data.make_dataset(cfg, "train[:10]", batch_size=2, shuffle_seed=None, repeat=False,
-                          process_index=0, process_count=1)
+        data.make_dataset(cfg, "train[:10]", data.Stream(2, process_index=0, process_count=1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,8 +115,9 @@ def test_embedded_eval_pass_in_order():
     ref_images, ref_labels = image_io.load_embedded()
     assert ref_images.shape == (200, 32, 32, 3) and ref_images.dtype == np.uint8
     assert ref_labels.dtype == np.int32 and set(ref_labels.tolist()) == set(range(10))
-    batches = list(data.make_dataset(_cfg(source="embedded"), "test", batch_size=64, shuffle_seed=None,
-                                     repeat=False, process_index=0, process_count=1))
+    batches = list(
+        data.make_dataset(_cfg(source="embedded"), "test", data.Stream(64, process_index=0, process_count=1))
+    )
     assert len(batches) == 4  # ceil(200 / 64)
     image = np.concatenate([b["image"] for b in batches])
     valid = np.concatenate([b["valid"] for b in batches])
@@ -135,8 +134,7 @@ def test_embedded_eval_pass_in_order():
 def test_embedded_matches_shared_file():
     with np.load(SHARED_NPZ) as npz:
         shared_images, shared_labels = npz["images"], npz["labels"]
-    batch = next(data.make_dataset(_cfg(source="embedded"), "train", batch_size=8, shuffle_seed=None,
-                                   repeat=False, process_index=0, process_count=1))
+    batch = next(data.make_dataset(_cfg(source="embedded"), "train", data.Stream(8, process_index=0, process_count=1)))
     np.testing.assert_allclose(batch["image"][0], _ref_float(shared_images[0]), atol=1e-6)
     images, labels = image_io.load_embedded()
     np.testing.assert_array_equal(images, shared_images)
@@ -147,8 +145,11 @@ def test_embedded_train_stream_epochs_and_process_blocks():
     images, _ = image_io.load_embedded()
 
     def stream(p, count, batch):
-        return data.make_dataset(_cfg(source="embedded"), "train", batch_size=batch, shuffle_seed=3, repeat=True,
-                                 process_index=p, process_count=count)
+        return data.make_dataset(
+            _cfg(source="embedded"),
+            "train",
+            data.Stream(batch, shuffle_seed=3, repeat=True, process_index=p, process_count=count),
+        )
 
     single = stream(0, 1, 60)
     batches = [next(single)["image"] for _ in range(7)]  # 420 = 2.1 epochs of the 200 images
@@ -164,8 +165,11 @@ def test_embedded_train_stream_epochs_and_process_blocks():
 
 
 def test_embedded_resized():
-    batch = next(data.make_dataset(_cfg(source="embedded", image_size=16), "test", batch_size=5,
-                                   shuffle_seed=None, repeat=False, process_index=0, process_count=1))
+    batch = next(
+        data.make_dataset(
+            _cfg(source="embedded", image_size=16), "test", data.Stream(5, process_index=0, process_count=1)
+        )
+    )
     assert batch["image"].shape == (5, 16, 16, 3)
     ref = np.asarray(Image.fromarray(image_io.load_embedded()[0][0]).resize((16, 16), Image.Resampling.BICUBIC))
     np.testing.assert_allclose(batch["image"][0], _ref_float(ref), atol=1e-6)
@@ -192,8 +196,7 @@ def test_folder_source(image_folder):
     folder, arrays = image_folder
     cfg = _cfg(source=f"folder:{folder}")
     assert data.num_examples(cfg, "train") == 3
-    batches = list(data.make_dataset(cfg, "train", batch_size=2, shuffle_seed=None, repeat=False,
-                                     process_index=0, process_count=1))
+    batches = list(data.make_dataset(cfg, "train", data.Stream(2, process_index=0, process_count=1)))
     assert len(batches) == 2
     image = np.concatenate([b["image"] for b in batches])
     assert image.shape == (4, 32, 32, 3) and image.dtype == np.float32
@@ -210,19 +213,22 @@ def test_folder_source(image_folder):
 
 def test_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing"):
-        data.make_dataset(_cfg(source=f"folder:{tmp_path / 'missing'}"), "train", batch_size=2,
-                          shuffle_seed=None, repeat=False, process_index=0, process_count=1)
+        data.make_dataset(
+            _cfg(source=f"folder:{tmp_path / 'missing'}"), "train", data.Stream(2, process_index=0, process_count=1)
+        )
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("x")
     with pytest.raises(ValueError, match="no image files"):
-        data.make_dataset(_cfg(source=f"folder:{tmp_path / 'empty'}"), "train", batch_size=2,
-                          shuffle_seed=None, repeat=False, process_index=0, process_count=1)
+        data.make_dataset(
+            _cfg(source=f"folder:{tmp_path / 'empty'}"), "train", data.Stream(2, process_index=0, process_count=1)
+        )
     bad = tmp_path / "bad"
     _save(bad / "good.png", np.zeros((8, 8, 3), np.uint8))
     (bad / "broken.png").write_bytes(b"this is not a png")
     with pytest.raises(ValueError, match="broken.png"):
-        data.make_dataset(_cfg(source=f"folder:{bad}"), "train", batch_size=2, shuffle_seed=None,
-                          repeat=True, process_index=0, process_count=1)
+        data.make_dataset(
+            _cfg(source=f"folder:{bad}"), "train", data.Stream(2, repeat=True, process_index=0, process_count=1)
+        )
 
 
 def test_truncated_file_named(tmp_path):
@@ -332,12 +338,9 @@ def test_tfds_eval_each_example_once_over_two_processes(prepared_dir):
     cfg = _cfg(source="tfds:cifar10", data_dir=prepared_dir)
     with tfds.testing.mock_data(num_examples=n, data_dir=prepared_dir):
         ref_images, ref_labels = _mock_examples(prepared_dir, n)
-        single = list(data.make_dataset(cfg, "test", batch_size=bs, shuffle_seed=None, repeat=False,
-                                        process_index=0, process_count=1))
+        single = list(data.make_dataset(cfg, "test", data.Stream(bs, process_index=0, process_count=1)))
         shards = [
-            list(data.make_dataset(cfg, "test", batch_size=bs, shuffle_seed=None, repeat=False,
-                                   process_index=p, process_count=2))
-            for p in range(2)
+            list(data.make_dataset(cfg, "test", data.Stream(bs, process_index=p, process_count=2))) for p in range(2)
         ]
         assert data.num_examples(cfg, "test") == n
     # One process: ceil(11 / 4) = 3 batches, in file order, the last padded.
@@ -367,11 +370,13 @@ def test_tfds_train_stream(prepared_dir):
     cfg = _cfg(source="tfds:cifar10", data_dir=prepared_dir)
     with tfds.testing.mock_data(num_examples=n, data_dir=prepared_dir):
         ref_images, _ = _mock_examples(prepared_dir, n)
-        it = data.make_dataset(cfg, "train", batch_size=bs, shuffle_seed=0, repeat=True,
-                               process_index=0, process_count=1)
+        it = data.make_dataset(
+            cfg, "train", data.Stream(bs, shuffle_seed=0, repeat=True, process_index=0, process_count=1)
+        )
         batches = [next(it) for _ in range(6)]  # 24 examples: more than two epochs
-        again = data.make_dataset(cfg, "train", batch_size=bs, shuffle_seed=0, repeat=True,
-                                  process_index=0, process_count=1)
+        again = data.make_dataset(
+            cfg, "train", data.Stream(bs, shuffle_seed=0, repeat=True, process_index=0, process_count=1)
+        )
         repeat_first = next(again)
     for b in batches:
         assert b["image"].shape == (bs, 32, 32, 3) and b["image"].dtype == np.float32
@@ -391,12 +396,10 @@ def test_tfds_resize(prepared_dir):
     cfg = _cfg(source="tfds:cifar10", data_dir=prepared_dir, image_size=16)
     with tfds.testing.mock_data(num_examples=3, data_dir=prepared_dir):
         ref_images, _ = _mock_examples(prepared_dir, 3)
-        batch = next(data.make_dataset(cfg, "test", batch_size=3, shuffle_seed=None, repeat=False,
-                                       process_index=0, process_count=1))
+        batch = next(data.make_dataset(cfg, "test", data.Stream(3, process_index=0, process_count=1)))
     assert batch["image"].shape == (3, 16, 16, 3)
     # Antialiased 2x downscaling keeps each image's mean colour.
-    np.testing.assert_allclose(batch["image"].mean(axis=(1, 2)), _ref_float(ref_images).mean(axis=(1, 2)),
-                               atol=0.02)
+    np.testing.assert_allclose(batch["image"].mean(axis=(1, 2)), _ref_float(ref_images).mean(axis=(1, 2)), atol=0.02)
 
 
 @pytest.fixture
@@ -428,8 +431,7 @@ def test_tfds_not_prepared_fails_fast_offline(tmp_path, no_network, monkeypatch)
     monkeypatch.setattr(time, "sleep", clock.sleep)  # a retry or back-off loop would advance the fake clock
     cfg = _cfg(source="tfds:cifar10", data_dir=str(tmp_path / "empty_tfds"))
     with pytest.raises(data.DatasetUnavailableError) as info:
-        data.make_dataset(cfg, "train", batch_size=4, shuffle_seed=0, repeat=True, process_index=0,
-                          process_count=1)
+        data.make_dataset(cfg, "train", data.Stream(4, shuffle_seed=0, repeat=True, process_index=0, process_count=1))
     message = str(info.value)
     assert "--config.data.source=embedded" in message
     assert "--config.data.source=folder:" in message
@@ -446,8 +448,7 @@ def test_tfds_download_failure_is_unavailable(tmp_path, monkeypatch, no_network)
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", fail)
     cfg = _cfg(source="tfds:cifar10", data_dir=str(tmp_path), download=True)
     with pytest.raises(data.DatasetUnavailableError, match="no route to host") as info:
-        data.make_dataset(cfg, "test", batch_size=4, shuffle_seed=None, repeat=False, process_index=0,
-                          process_count=1)
+        data.make_dataset(cfg, "test", data.Stream(4, process_index=0, process_count=1))
     assert "embedded" in str(info.value) and "folder:" in str(info.value)
     assert no_network == []
 
@@ -455,5 +456,4 @@ def test_tfds_download_failure_is_unavailable(tmp_path, monkeypatch, no_network)
 def test_tfds_unknown_name(tmp_path, no_network):
     cfg = _cfg(source="tfds:no_such_dataset_xyz", data_dir=str(tmp_path))
     with pytest.raises(ValueError, match="no_such_dataset_xyz"):
-        data.make_dataset(cfg, "test", batch_size=4, shuffle_seed=None, repeat=False, process_index=0,
-                          process_count=1)
+        data.make_dataset(cfg, "test", data.Stream(4, process_index=0, process_count=1))

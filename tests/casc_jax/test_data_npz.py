@@ -30,7 +30,7 @@ def _cfg(source, size=8):
 
 def _all(cfg, split, batch=4, **kw):
     kw = dict(shuffle_seed=None, repeat=False, process_index=0, process_count=1) | kw
-    return list(data_lib.make_dataset(cfg, split, batch_size=batch, **kw))
+    return list(data_lib.make_dataset(cfg, split, data_lib.Stream(batch, **kw)))
 
 
 def test_images_archive_per_split_in_fixed_order(tmp_path):
@@ -101,10 +101,10 @@ def test_training_stream_resumes_exactly_at_any_batch(tmp_path):
     np.savez(tmp_path / "a.npz", images=_images(10))
     cfg = _cfg(f"npz:{tmp_path / 'a.npz'}")
     kw = dict(shuffle_seed=3, repeat=True, process_index=0, process_count=1)
-    stream = data_lib.make_dataset(cfg, "train", batch_size=4, **kw)
+    stream = data_lib.make_dataset(cfg, "train", data_lib.Stream(4, **kw))
     straight = [next(stream)["image"] for _ in range(12)]  # 48 examples: across 4 epochs of 10
     for start in (1, 2, 5, 7):
-        resumed = data_lib.make_dataset(cfg, "train", batch_size=4, start_batch=start, **kw)
+        resumed = data_lib.make_dataset(cfg, "train", data_lib.Stream(4, start_batch=start, **kw))
         for expected in straight[start:]:
             np.testing.assert_array_equal(next(resumed)["image"], expected)
     epochs = np.concatenate(straight)[:40].reshape(4, 10, -1)  # every epoch is a permutation of all 10

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from casc_jax.diffusion import (
+    SamplerSpec,
     alpha_sigma,
     ddim_step,
     ddpm_step,
@@ -37,7 +38,7 @@ def test_scanned_ddpm_equals_step_by_step_loop():
     sch = make_schedule("ldm_linear", T_SMALL)
     key = jax.random.key(3)
     shape = (4, 3)
-    got = jax.jit(lambda k: sample(_toy_eps, sch, shape, k, sampler="ddpm"))(key)
+    got = jax.jit(lambda k: sample(_toy_eps, sch, shape, k, SamplerSpec(name="ddpm")))(key)
     # independent reference loop over the public per-step function, same key convention
     key_T, key_chain = jax.random.split(key)
     x = jax.random.normal(key_T, shape, jnp.float32)
@@ -51,20 +52,20 @@ def test_scanned_ddpm_equals_step_by_step_loop():
 @pytest.mark.parametrize(
     "kw",
     [
-        dict(sampler="ddpm"),
-        dict(sampler="ddim", steps=7, eta=0.7),
-        dict(sampler="dpmpp_2m", steps=9),
-        dict(sampler="dpmpp_3m", steps=8, corrector=2),
+        dict(name="ddpm"),
+        dict(name="ddim", steps=7, eta=0.7),
+        dict(name="dpmpp_2m", steps=9),
+        dict(name="dpmpp_3m", steps=8, corrector=2),
     ],
 )
 def test_sample_equals_sample_loop(kw):
     sch = make_schedule("ldm_linear", T_SMALL)
     key = jax.random.key(1)
-    a = jax.jit(lambda k: sample(_toy_eps, sch, (3, 2), k, **kw))(key)
-    b = sample_loop(_toy_eps, sch, (3, 2), key, jit_step=True, **kw)
+    a = jax.jit(lambda k: sample(_toy_eps, sch, (3, 2), k, SamplerSpec(**kw)))(key)
+    b = sample_loop(_toy_eps, sch, (3, 2), key, SamplerSpec(**kw), jit_step=True)
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
-    if kw["sampler"] != "ddpm":  # eager (un-jitted) steps: slow per step, so only the short chains
-        c = sample_loop(_toy_eps, sch, (3, 2), key, **kw)
+    if kw["name"] != "ddpm":  # eager (un-jitted) steps: slow per step, so only the short chains
+        c = sample_loop(_toy_eps, sch, (3, 2), key, SamplerSpec(**kw))
         np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-5, atol=1e-5)
 
 
@@ -86,22 +87,23 @@ def _scan_lengths(jaxpr):
 @pytest.mark.parametrize(
     "kw,length",
     [
-        (dict(sampler="ddpm"), T_SMALL),
-        (dict(sampler="ddim", steps=10, spacing="uniform"), 10),
-        (dict(sampler="dpmpp_2m", steps=12, spacing="uniform"), 12),
-        (dict(sampler="ddim", steps=10), 10),
-        (dict(sampler="dpmpp_2m", steps=12, spacing="logsnr"), 12),
-        (dict(sampler="dpmpp_3m", steps=12), 12),
-        (dict(sampler="dpmpp_3m", steps=7, corrector=3, final_order=1), 7),
+        (dict(name="ddpm"), T_SMALL),
+        (dict(name="ddim", steps=10, spacing="uniform"), 10),
+        (dict(name="dpmpp_2m", steps=12, spacing="uniform"), 12),
+        (dict(name="ddim", steps=10), 10),
+        (dict(name="dpmpp_2m", steps=12, spacing="logsnr"), 12),
+        (dict(name="dpmpp_3m", steps=12), 12),
+        (dict(name="dpmpp_3m", steps=7, corrector=3, final_order=1), 7),
     ],
 )
 def test_jaxpr_has_exactly_one_scan_of_chain_length(kw, length):
     sch = make_schedule("ldm_linear", T_SMALL)
-    if kw.get("spacing") == "uniform" or kw["sampler"] == "ddpm":  # the schedule may be traced
-        f = jax.jit(lambda k, s: sample(_toy_eps, s, (2, 3), k, **kw))
+    spec = SamplerSpec(**kw)
+    if spec.spacing == "uniform" or spec.name == "ddpm":  # the schedule may be traced
+        f = jax.jit(lambda k, s: sample(_toy_eps, s, (2, 3), k, spec))
         jaxpr = jax.make_jaxpr(f)(jax.random.key(0), sch)
     else:  # log-SNR grids and the 3M plan need it concrete (closed over)
-        jaxpr = jax.make_jaxpr(jax.jit(lambda k: sample(_toy_eps, sch, (2, 3), k, **kw)))(jax.random.key(0))
+        jaxpr = jax.make_jaxpr(jax.jit(lambda k: sample(_toy_eps, sch, (2, 3), k, spec)))(jax.random.key(0))
     assert _scan_lengths(jaxpr.jaxpr) == [length]
 
 
@@ -109,8 +111,8 @@ def test_ddim_full_steps_eta1_equals_ddpm():
     # DDIM with every timestep and eta = 1 has sigma_t^2 = beta_tilde_t and the DDPM posterior mean
     sch = make_schedule("ldm_linear", T_SMALL)
     key = jax.random.key(5)
-    a = sample(_toy_eps, sch, (4, 2), key, sampler="ddpm")
-    b = sample(_toy_eps, sch, (4, 2), key, sampler="ddim", steps=None, eta=1.0)
+    a = sample(_toy_eps, sch, (4, 2), key, SamplerSpec(name="ddpm"))
+    b = sample(_toy_eps, sch, (4, 2), key, SamplerSpec(name="ddim", steps=None, eta=1.0))
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
 
 
@@ -136,33 +138,33 @@ def test_bad_input_raises():
     key = jax.random.key(0)
     assert set(sampler_names()) == {"ddpm", "ddim", "dpmpp_2m", "dpmpp_3m"}
     with pytest.raises(ValueError, match="Unknown sampler"):
-        sample(_toy_eps, sch, (2, 2), key, sampler="euler")
+        sample(_toy_eps, sch, (2, 2), key, SamplerSpec(name="euler"))
     for name in ("ddim", "dpmpp_2m", "dpmpp_3m"):
         with pytest.raises(ValueError, match="steps must be in"):
-            sample(_toy_eps, sch, (2, 2), key, sampler=name, steps=T_SMALL + 1)
+            sample(_toy_eps, sch, (2, 2), key, SamplerSpec(name=name, steps=T_SMALL + 1))
         with pytest.raises(ValueError, match="steps must be in"):
-            sample(_toy_eps, sch, (2, 2), key, sampler=name, steps=0)
+            sample(_toy_eps, sch, (2, 2), key, SamplerSpec(name=name, steps=0))
     with pytest.raises(ValueError, match="ddpm"):
-        sample(_toy_eps, sch, (2, 2), key, sampler="ddpm", steps=10)
+        sample(_toy_eps, sch, (2, 2), key, SamplerSpec(name="ddpm", steps=10))
     with pytest.raises(ValueError, match="distinct"):
-        sample(_toy_eps, sch, (2, 2), key, sampler="ddim", steps=(5, 5, 1))
+        sample(_toy_eps, sch, (2, 2), key, SamplerSpec(name="ddim", steps=(5, 5, 1)))
     with pytest.raises(ValueError, match="lie in"):
-        sample(_toy_eps, sch, (2, 2), key, sampler="ddim", steps=(70, 5))
+        sample(_toy_eps, sch, (2, 2), key, SamplerSpec(name="ddim", steps=(70, 5)))
     with pytest.raises(ValueError, match="x_T has shape"):
-        sample(_toy_eps, sch, (2, 2), key, sampler="ddim", steps=5, x_T=jnp.zeros((2, 3)))
+        sample(_toy_eps, sch, (2, 2), key, SamplerSpec(name="ddim", steps=5), x_T=jnp.zeros((2, 3)))
     with pytest.raises(ValueError, match="eta"):
-        sample(_toy_eps, sch, (2, 2), key, sampler="dpmpp_2m", steps=5, eta=0.5)
+        sample(_toy_eps, sch, (2, 2), key, SamplerSpec(name="dpmpp_2m", steps=5, eta=0.5))
     with pytest.raises(ValueError, match="spacing"):
-        sample(_toy_eps, sch, (2, 2), key, sampler="ddim", steps=5, spacing="quadratic")
+        sample(_toy_eps, sch, (2, 2), key, SamplerSpec(name="ddim", steps=5, spacing="quadratic"))
     with pytest.raises(ValueError, match="spacing"):
-        sample(_toy_eps, sch, (2, 2), key, sampler="ddpm", spacing="quadratic")
-    for kw in (dict(sampler="ddim"), dict(sampler="dpmpp_3m", spacing="uniform")):
+        sample(_toy_eps, sch, (2, 2), key, SamplerSpec(name="ddpm", spacing="quadratic"))
+    for kw in (dict(name="ddim"), dict(name="dpmpp_3m", spacing="uniform")):
         with pytest.raises(ValueError, match="concrete schedule"):
-            jax.jit(lambda s, kw=kw: sample(_toy_eps, s, (2, 2), key, steps=5, **kw))(sch)
+            jax.jit(lambda s, kw=kw: sample(_toy_eps, s, (2, 2), key, SamplerSpec(steps=5, **kw)))(sch)
     with pytest.raises(ValueError, match="only to sampler='dpmpp_3m'"):
-        sample(_toy_eps, sch, (2, 2), key, sampler="dpmpp_2m", steps=5, corrector=1)
+        sample(_toy_eps, sch, (2, 2), key, SamplerSpec(name="dpmpp_2m", steps=5, corrector=1))
     with pytest.raises(ValueError, match="corrector"):
-        sample(_toy_eps, sch, (2, 2), key, sampler="dpmpp_3m", steps=5, corrector=4)
+        sample(_toy_eps, sch, (2, 2), key, SamplerSpec(name="dpmpp_3m", steps=5, corrector=4))
 
 
 # ----------------------------------------------------------------------------- one update step in float64
@@ -340,7 +342,7 @@ def gauss():
 
     def run(key=None, **kw):
         key = jax.random.key(0) if key is None else key
-        f = jax.jit(lambda k, x: sample(eps_star, sch, x.shape, k, x_T=x, **kw))
+        f = jax.jit(lambda k, x: sample(eps_star, sch, x.shape, k, SamplerSpec(**kw), x_T=x))
         return np.asarray(f(key, x_T), np.float64)
 
     return run
@@ -358,16 +360,16 @@ def _w2(mu, var):
         # put it (s = 0.3, 1, 2) at: DDPM's "fixed_small" variance -5.8%, -1.2%, -0.6%; DDIM 1000
         # -3.1%, -0.5%, -0.3%; DDIM 250 eta 0.5 -8.6%, -2.1%, -1.4%; DPM-Solver++ 1000 -1.4%, -0.1%,
         # -0.0%; DPM-Solver++ 25 logSNR steps -0.7%, +1.1%, +1.2%.
-        (dict(sampler="ddpm"), lambda: _ref_ddpm(), 0.06),
-        (dict(sampler="ddim", steps=None, eta=0.0), lambda: _ref_ddim(np.arange(T)[::-1], 0.0), 0.035),
+        (dict(name="ddpm"), lambda: _ref_ddpm(), 0.06),
+        (dict(name="ddim", steps=None, eta=0.0), lambda: _ref_ddim(np.arange(T)[::-1], 0.0), 0.035),
         (
-            dict(sampler="ddim", steps=250, eta=0.5, spacing="uniform"),
+            dict(name="ddim", steps=250, eta=0.5, spacing="uniform"),
             lambda: _ref_ddim(make_timesteps(T, 250, "uniform"), 0.5),
             0.09,
         ),
-        (dict(sampler="dpmpp_2m", steps=None), lambda: _ref_dpmpp_2m(np.arange(T)[::-1]), 0.015),
+        (dict(name="dpmpp_2m", steps=None), lambda: _ref_dpmpp_2m(np.arange(T)[::-1]), 0.015),
         (
-            dict(sampler="dpmpp_2m", steps=25, spacing="logsnr"),
+            dict(name="dpmpp_2m", steps=25, spacing="logsnr"),
             lambda: _ref_dpmpp_2m(make_timesteps(T, 25, "logsnr", ABAR)),
             0.015,
         ),
@@ -388,19 +390,19 @@ def test_gaussian_moments(gauss, kw, ref, bias_tol):
 
 
 def test_ddim_eta0_is_deterministic(gauss):
-    a = gauss(key=jax.random.key(0), sampler="ddim", steps=50)
-    b = gauss(key=jax.random.key(123), sampler="ddim", steps=50)
+    a = gauss(key=jax.random.key(0), name="ddim", steps=50)
+    b = gauss(key=jax.random.key(123), name="ddim", steps=50)
     np.testing.assert_array_equal(a, b)
-    c = gauss(key=jax.random.key(0), sampler="ddim", steps=50, eta=1.0)
-    d = gauss(key=jax.random.key(123), sampler="ddim", steps=50, eta=1.0)
+    c = gauss(key=jax.random.key(0), name="ddim", steps=50, eta=1.0)
+    d = gauss(key=jax.random.key(123), name="ddim", steps=50, eta=1.0)
     assert np.abs(c - d).mean() > 0.05  # with eta > 0 the key does matter
 
 
 @pytest.mark.parametrize("spacing", ["uniform", "logsnr"])
 def test_dpmpp_2m_beats_ddim_at_20_steps(gauss, spacing):
     ts = make_timesteps(T, 20, spacing, ABAR)
-    x_ddim = gauss(sampler="ddim", steps=20, spacing=spacing)
-    x_dpm = gauss(sampler="dpmpp_2m", steps=20, spacing=spacing)
+    x_ddim = gauss(name="ddim", steps=20, spacing=spacing)
+    x_dpm = gauss(name="dpmpp_2m", steps=20, spacing=spacing)
     w_ddim = _w2(x_ddim.mean(0), x_ddim.var(0, ddof=1))
     w_dpm = _w2(x_dpm.mean(0), x_dpm.var(0, ddof=1))
     # the exact float64 laws agree with the Monte Carlo estimates and rank the samplers the same way

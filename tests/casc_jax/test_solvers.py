@@ -7,6 +7,7 @@ import pytest
 
 from casc_jax.diffusion import (
     FAST_SAMPLER,
+    SamplerSpec,
     alpha_sigma,
     dpmpp_3m_step,
     gaussian_toy,
@@ -16,7 +17,6 @@ from casc_jax.diffusion import (
     solvers,
 )
 from casc_jax.diffusion.schedules import t_of_lambda
-from casc_jax.system import sampler_options
 
 T = 1000
 
@@ -68,16 +68,22 @@ def test_logsnr_grid_is_uniform_in_lambda_at_real_timesteps():
     seen = []
     sch = make_schedule("ldm_linear", 50)
     for spacing, dtype in (("logsnr_cont", jnp.float32), ("logsnr", jnp.int32), ("uniform", jnp.int32)):
-        sample(lambda x, t: seen.append(t.dtype) or x * 0, sch, (2, 3), jax.random.key(0), sampler="ddim",
-               steps=4, spacing=spacing)
+        sample(lambda x, t: seen.append(t.dtype) or x * 0, sch, (2, 3), jax.random.key(0),
+               SamplerSpec("ddim", steps=4, spacing=spacing))
         assert seen[-1] == dtype
 
 
-def test_sampler_options_default_to_logsnr():
-    kwargs, dtype = sampler_options({"name": "dpmpp_3m", "steps": 10})
-    assert kwargs == dict(sampler="dpmpp_3m", steps=10, eta=0.0, spacing="logsnr") and dtype is None
-    kwargs, _ = sampler_options({"name": "dpmpp_3m", "steps": 10, "spacing": "", "corrector": 2})
-    assert kwargs["spacing"] == "logsnr" and kwargs["corrector"] == 2
+def test_sampler_spec_from_config_defaults_to_logsnr():
+    spec = SamplerSpec.of({"name": "dpmpp_3m", "steps": 10, "dtype": "float32"})
+    assert spec == SamplerSpec("dpmpp_3m", steps=10, eta=0.0, spacing="logsnr") and spec.compute_dtype is None
+    spec = SamplerSpec.of({"name": "dpmpp_3m", "steps": 10, "spacing": "", "corrector": 2, "final_order": None})
+    assert spec.spacing == "logsnr" and spec.corrector == 2 and spec.final_order is None
+    assert SamplerSpec.of({"name": "ddpm", "steps": 0}).steps is None  # 0: every timestep
+    assert SamplerSpec.of({"steps": [5, 3, 1]}).steps == (5, 3, 1)  # hashable: usable as a static argument
+    assert SamplerSpec.of({"dtype": "bfloat16"}).compute_dtype == jnp.bfloat16
+    assert SamplerSpec.of(None) == SamplerSpec() and SamplerSpec.of(spec) is spec
+    with pytest.raises(ValueError, match="unknown sampler option"):
+        SamplerSpec.of({"name": "ddim", "stpes": 10})
 
 
 # ----------------------------------------------------------------------------- the solver in float64
@@ -173,8 +179,8 @@ def test_multistep_engine_at_order_2_is_dpmpp_2m():
     coef = solvers.plan(al, sg, lam, order=2, corrector=0, final_order=1)
     carry, body, xs, final = solvers.multistep_chain(_toy_eps, ts, al, sg, coef, x_T, None)
     got = final(jax.lax.scan(body, carry, xs)[0])
-    kw = dict(sampler="dpmpp_2m", steps=9, x_T=x_T, spacing="logsnr_cont")
-    ref = sample(_toy_eps, sch, x_T.shape, jax.random.key(0), **kw)
+    spec = SamplerSpec("dpmpp_2m", steps=9, spacing="logsnr_cont")
+    ref = sample(_toy_eps, sch, x_T.shape, jax.random.key(0), spec, x_T=x_T)
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-4, atol=1e-4)
 
 
@@ -187,10 +193,10 @@ def test_default_fast_sampler_on_the_gaussian_toy(toy):
     """rms error against the exact probability-flow map (the issue's bars: diffusers' best 2M)."""
     sch, problem = toy
     err = lambda n, **kw: gaussian_toy.rms_error(sch, problem, n, **kw)
-    fast = {n: err(n, sampler=FAST_SAMPLER) for n in (5, 10, 20)}  # default spacing: 'logsnr'
-    base = {n: err(n, sampler="dpmpp_2m", spacing="logsnr") for n in (5, 20)}
+    fast = {n: err(n, name=FAST_SAMPLER) for n in (5, 10, 20)}  # default spacing: 'logsnr'
+    base = {n: err(n, name="dpmpp_2m", spacing="logsnr") for n in (5, 20)}
     assert fast[10] < 0.0138 and fast[20] < 0.0052, fast
     assert fast[5] < base[5], (fast, base)
     assert fast[20] < 0.5 * base[20], (fast, base)  # third order pays off once steps are short
     # the corrector with 4 nodes and the second-order last step gain more at 5 steps
-    assert err(5, sampler=FAST_SAMPLER, corrector=3, final_order=2) < 0.95 * base[5]
+    assert err(5, name=FAST_SAMPLER, corrector=3, final_order=2) < 0.95 * base[5]

@@ -85,11 +85,7 @@ def test_voc_builder_reads_fake_tar_with_correct_masks(tmp_path):
 
     # evaluation batches: longer side scaled to S, padded with mask 255
     cfg = dict(source="tfds:voc2012_segmentation", image_size=50, data_dir=str(data_dir))
-    batches = list(
-        mt_data.make_segmentation_dataset(
-            cfg, "train", batch_size=2, shuffle_seed=None, repeat=False, process_index=0, process_count=1
-        )
-    )
+    batches = list(mt_data.make_segmentation_dataset(cfg, "train", mt_data.Stream(2, process_index=0, process_count=1)))
     assert len(batches) == 1
     b = batches[0]
     assert b["image"].shape == (2, 50, 50, 3) and b["mask"].shape == (2, 50, 50) and b["valid"].all()
@@ -101,7 +97,7 @@ def test_voc_builder_reads_fake_tar_with_correct_masks(tmp_path):
     assert sorted(pad_rows) == [13, 16]
     assert set(np.unique(b["mask"])) <= set(range(21)) | {255}
     train = mt_data.make_segmentation_dataset(
-        cfg, "train", batch_size=2, shuffle_seed=0, repeat=True, process_index=0, process_count=1
+        cfg, "train", mt_data.Stream(2, shuffle_seed=0, repeat=True, process_index=0, process_count=1)
     )
     tb = next(train)
     assert tb["image"].shape == (2, 50, 50, 3) and tb["mask"].dtype == np.int32
@@ -116,11 +112,7 @@ def test_voc_builder_offline_error_names_options(tmp_path):
             mt_data.make_segmentation_dataset(
                 dict(source="tfds:voc2012_segmentation", image_size=32, data_dir=str(tmp_path)),
                 "train",
-                batch_size=1,
-                shuffle_seed=None,
-                repeat=True,
-                process_index=0,
-                process_count=1,
+                mt_data.Stream(1, repeat=True, process_index=0, process_count=1),
             )
         )
 
@@ -130,11 +122,7 @@ def test_div2k_offline_error(tmp_path):
         mt_data.make_reconstruction_dataset(
             dict(source="tfds:div2k", image_size=(224, 224), data_dir=str(tmp_path)),
             "validation",
-            batch_size=1,
-            shuffle_seed=None,
-            repeat=False,
-            process_index=0,
-            process_count=1,
+            mt_data.Stream(1, process_index=0, process_count=1),
         )
 
 
@@ -144,13 +132,7 @@ def test_embedded_segmentation_batches():
     assert set(np.unique(masks)) <= set(range(21)) | {255}
     batches = list(
         mt_data.make_segmentation_dataset(
-            dict(source="embedded", image_size=32),
-            "validation",
-            batch_size=5,
-            shuffle_seed=None,
-            repeat=False,
-            process_index=0,
-            process_count=1,
+            dict(source="embedded", image_size=32), "validation", mt_data.Stream(5, process_index=0, process_count=1)
         )
     )
     assert len(batches) == 7  # ceil(32 / 5)
@@ -188,11 +170,7 @@ def test_embedded_reconstruction_batches_at_paper_eval_size():
     it = mt_data.make_reconstruction_dataset(
         dict(source="embedded", image_size=(32, 48)),
         "train",
-        batch_size=4,
-        shuffle_seed=1,
-        repeat=True,
-        process_index=0,
-        process_count=1,
+        mt_data.Stream(4, shuffle_seed=1, repeat=True, process_index=0, process_count=1),
     )
     b = next(it)
     assert b["image"].shape == (4, 32, 48, 3) and b["valid"].all()

@@ -105,9 +105,9 @@ def test_segmentation_smoke_nan_stop_resume_and_artefacts(tmp_path, monkeypatch)
     config.channel.kind = "rayleigh"  # block fading here, AWGN in the reconstruction test
     real = mt_train.make_batches
 
-    def poisoned(*args, **kwargs):
-        for i, batch in enumerate(real(*args, **kwargs)):
-            yield dict(batch, image=np.full_like(batch["image"], np.nan)) if i == 2 and kwargs["repeat"] else batch
+    def poisoned(config, task, split, stream, *args):
+        for i, batch in enumerate(real(config, task, split, stream, *args)):
+            yield dict(batch, image=np.full_like(batch["image"], np.nan)) if i == 2 and stream.repeat else batch
 
     monkeypatch.setattr(mt_train, "make_batches", poisoned)
     with pytest.raises(loop.TrainingDiverged, match=r"step 3.*last good checkpoint \(step 2\)"):

@@ -1,0 +1,118 @@
+"""Batch streams over in-memory arrays, and `Stream`: how any source is read (batch size, order,
+repetition, this process's shard, the batch to start at). The layout is in `casc_jax.data`'s docstring."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+
+import numpy as np
+
+from casc_jax import image_io
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stream:
+    """How a split is read.
+
+    batch_size: B, this process's batch size. shuffle_seed: shuffle with this seed, or keep file order
+    when None. repeat: True for an endless training stream; False for one padded evaluation pass.
+    process_index, process_count: this process's shard (None: ``jax.process_index()`` /
+    ``jax.process_count()``). start_batch: with ``repeat``, start at the stream's ``start_batch``-th batch
+    (exact resume).
+    """
+
+    batch_size: int
+    shuffle_seed: int | None = None
+    repeat: bool = False
+    process_index: int | None = None
+    process_count: int | None = None
+    start_batch: int = 0
+
+    @classmethod
+    def training(cls, batch_size: int, shuffle_seed: int | None, start_batch: int = 0) -> Stream:
+        return cls(batch_size, shuffle_seed, repeat=True, start_batch=start_batch)
+
+    @classmethod
+    def single_pass(cls, batch_size: int) -> Stream:
+        """One padded pass in file order (evaluation)."""
+        return cls(batch_size)
+
+    def resolved(self) -> Stream:
+        """Checked, with the process shard filled in (JAX's by default); start_batch 0 for a single pass."""
+        b = self.batch_size
+        if isinstance(b, bool) or not isinstance(b, int | np.integer) or b < 1:
+            raise ValueError(f"batch_size must be a positive int, got {b!r}")
+        index, count = resolve_process(self.process_index, self.process_count)
+        start = int(self.start_batch) if self.repeat else 0
+        return Stream(int(b), self.shuffle_seed, bool(self.repeat), index, count, start)
+
+    def check_shards(self, n: int) -> int:
+        """This process's share of ``n`` examples; a training stream needs one for every process."""
+        n_local = len(range(self.process_index, n, self.process_count))
+        if self.repeat and n_local == 0:
+            raise ValueError(f"{n} examples cannot give every one of {self.process_count} processes a shard")
+        return n_local
+
+
+def resolve_process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    """(process_index, process_count), defaulting to JAX's; ValueError when out of range."""
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"need 0 <= process_index < process_count, got {process_index}, {process_count}")
+    return int(process_index), int(process_count)
+
+
+def num_eval_batches(num_examples: int, batch_size: int, process_count: int) -> int:
+    """Batches per process in a padded evaluation pass: every process yields the same number."""
+    return math.ceil(math.ceil(num_examples / process_count) / batch_size)
+
+
+def epoch_order(local: np.ndarray, shuffle_seed: int | None, epoch: int) -> np.ndarray:
+    """The order of this process's examples in training epoch `epoch`: a function of (seed, epoch) alone."""
+    if shuffle_seed is None:
+        return local
+    return np.random.default_rng([shuffle_seed, epoch]).permutation(local)
+
+
+def array_batches(images: np.ndarray, labels: np.ndarray, stream: Stream) -> Iterator[Batch]:
+    """Batches of in-memory uint8 images (N, S, S, 3) read as `stream` says."""
+    stream = stream.resolved()
+    batch_size, shuffle_seed, process_index, process_count = (
+        stream.batch_size, stream.shuffle_seed, stream.process_index, stream.process_count
+    )
+    n = len(images)
+    local = np.arange(n)[process_index::process_count]
+    stream.check_shards(n)
+
+    def endless() -> Iterator[Batch]:
+        # The single-process stream of global batches (batch_size * process_count), of which this process
+        # takes its contiguous block: the global batches do not depend on the number of processes.
+        size = batch_size * process_count
+        epoch, offset = divmod(stream.start_batch * size, n)
+        pending = epoch_order(np.arange(n), shuffle_seed, epoch)[offset:]
+        while True:
+            while len(pending) < size:
+                epoch += 1
+                pending = np.concatenate([pending, epoch_order(np.arange(n), shuffle_seed, epoch)])
+            idx = pending[process_index * batch_size : (process_index + 1) * batch_size]
+            pending = pending[size:]
+            yield dict(image=image_io.to_float(images[idx]), label=labels[idx], valid=np.ones(batch_size, bool))
+
+    def single_pass() -> Iterator[Batch]:
+        order = epoch_order(local, shuffle_seed, 0)
+        for b in range(num_eval_batches(n, batch_size, process_count)):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            image = np.zeros((batch_size, *images.shape[1:]), np.float32)
+            label = np.zeros(batch_size, np.int32)
+            image[: len(idx)], label[: len(idx)] = image_io.to_float(images[idx]), labels[idx]
+            yield dict(image=image, label=label, valid=np.arange(batch_size) < len(idx))
+
+    return endless() if stream.repeat else single_pass()

@@ -1,0 +1,105 @@
+"""Sampler quality against speed on a trained CASC (`--mode=quality`): every fast sampler's output
+against the 1000-step DDPM's and the sources, on the same channel draw, and the fastest one that keeps
+DDPM's quality."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from casc_jax import diffusion
+from casc_jax.benchmark import device_description
+from casc_jax.system import build_casc
+from casc_jax.train import parallel
+
+
+def quality_variants(config) -> list[dict]:
+    """Fast samplers to compare with DDPM: deterministic DDIM, DPM-Solver++(2M) (uniform and
+    `benchmark.spacing`), the default fast sampler (DPM-Solver++(3M)) and stochastic DDIM (eta 1, uniform
+    and `benchmark.spacing`) at the configured step counts."""
+    spacing = config.benchmark.spacing or diffusion.DEFAULT_SPACING
+    rows = []
+    for steps in config.benchmark.ddim_steps:
+        rows.append({"name": "ddim", "steps": steps, "spacing": spacing})
+    for steps in config.benchmark.ddim_eta1_steps:
+        for grid in dict.fromkeys(("uniform", spacing)):
+            rows.append({"name": "ddim", "steps": steps, "spacing": grid, "eta": 1.0})
+    for steps in config.benchmark.dpm_steps:
+        rows.append({"name": "dpmpp_2m", "steps": steps, "spacing": "uniform"})
+        if spacing != "uniform":
+            rows.append({"name": "dpmpp_2m", "steps": steps, "spacing": spacing})
+        rows.append({"name": diffusion.FAST_SAMPLER, "steps": steps, "spacing": spacing})
+    return rows
+
+
+def quality(config, params, images: np.ndarray, echo=print, lpips_fn=None) -> dict:
+    """PSNR / LPIPS of each fast sampler against the full DDPM chain and the sources, with its speed.
+
+    images: (N, H, W, 3) in [-1, 1]. Every sampler receives the same C_hat (one channel draw at
+    `benchmark.quality_snr`), so differences come from the sampler alone.
+    """
+    from casc_jax.metrics.image import psnr
+
+    model = build_casc(config)
+    mesh = parallel.make_mesh()
+    params = parallel.replicate(params, mesh)
+    x = jax.device_put(jnp.asarray(images), parallel.batch_sharded(mesh))
+    snr = config.benchmark.quality_snr
+    c_hat = jax.jit(lambda p, x, k: model.channel(k, model.transmit(p, x), snr))(params, x, jax.random.key(3))
+    key = jax.random.key(4)
+    samplers = [{"name": "ddpm"}] + quality_variants(config)
+    outputs, rows = {}, []
+    for sampler in samplers:
+        fn = jax.jit(lambda p, c, k, s=sampler: model.receive(p, c, k, s)).lower(params, c_hat, key).compile()
+        times = []
+        for _ in range(max(1, config.benchmark.repeats)):  # compile excluded; the last output is scored
+            start = time.perf_counter()
+            out = jax.block_until_ready(fn(params, c_hat, key))
+            times.append(time.perf_counter() - start)
+        label = sampler["name"] + (f" eta={sampler['eta']:g}" if sampler.get("eta") else "")
+        label += f" {sampler['steps']} steps" if "steps" in sampler else ""
+        label += f" ({sampler['spacing']})" if "spacing" in sampler else ""
+        outputs[label] = out
+        ref = outputs["ddpm"]
+        row = {
+            "sampler": label,
+            "config": sampler,
+            "ms_per_image": 1e3 * statistics.median(times) / len(images),
+            "psnr_vs_source": float(jnp.mean(psnr(x, out))),
+            "psnr_vs_ddpm": float(jnp.mean(jnp.minimum(psnr(ref, out), 100.0))),
+        }
+        if lpips_fn is not None:
+            row["lpips_vs_source"] = float(jnp.mean(lpips_fn(x, out)))
+            row["lpips_vs_ddpm"] = float(jnp.mean(lpips_fn(ref, out)))
+        rows.append(row)
+        echo(
+            f"[quality] {label:<28} {row['ms_per_image']:8.2f} ms/image  PSNR vs source {row['psnr_vs_source']:.2f} dB"
+            f"  vs DDPM {row['psnr_vs_ddpm']:.2f} dB"
+            + (f"  LPIPS vs source {row['lpips_vs_source']:.4f}" if lpips_fn is not None else "")
+        )
+    best = fastest_within_tolerance(rows)
+    echo(f"[quality] fastest sampler within {PSNR_TOLERANCE_DB} dB PSNR and {LPIPS_TOLERANCE} LPIPS of DDPM: "
+         f"{best['sampler']} ({best['ms_per_image']:.2f} ms/image)")
+    return {"device": device_description(), "snr_db": snr, "num_images": len(images), "rows": rows,
+            "fastest_within_tolerance": best["sampler"]}
+
+
+PSNR_TOLERANCE_DB = 0.3
+LPIPS_TOLERANCE = 0.01
+
+
+def fastest_within_tolerance(rows: list[dict]) -> dict:
+    """The fastest row whose PSNR (LPIPS) against the sources is within the tolerance of rows[0]'s (DDPM's)."""
+    ddpm = rows[0]
+
+    def keeps(r):
+        ok = r["psnr_vs_source"] >= ddpm["psnr_vs_source"] - PSNR_TOLERANCE_DB
+        if "lpips_vs_source" in ddpm:
+            ok = ok and r["lpips_vs_source"] <= ddpm["lpips_vs_source"] + LPIPS_TOLERANCE
+        return ok
+
+    return min((r for r in rows if keeps(r)), key=lambda r: r["ms_per_image"])
