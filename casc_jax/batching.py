@@ -52,10 +52,9 @@ class Stream:
 
     def check_shards(self, n: int) -> int:
         """This process's share of ``n`` examples; a training stream needs one for every process."""
-        n_local = len(range(self.process_index, n, self.process_count))
-        if self.repeat and n_local == 0:
+        if self.repeat and n < self.process_count:
             raise ValueError(f"{n} examples cannot give every one of {self.process_count} processes a shard")
-        return n_local
+        return len(range(self.process_index, n, self.process_count))
 
 
 def resolve_process(process_index: int | None, process_count: int | None) -> tuple[int, int]:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from casc_jax import data, image_io
+from casc_jax import batching, data, image_io
 
 SHARED_NPZ = pathlib.Path(__file__).resolve().parents[3] / "shared/data/cifar10/cifar10_test_200_lossless.npz"
 GREY = 128 / 127.5 - 1
@@ -457,3 +457,13 @@ def test_tfds_unknown_name(tmp_path, no_network):
     cfg = _cfg(source="tfds:no_such_dataset_xyz", data_dir=str(tmp_path))
     with pytest.raises(ValueError, match="no_such_dataset_xyz"):
         data.make_dataset(cfg, "test", data.Stream(4, process_index=0, process_count=1))
+
+
+def test_a_training_stream_needs_an_example_for_every_process():
+    images, labels = np.zeros((3, 4, 4, 3), np.uint8), np.zeros(3, np.int32)
+    for p in range(4):  # every process refuses, not only those left without a shard
+        with pytest.raises(ValueError, match="3 examples cannot give every one of 4 processes a shard"):
+            stream = batching.Stream(1, shuffle_seed=0, repeat=True, process_index=p, process_count=4)
+            next(batching.array_batches(images, labels, stream))
+    one_pass = batching.array_batches(images, labels, batching.Stream(1, process_index=3, process_count=4))
+    assert not any(b["valid"].any() for b in one_pass)  # evaluation: process 3 only pads
