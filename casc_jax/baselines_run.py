@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import jax
-import jax.numpy as jnp
 
 from casc_jax import diffusion, modes
+from casc_jax import evaluate as evaluation
 from casc_jax.baselines import DiffSC, build_diffsc
 from casc_jax.evaluate import config_sweep
 from casc_jax.train import parallel
@@ -28,20 +28,10 @@ def sampler_of(config) -> dict | None:
 
 
 def reconstructor(model, params, mesh, sampler: Mapping | None = None) -> Callable:
-    """A jitted, batch-sharded (x, key, snr) -> x_hat through transmitter, channel and receiver."""
+    """`evaluate.reconstructor` of DeepJSCC, or of DiffSC decoding with `sampler`."""
     if isinstance(model, DiffSC):
-
-        @jax.jit
-        def run(params, x, key, snr):
-            return model(params, x, key, snr, sampler)
-
-    else:
-
-        @jax.jit
-        def run(params, x, key, snr):
-            return model(params, x, key, snr)
-
-    return lambda x, key, snr: run(params, parallel.global_batch(x, mesh), key, jnp.float32(snr))
+        return evaluation.reconstructor(lambda p, x, key, snr: model(p, x, key, snr, sampler), params, mesh)
+    return evaluation.reconstructor(lambda p, x, key, snr: model(p, x, key, snr), params, mesh)
 
 
 def _sweep(config, workdir, params, echo):

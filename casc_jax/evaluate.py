@@ -291,14 +291,16 @@ def plot_metrics_vs_snr(
     plt.close(fig)
 
 
-def casc_reconstructor(model, params, mesh, sampler: Mapping) -> Callable:
-    """A jitted, batch-sharded X -> X_hat through transmitter, channel and receiver.
+def reconstructor(end_to_end: Callable, params, mesh) -> Callable:
+    """A jitted, batch-sharded (X, key, snr_db) -> X_hat from any system's `end_to_end(params, X, key, snr)`
+    (transmitter, channel, receiver).
 
     X: (B, H, W, 3), a global array or numpy held in full by every process (`parallel.global_batch`).
     """
-
-    @jax.jit
-    def run(params, x, key, snr):
-        return model(params, x, key, snr, sampler)
-
+    run = jax.jit(end_to_end)
     return lambda x, key, snr: run(params, parallel.global_batch(x, mesh), key, jnp.float32(snr))
+
+
+def casc_reconstructor(model, params, mesh, sampler: Mapping) -> Callable:
+    """`reconstructor` of a CASC model decoding with `sampler`."""
+    return reconstructor(lambda p, x, key, snr: model(p, x, key, snr, sampler), params, mesh)

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from casc_jax import evaluate as casc_evaluate
 from casc_jax import image_io
 from casc_jax.evaluate import PSNR_CAP_DB
 from casc_jax.metrics import segmentation as seg_metrics
@@ -55,12 +56,9 @@ GRIDS_FILE = "grids.npz"
 def reconstructor(model: MultiTaskSystem, params, mesh, sampler: Mapping) -> Callable:
     """(I (B, H, W, 3), key, snr_db) -> reconstruction (B, H, W, 3): transmitter, channel, DiT sampler."""
     sampler = dict(sampler)
-
-    @jax.jit
-    def run(params, x, key, snr):
-        return model(params, x, RECONSTRUCTION, key, snr, sampler)
-
-    return lambda x, key, snr: run(params, parallel.global_batch(x, mesh), key, jnp.float32(snr))
+    return casc_evaluate.reconstructor(
+        lambda p, x, key, snr: model(p, x, RECONSTRUCTION, key, snr, sampler), params, mesh
+    )
 
 
 def segmenter(model: MultiTaskSystem, params, mesh) -> Callable:
