@@ -37,8 +37,8 @@ class SamplerSpec:
 
     @classmethod
     def of(cls, sampler: SamplerSpec | Mapping | None) -> SamplerSpec:
-        """A spec from itself, None (the defaults) or a config mapping (missing, None, 0 or '' -> default;
-        steps 0 -> every timestep)."""
+        """A spec from itself, None (the defaults) or a config mapping (a missing, None or '' field -> its
+        default; steps 0 -> every timestep; unknown keys -> ValueError)."""
         if isinstance(sampler, SamplerSpec):
             return sampler
         given = {k: v for k, v in dict(sampler or {}).items() if v is not None and not (isinstance(v, str) and not v)}
