@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping
 import jax
 
 from casc_jax import diffusion, modes
-from casc_jax import evaluate as evaluation
 from casc_jax.baselines import DiffSC, build_diffsc
 from casc_jax.evaluate import config_sweep
+from casc_jax.evaluate import reconstructor as end_to_end_reconstructor
 from casc_jax.train import parallel
 from casc_jax.train.baselines import build_model, load_trained_params, train_baseline
 
@@ -30,8 +30,8 @@ def sampler_of(config) -> dict | None:
 def reconstructor(model, params, mesh, sampler: Mapping | None = None) -> Callable:
     """`evaluate.reconstructor` of DeepJSCC, or of DiffSC decoding with `sampler`."""
     if isinstance(model, DiffSC):
-        return evaluation.reconstructor(lambda p, x, key, snr: model(p, x, key, snr, sampler), params, mesh)
-    return evaluation.reconstructor(lambda p, x, key, snr: model(p, x, key, snr), params, mesh)
+        return end_to_end_reconstructor(lambda p, x, key, snr: model(p, x, key, snr, sampler), params, mesh)
+    return end_to_end_reconstructor(lambda p, x, key, snr: model(p, x, key, snr), params, mesh)
 
 
 def _sweep(config, workdir, params, echo):

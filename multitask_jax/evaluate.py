@@ -37,9 +37,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from casc_jax import evaluate as casc_evaluate
 from casc_jax import image_io
 from casc_jax.evaluate import PSNR_CAP_DB
+from casc_jax.evaluate import reconstructor as end_to_end_reconstructor
 from casc_jax.metrics import segmentation as seg_metrics
 from casc_jax.metrics.image import psnr
 from casc_jax.train import parallel
@@ -56,9 +56,7 @@ GRIDS_FILE = "grids.npz"
 def reconstructor(model: MultiTaskSystem, params, mesh, sampler: Mapping) -> Callable:
     """(I (B, H, W, 3), key, snr_db) -> reconstruction (B, H, W, 3): transmitter, channel, DiT sampler."""
     sampler = dict(sampler)
-    return casc_evaluate.reconstructor(
-        lambda p, x, key, snr: model(p, x, RECONSTRUCTION, key, snr, sampler), params, mesh
-    )
+    return end_to_end_reconstructor(lambda p, x, key, snr: model(p, x, RECONSTRUCTION, key, snr, sampler), params, mesh)
 
 
 def segmenter(model: MultiTaskSystem, params, mesh) -> Callable:
