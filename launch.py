@@ -125,6 +125,8 @@ def _validate(config, mode: str) -> dict:
                             'e.g. --task="segment the image"')
         if config.system != "multitask":  # multitask names its outputs after the task it picks from --task
             cli.transmit_targets(_IMAGES.value, snrs or tuple(config.channel.eval_snrs), out_dir)
+    if "sampler" in config and "diffusion" in config:
+        cli.check_sampler(config)
     if mode in NEEDS_DATA and config.system not in MULTITASK_DATA:
         cli.check_data(config.data)
     return {"module": module, "workdir": workdir, "uses_workdir": uses_workdir, "out_dir": out_dir, "snrs": snrs}

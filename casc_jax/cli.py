@@ -246,6 +246,13 @@ def parse_snrs(values, train_snrs=(), flag: str = "--snr", echo=print) -> tuple[
 
 
 # -- data and images ----------------------------------------------------------------------------------
+def check_sampler(config) -> None:
+    """The config's `sampler` section names a sampler that can run on its diffusion schedule."""
+    from casc_jax import diffusion
+
+    diffusion.check_sampler(diffusion.SamplerSpec.of(config.sampler.to_dict()), config.diffusion.num_timesteps)
+
+
 def check_data(data_cfg) -> None:
     """The configured dataset is usable here (TFDS prepared or downloadable, folder present): checked
     without TensorFlow or JAX. The errors are casc_jax.data's own, which name the offline options."""

@@ -20,6 +20,7 @@ from casc_jax import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "--config=configs/deepjscc_mse_cr48.py:smoke"
+DIFFSC = "--config=configs/diffsc_cr48.py:smoke"
 TINY = ["--config.train.deepjscc.num_steps=2", "--config.train.checkpoint_every=1", "--config.eval.num_images=16",
         "--config.channel.eval_snrs=(5.0,20.0)"]
 NOISE = ("Traceback", "I0000", "oneDNN", "INFO:", "WARNING: All log messages")
@@ -125,6 +126,9 @@ BAD_INPUTS = [
     ("image twice", ["--mode=transmit", "--image=IMG/a.png", "--image=IMG/a.png"], None, "trained", {}, "given twice"),
     ("no image", ["--mode=transmit"], None, "trained", {}, "needs --image=PATH"),
     ("impossible CR", ["--config.cr=1/40"], None, "new", {}, "compression ratio 1/40"),
+    ("unknown sampler", [DIFFSC, "--config.sampler.name=euler"], None, "new", {}, "Unknown sampler 'euler'"),
+    ("ddpm with steps", [DIFFSC, "--config.sampler.name=ddpm", "--config.sampler.steps=10"], None, "new", {},
+     "ancestral steps; got steps=10"),
     ("eval, no workdir", ["--mode=eval"], None, "new", {}, "does not exist; --mode=eval needs a trained model"),
     ("dataset offline", ["--config.data.source=tfds:cifar10"], None, "new", {"TFDS_DATA_DIR": "EMPTY"},
      "is not prepared"),

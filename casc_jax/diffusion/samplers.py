@@ -187,8 +187,14 @@ def dpmpp_2m_step(
 # ----------------------------------------------------------------------------- whole chains
 
 
-def _check_sampler(spec: SamplerSpec, num_timesteps: int, final_order: int) -> None:
-    sampler, steps, eta, corrector = spec.name, spec.steps, spec.eta, spec.corrector
+def final_order_of(spec: SamplerSpec) -> int:
+    """The order of the last step: 2 by default for DPM-Solver++(3M), else 1."""
+    return 2 if spec.final_order is None and spec.name == "dpmpp_3m" else (spec.final_order or 1)
+
+
+def check_sampler(spec: SamplerSpec, num_timesteps: int) -> None:
+    """ValueError, naming the choices, when `spec` cannot run on a T = `num_timesteps` schedule."""
+    sampler, steps, eta, corrector, final_order = spec.name, spec.steps, spec.eta, spec.corrector, final_order_of(spec)
     if sampler not in SAMPLERS:
         raise ValueError(f"Unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}.")
     if sampler == "ddpm" and steps is not None and not (
@@ -214,8 +220,8 @@ def _build_chain(eps_fn, schedule, shape, key, spec, x_T):
     T = schedule.num_timesteps
     spec = SamplerSpec.of(spec)
     sampler, steps, eta, clip_x0, spacing = spec.name, spec.steps, spec.eta, spec.clip_x0, spec.spacing
-    final_order = 2 if spec.final_order is None and sampler == "dpmpp_3m" else (spec.final_order or 1)
-    _check_sampler(spec, T, final_order)
+    final_order = final_order_of(spec)
+    check_sampler(spec, T)
     key_T, key_chain = jax.random.split(key)
     if x_T is None:
         x_T = jax.random.normal(key_T, tuple(shape), jnp.float32)
