@@ -12,6 +12,7 @@ A run holds WORKDIR/.lock, so a second run on the same workdir refuses at once.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 import time
@@ -22,6 +23,8 @@ from ml_collections import config_flags
 from casc_jax import cli
 from casc_jax import workdir as workdir_lib
 from casc_jax.cli import UserError
+
+log = logging.getLogger("casc_jax.launch")  # printed by cli.show_progress, like the packages' lines
 
 # system -> (the module of its modes, its modes). The modes are listed here so that a wrong --mode is
 # refused before the module (and JAX) is imported; tests/test_launch.py checks them against module.MODES.
@@ -58,10 +61,6 @@ app.define_help_flags()  # --help, --helpshort, --helpfull
 flags.DEFINE_bool("verbose", False, f"show tracebacks and the libraries' INFO logs (or set {cli.VERBOSE_ENV}=1)")
 
 
-def echo(line: str) -> None:
-    print(line, flush=True)
-
-
 def _compare() -> str:
     """casc_jax.compare, or multitask_jax.compare when the workdirs hold multi-task evaluations."""
     multitask = any(os.path.isdir(os.path.join(w, "eval", t)) for w in _WORKDIRS.value
@@ -74,7 +73,7 @@ def _compare() -> str:
 
     out = os.path.abspath(_OUT.value or _WORKDIR.value or os.path.join("runs", "compare"))
     workdir_lib.check_writable(out, "--out")
-    compare.compare(_WORKDIRS.value, out, echo=echo)
+    compare.compare(_WORKDIRS.value, out)
     return out
 
 
@@ -100,8 +99,8 @@ def _validate(config, mode: str) -> dict:
     train_snrs = tuple(config.channel.get("train_snrs") or ())
     eval_snrs = config.channel.eval_snrs
     cli.parse_snrs(eval_snrs if isinstance(eval_snrs, str) else [str(s) for s in eval_snrs],
-                   flag="--config.channel.eval_snrs", echo=echo)
-    snrs = cli.parse_snrs(_SNRS.value, train_snrs, echo=echo)
+                   flag="--config.channel.eval_snrs")
+    snrs = cli.parse_snrs(_SNRS.value, train_snrs)
     preset = f"_{config.preset}" if config.get("preset") else ""  # runs/casc_cr48_smoke for ...:smoke
     workdir = os.path.abspath(_WORKDIR.value or os.path.join("runs", config.name + preset))
     workdir_lib.check_not_file(workdir)
@@ -153,7 +152,7 @@ def launch(argv, verbose: bool = False) -> int:
     started = time.perf_counter()
     if mode == "compare":
         out = _compare()
-        echo(f"[launch] done in {time.perf_counter() - started:.0f} s; outputs in {out}")
+        log.info(f"[launch] done in {time.perf_counter() - started:.0f} s; outputs in {out}")
         return 0
     config = _CONFIG.value
     if spec is None or config is None:
@@ -169,7 +168,8 @@ def launch(argv, verbose: bool = False) -> int:
     if parallel.maybe_initialize_distributed():
         import jax
 
-        echo(f"[launch] process {jax.process_index()} of {jax.process_count()}, {jax.device_count()} devices in all")
+        log.info(f"[launch] process {jax.process_index()} of {jax.process_count()}, "
+                 f"{jax.device_count()} devices in all")
     with cli.native_stderr_silenced(not verbose):  # TensorFlow's start-up notices
         runner = importlib.import_module(plan["module"])
     try:
@@ -181,23 +181,23 @@ def launch(argv, verbose: bool = False) -> int:
     lock = None
     if plan["uses_workdir"]:
         os.makedirs(workdir, exist_ok=True)
-        lock = workdir_lib.WorkdirLock(workdir, mode, echo=echo) if primary else None
+        lock = workdir_lib.WorkdirLock(workdir, mode) if primary else None
     options = {"images": _IMAGES.value, "snrs": plan["snrs"], "fit": _FIT.value, "out_dir": plan["out_dir"],
                "task": _TASK.value}
-    echo(f"[launch] system {config.system}, mode {mode}, workdir {workdir}")
+    log.info(f"[launch] system {config.system}, mode {mode}, workdir {workdir}")
     try:
-        result = runner.MODES[mode](config, workdir, options, echo=echo)
+        result = runner.MODES[mode](config, workdir, options)
     except BaseException:
         if lock is not None:
             lock.release()
             lock = None
             if created and workdir_lib.remove_if_empty(workdir):
-                echo(f"[launch] removed {workdir}: this failed run had written nothing there")
+                log.info(f"[launch] removed {workdir}: this failed run had written nothing there")
         raise
     finally:
         if lock is not None:
             lock.release()
-    echo(f"[launch] done in {time.perf_counter() - started:.0f} s; outputs in {_outputs(mode, plan, result)}")
+    log.info(f"[launch] done in {time.perf_counter() - started:.0f} s; outputs in {_outputs(mode, plan, result)}")
     return 0
 
 
@@ -205,6 +205,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv if argv is None else argv)
     verbose = cli.verbose_requested(argv)
     cli.quiet_logs(verbose)
+    cli.show_progress()
     try:
         return launch(argv, verbose)
     except BaseException as err:  # noqa: BLE001  every failure ends in one `error:` line

@@ -1,6 +1,6 @@
 """The baselines' launcher modes (systems 'deepjscc' and 'diffsc'): train, eval, sample, transmit.
 
-Each mode is `mode(config, workdir, options, echo)`, as in `casc_jax.run`; launch.py dispatches on
+Each mode is `mode(config, workdir, options)`, as in `casc_jax.run`; launch.py dispatches on
 `config.system`. Evaluation is `casc_jax.evaluate.sweep`, so the baselines' WORKDIR/eval/metrics.json has
 the same records as CASC's and `casc_jax.compare` can put them side by side.
 
@@ -10,6 +10,7 @@ to be timed beside CASC's receiver on the same batch, T and device.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 
 import jax
@@ -20,6 +21,8 @@ from casc_jax.evaluate import config_sweep
 from casc_jax.evaluate import reconstructor as end_to_end_reconstructor
 from casc_jax.train import parallel
 from casc_jax.train.baselines import build_model, load_trained_params, train_baseline
+
+log = logging.getLogger(__name__)
 
 
 def sampler_of(config) -> dict | None:
@@ -34,45 +37,45 @@ def reconstructor(model, params, mesh, sampler: Mapping | None = None) -> Callab
     return end_to_end_reconstructor(lambda p, x, key, snr: model(p, x, key, snr), params, mesh)
 
 
-def _sweep(config, workdir, params, echo):
+def _sweep(config, workdir, params):
     mesh = parallel.make_mesh()
     sampler = sampler_of(config)
-    return config_sweep(config, workdir, reconstructor(build_model(config), params, mesh, sampler), mesh, sampler, echo)
+    return config_sweep(config, workdir, reconstructor(build_model(config), params, mesh, sampler), mesh, sampler)
 
 
-def _params(config, workdir, echo):
-    params, source = load_trained_params(config, workdir, echo=echo)
-    echo(f"[{config.system}] {source}")
+def _params(config, workdir):
+    params, source = load_trained_params(config, workdir)
+    log.info(f"[{config.system}] {source}")
     return params, source
 
 
-def train(config, workdir, options, echo=print):
+def train(config, workdir, options):
     """The system's training stages, then the evaluation sweep (each resumes from WORKDIR)."""
-    params = train_baseline(config, workdir, echo=echo)
-    return _sweep(config, workdir, params, echo)
+    params = train_baseline(config, workdir)
+    return _sweep(config, workdir, params)
 
 
-def evaluate(config, workdir, options, echo=print):
-    params, _ = _params(config, workdir, echo)
-    return _sweep(config, workdir, params, echo)
+def evaluate(config, workdir, options):
+    params, _ = _params(config, workdir)
+    return _sweep(config, workdir, params)
 
 
-def sample(config, workdir, options, echo=print):
+def sample(config, workdir, options):
     """A grid of test images and their reconstructions at each evaluation SNR -> WORKDIR/samples.png."""
-    params, _ = _params(config, workdir, echo)
+    params, _ = _params(config, workdir)
     reconstruct = reconstructor(build_model(config), params, parallel.make_mesh(), sampler_of(config))
-    return modes.sample_grid(config, workdir, reconstruct, echo)
+    return modes.sample_grid(config, workdir, reconstruct)
 
 
-def transmit(config, workdir, options, echo=print):
+def transmit(config, workdir, options):
     """A user's own images -> reconstructed PNGs at each SNR in `--snr` (default: the eval SNRs)."""
     modes.check_transmit_options(options)
     model = build_model(config)
     mesh = parallel.make_mesh()
-    params, _ = _params(config, workdir, echo)
-    echo(f"[transmit] {model.num_channel_uses} channel uses per image")
+    params, _ = _params(config, workdir)
+    log.info(f"[transmit] {model.num_channel_uses} channel uses per image")
     reconstruct = reconstructor(model, params, mesh, sampler_of(config))
-    return modes.transmit_images(config, workdir, options, reconstruct, mesh.devices.size, echo)
+    return modes.transmit_images(config, workdir, options, reconstruct, mesh.devices.size)
 
 
 MODES = {"train": train, "eval": evaluate, "sample": sample, "transmit": transmit}
@@ -93,7 +96,6 @@ def diffsc_receiver_for_benchmark(
     workdir: str | None = None,
     batch_size: int | None = None,
     timesteps: int | None = None,
-    echo=print,
 ) -> tuple[Callable[[dict, jax.Array, jax.Array], jax.Array], dict, tuple[int, ...]]:
     """DiffSC's receiver for timing beside CASC's: (fn, params, y_shape).
 
@@ -107,11 +109,11 @@ def diffsc_receiver_for_benchmark(
     """
     model = _diffsc_for_benchmark(config, timesteps)
     if workdir is not None:
-        params, source = load_trained_params(config, workdir, allow_random=True, echo=echo)
+        params, source = load_trained_params(config, workdir, allow_random=True)
     else:
         params, source = model.init(jax.random.key(config.seed)), "random weights"
     sampler = config.sampler.to_dict()
-    echo(f"[benchmark] DiffSC receiver: {source}, T = {model.schedule.num_timesteps}, sampler {sampler}")
+    log.info(f"[benchmark] DiffSC receiver: {source}, T = {model.schedule.num_timesteps}, sampler {sampler}")
 
     def fn(params, y, key):
         return model.receive(params, y, key, sampler)

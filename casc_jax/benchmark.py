@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 import platform
 import statistics
@@ -33,7 +34,10 @@ from casc_jax.nn import dynamic
 from casc_jax.system import CASC, build_casc
 from casc_jax.train import parallel
 
+log = logging.getLogger(__name__)
+
 PAPER_MS_PER_IMAGE = {"CASC (RTX A6000)": 145.82, "DiffSC (RTX A6000)": 301.80}
+EQUAL_QUALITY = "equal-quality fast sampler"  # the row of benchmark.equal_quality_sampler
 
 
 def device_description() -> str:
@@ -95,6 +99,8 @@ def default_variants(config) -> list[Variant]:
     fast = [("ddim", s) for s in config.benchmark.ddim_steps] + [("dpmpp_2m", s) for s in config.benchmark.dpm_steps]
     rows = [Variant(f"DDPM T={T}", {"name": "ddpm"})]
     rows += [Variant(f"{n.upper()} {s} steps", {"name": n, "steps": s}) for n, s in fast]
+    if config.benchmark.get("equal_quality_sampler"):
+        rows += [Variant(EQUAL_QUALITY, dict(config.benchmark.equal_quality_sampler))]
     rows += [Variant(f"DDPM T={T} bf16", {"name": "ddpm", "dtype": "bfloat16"})]
     rows += [Variant(f"DDPM T={T} no CAN", {"name": "ddpm"}, can=False)]
     rows += [Variant(f"DDPM T={T} per-step dispatch", {"name": "ddpm"}, dispatch="loop")]
@@ -160,7 +166,7 @@ def _loop_receiver(model: CASC, sampler: Mapping, params, c_hat, key):
     return decode(params, x)
 
 
-def speed(config, params=None, echo=print, variants: list[Variant] | None = None) -> dict:
+def speed(config, params=None, variants: list[Variant] | None = None) -> dict:
     """Time every variant; returns the report written to benchmark.json."""
     batch = config.benchmark.batch_size
     repeats = config.benchmark.repeats
@@ -168,10 +174,10 @@ def speed(config, params=None, echo=print, variants: list[Variant] | None = None
     mesh = parallel.make_mesh()
     load = machine_load()  # before any work of ours
     if not load["quiet"]:
-        echo(f"[benchmark] machine busy: load average {load['load_average'][0]} on {load['cores']} cores before "
+        log.warning(f"[benchmark] machine busy: load average {load['load_average'][0]} on {load['cores']} cores before "
              "the benchmark started; timings are upper bounds, not a quiet-machine result")
     peak = matmul_peak()
-    echo(f"[benchmark] device: {device_description()}; f32 matmul peak {peak:.1f} GFLOP/s")
+    log.info(f"[benchmark] device: {device_description()}; f32 matmul peak {peak:.1f} GFLOP/s")
     rows, costs = [], {}
     for v in variants or default_variants(config):
         sampler, T_used, scale = _truncate(config, v.sampler, max_steps)
@@ -209,7 +215,7 @@ def speed(config, params=None, echo=print, variants: list[Variant] | None = None
         row["fraction_of_matmul_peak"] = row["achieved_gflops"] / peak
         rows.append(row)
         tag = f" (timed {steps_timed} steps, scaled)" if scale != 1.0 else ""
-        echo(
+        log.info(
             f"[benchmark] {v.label:<32} {row['ms_per_image']:9.2f} ms/image  {row['gflop_per_image']:8.2f} GFLOP/image"
             f"  {row['achieved_gflops']:7.1f} GFLOP/s ({100 * row['fraction_of_matmul_peak']:.0f}% of peak){tag}"
         )
@@ -217,7 +223,7 @@ def speed(config, params=None, echo=print, variants: list[Variant] | None = None
     peak = max(peak, matmul_peak())
     for row in rows:
         row["fraction_of_matmul_peak"] = row["achieved_gflops"] / peak
-    echo(f"[benchmark] f32 matmul peak (best of start and end): {peak:.1f} GFLOP/s")
+    log.info(f"[benchmark] f32 matmul peak (best of start and end): {peak:.1f} GFLOP/s")
     return {"device": device_description(), "matmul_peak_gflops": peak, "paper_ms_per_image": PAPER_MS_PER_IMAGE,
             "load_at_start": load, "load_at_end": machine_load(), "small_map_convs": small_map_convs(), "rows": rows}
 
@@ -246,7 +252,7 @@ def _row(label, sampler, batch, steps, timed_steps, seconds, compile_s, flops, e
     }
 
 
-def diffsc_row(config, diffsc_config, echo=print) -> dict:
+def diffsc_row(config, diffsc_config) -> dict:
     """DiffSC's receiver timed like CASC's DDPM row (same batch, same T, same truncation and device)."""
     from casc_jax.baselines_run import diffsc_parts_for_benchmark, diffsc_receiver_for_benchmark
 
@@ -257,7 +263,7 @@ def diffsc_row(config, diffsc_config, echo=print) -> dict:
     T = diffsc_config.diffusion.num_timesteps
     max_steps = config.benchmark.max_timed_steps
     timed_T = min(T, max_steps) if max_steps else T
-    fn, params, y_shape = diffsc_receiver_for_benchmark(diffsc_config, batch_size=batch, timesteps=timed_T, echo=echo)
+    fn, params, y_shape = diffsc_receiver_for_benchmark(diffsc_config, batch_size=batch, timesteps=timed_T)
     mesh = parallel.make_mesh()
     params = parallel.replicate(params, mesh)
     y = jax.device_put(jax.random.normal(jax.random.key(1), y_shape), parallel.batch_sharded(mesh))
@@ -273,7 +279,7 @@ def diffsc_row(config, diffsc_config, echo=print) -> dict:
     flops = T * eps_flops + cond_flops
     row = _row(f"DiffSC DDPM T={T}", diffsc_config.sampler.to_dict(), batch, T, timed_T, seconds, first - median,
                flops, eps_flops, runs)
-    echo(f"[benchmark] {row['variant']:<32} {row['ms_per_image']:9.2f} ms/image  {row['gflop_per_image']:8.2f} "
+    log.info(f"[benchmark] {row['variant']:<32} {row['ms_per_image']:9.2f} ms/image  {row['gflop_per_image']:8.2f} "
          f"GFLOP/image  {row['achieved_gflops']:7.1f} GFLOP/s")
     return row
 
@@ -284,7 +290,7 @@ def _scaled_time(median: float, scale: float, model, params, z, decode) -> float
     return dec + scale * max(median - dec, 0.0)
 
 
-def write_report(report: dict, workdir: str, echo=print) -> str:
+def write_report(report: dict, workdir: str) -> str:
     path = os.path.join(workdir, "benchmark.json")
     os.makedirs(workdir, exist_ok=True)
     with open(path, "w") as f:
@@ -294,28 +300,33 @@ def write_report(report: dict, workdir: str, echo=print) -> str:
     state = "" if load is None else (
         f"; load average {load['load_average'][0]} on {load['cores']} cores at start ("
         + ("quiet" if load["quiet"] else "busy: timings are upper bounds") + ")")
-    echo(f"\n[benchmark] {report['device']}{state}")
-    echo(f"{'variant':<34}{'ms/image':>10}{'GFLOP/img':>11}{'GFLOP/s':>9}{'% peak':>8}")
+    log.info(f"\n[benchmark] {report['device']}{state}")
+    log.info(f"{'variant':<34}{'ms/image':>10}{'GFLOP/img':>11}{'GFLOP/s':>9}{'% peak':>8}")
     peak = report["matmul_peak_gflops"]
     for r in rows:
-        echo(
+        log.info(
             f"{r['variant']:<34}{r['ms_per_image']:>10.2f}{r['gflop_per_image']:>11.2f}"
             f"{r['achieved_gflops']:>9.1f}{100 * r['achieved_gflops'] / peak:>7.0f}%"
             + ("  *" if r["extrapolated"] else "")
         )
     for name, ms in report["paper_ms_per_image"].items():
-        echo(f"{'paper: ' + name:<34}{ms:>10.2f}")
+        log.info(f"{'paper: ' + name:<34}{ms:>10.2f}")
     scan = next((r for r in rows if "dispatch" not in r["variant"] and "CAN" not in r["variant"]), None)
     loop = next((r for r in rows if "dispatch" in r["variant"]), None)
     nocan = next((r for r in rows if "no CAN" in r["variant"]), None)
     if scan and loop:
-        echo(f"scanned chain vs per-step dispatch: {loop['ms_per_image'] / scan['ms_per_image']:.2f}x faster")
+        log.info(f"scanned chain vs per-step dispatch: {loop['ms_per_image'] / scan['ms_per_image']:.2f}x faster")
     if scan and nocan:
-        echo(f"CAN overhead: {100 * (scan['ms_per_image'] / nocan['ms_per_image'] - 1):+.1f}% (CASC vs no-CAN)")
+        log.info(f"CAN overhead: {100 * (scan['ms_per_image'] / nocan['ms_per_image'] - 1):+.1f}% (CASC vs no-CAN)")
+    fast = next((r for r in rows if r["variant"] == EQUAL_QUALITY), None)
+    if fast:
+        paper = report["paper_ms_per_image"]["CASC (RTX A6000)"]
+        log.info(f"equal-quality fast sampler {fast['sampler']}: {fast['ms_per_image']:.2f} ms/image, "
+             f"{fast['ms_per_image'] / paper:.3f} x the paper's {paper} (RTX A6000)")
     diffsc = next((r for r in rows if r["variant"].startswith("DiffSC")), None)
     if scan and diffsc:
         ratio = scan["ms_per_image"] / diffsc["ms_per_image"]
-        echo(f"CASC / DiffSC time: {ratio:.3f} ({100 * (1 - ratio):.1f}% lower; paper: 145.82 / 301.80 = 0.483)")
-    echo("* timed on fewer steps of the same per-step program and scaled to the full chain")
-    echo(f"wrote {path}")
+        log.info(f"CASC / DiffSC time: {ratio:.3f} ({100 * (1 - ratio):.1f}% lower; paper: 145.82 / 301.80 = 0.483)")
+    log.info("* timed on fewer steps of the same per-step program and scaled to the full chain")
+    log.info(f"wrote {path}")
     return path

@@ -17,9 +17,12 @@ import re
 import sys
 import traceback
 
+log = logging.getLogger(__name__)
+
 VERBOSE_ENV = "CASC_VERBOSE"
 EXIT_USER_ERROR = 2
 SNR_MARGIN_DB = 10.0  # an SNR this far outside the trained range gets a warning
+PROGRESS_LOGGERS = ("casc_jax", "multitask_jax")
 
 
 class UserError(ValueError):
@@ -49,6 +52,33 @@ def quiet_logs(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("asyncio").setLevel(logging.ERROR)
     sys.unraisablehook = _without_closed_loop_noise(sys.unraisablehook)
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is at the time of each record (so redirection and capture work)."""
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
+def show_progress() -> None:
+    """Print the progress lines of casc_jax and multitask_jax (their INFO logs, `logging.getLogger(__name__)`
+    in each module) as plain lines on stdout. The launcher and the scripts call it; a library user who
+    does not gets nothing printed, or routes the "casc_jax" and "multitask_jax" loggers as they like."""
+    for name in PROGRESS_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers = [h for h in logger.handlers if not isinstance(h, _StdoutHandler)] + [_StdoutHandler()]
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def _without_closed_loop_noise(hook):
@@ -221,7 +251,7 @@ def _flag_message(err) -> str:
 
 
 # -- SNRs -----------------------------------------------------------------------------------------------
-def parse_snrs(values, train_snrs=(), flag: str = "--snr", echo=print) -> tuple[float, ...]:
+def parse_snrs(values, train_snrs=(), flag: str = "--snr") -> tuple[float, ...]:
     """SNR strings in dB -> floats; UserError for non-numbers, NaN and inf; a warning far outside train_snrs."""
     example = f"{flag}='(5.0, 10.0)'" if flag.startswith("--config.") else f"{flag}=5,10,20"
     if isinstance(values, str):
@@ -240,8 +270,9 @@ def parse_snrs(values, train_snrs=(), flag: str = "--snr", echo=print) -> tuple[
         lo, hi = min(trained), max(trained)
         far = [s for s in snrs if s < lo - SNR_MARGIN_DB or s > hi + SNR_MARGIN_DB]
         if far:
-            echo(f"[launch] warning: {flag} {', '.join(f'{s:g}' for s in far)} dB is far outside the SNRs the "
-                 f"model was trained at ({lo:g} to {hi:g} dB, config.channel.train_snrs); expect extrapolation")
+            log.warning(f"[launch] warning: {flag} {', '.join(f'{s:g}' for s in far)} dB is far outside the SNRs "
+                        f"the model was trained at ({lo:g} to {hi:g} dB, config.channel.train_snrs); "
+                        "expect extrapolation")
     return tuple(snrs)
 
 

@@ -26,16 +26,19 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from casc_jax import channel as ch
-from casc_jax import image_io
+from casc_jax import cli, image_io
 from casc_jax.evaluate import METRICS, RECONSTRUCTIONS_FILE, plot_metrics_vs_snr, read_metrics, reconstruction_key
+
+log = logging.getLogger(__name__)
 
 # Known method families (a config name without its CR tag), in the paper's order, with labels and colours.
 FAMILIES = {
@@ -228,7 +231,7 @@ def visual_grid(rows: Sequence[tuple[str, np.ndarray]], path: str, title: str | 
     plt.close(fig)
 
 
-def visual_rows(methods: Sequence[tuple[str, str]], snr: float, echo=print) -> list[tuple[str, np.ndarray]]:
+def visual_rows(methods: Sequence[tuple[str, str]], snr: float) -> list[tuple[str, np.ndarray]]:
     """[('Source', x), (label, x_hat), ...] for (method, workdir) pairs with saved reconstructions at `snr`.
 
     Raises ValueError when two workdirs evaluated different test images.
@@ -251,13 +254,13 @@ def visual_rows(methods: Sequence[tuple[str, str]], snr: float, echo=print) -> l
             )
         rows.append((label(method), recon))
     if missing:
-        echo(f"[compare] no reconstructions at {snr:g} dB in {missing} (evaluate them again with --mode=eval)")
+        log.info(f"[compare] no reconstructions at {snr:g} dB in {missing} (evaluate them again with --mode=eval)")
     n = min((len(images) for _, images in rows), default=0)
     return [(name, images[:n]) for name, images in rows]
 
 
 # -- the mode --------------------------------------------------------------------------------------
-def compare(workdirs: Sequence[str], out_dir: str, *, snr: float = 20.0, echo=print) -> list[str]:
+def compare(workdirs: Sequence[str], out_dir: str, *, snr: float = 20.0) -> list[str]:
     """Write the comparison figures, tables, ablation figure and visual grid; return the written paths."""
     records = load_metrics(workdirs)
     os.makedirs(out_dir, exist_ok=True)
@@ -280,18 +283,18 @@ def compare(workdirs: Sequence[str], out_dir: str, *, snr: float = 20.0, echo=pr
             plot_comparison(ablation, path, f"Ablation at CR {cr}: CASC with and without CAN")
             written.append(path)
         else:
-            echo(f"[compare] CR {cr}: no ablation figure (needs both CASC and CASC without CAN evaluated)")
-        rows = visual_rows([mw for mw in methods if family(mw[0]) != "casc_nocan"], snr, echo)
+            log.info(f"[compare] CR {cr}: no ablation figure (needs both CASC and CASC without CAN evaluated)")
+        rows = visual_rows([mw for mw in methods if family(mw[0]) != "casc_nocan"], snr)
         if len(rows) > 1:
             path = os.path.join(out_dir, f"visual_{tag}_snr{snr:g}.png")
             visual_grid(rows, path, f"CR {cr}, SNR {snr:g} dB")
             written.append(path)
     for path in written:
-        echo(f"[compare] wrote {path}")
+        log.info(f"[compare] wrote {path}")
     return written
 
 
-def main(argv: Sequence[str] | None = None, echo: Callable[[str], None] = print) -> list[str]:
+def main(argv: Sequence[str] | None = None) -> list[str]:
     """`python -m casc_jax.compare --workdirs=a,b,c [--out=DIR] [--snr=20]`."""
     import argparse
 
@@ -300,8 +303,9 @@ def main(argv: Sequence[str] | None = None, echo: Callable[[str], None] = print)
     parser.add_argument("--out", default=os.path.join("runs", "compare"), help="output folder")
     parser.add_argument("--snr", type=float, default=20.0, help="SNR (dB) of the visual comparison")
     args = parser.parse_args(argv)
+    cli.show_progress()
     workdirs = [w for w in args.workdirs.split(",") if w]
-    return compare(workdirs, args.out, snr=args.snr, echo=echo)
+    return compare(workdirs, args.out, snr=args.snr)
 
 
 if __name__ == "__main__":

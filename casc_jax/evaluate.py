@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,17 +31,54 @@ from casc_jax.metrics.image import psnr
 from casc_jax.metrics.lpips import load_lpips
 from casc_jax.train import parallel
 
+log = logging.getLogger(__name__)
+
 METRICS = ("psnr", "lpips", "fid")
 PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; cap before averaging
 
 
-def optional_metric(loader: Callable, name: str, echo=print):
+@jax.jit
+def capped_psnr(x: jax.Array, x_hat: jax.Array) -> jax.Array:
+    """Per-image PSNR (dB) on [-1, 1], capped at PSNR_CAP_DB so identical images average finitely."""
+    return jnp.minimum(psnr(x, x_hat), PSNR_CAP_DB)
+
+
+@jax.jit
+def _add_masked(totals: dict, scores: dict, valid: jax.Array) -> dict:
+    valid = valid.astype(bool)
+    sums = {k: jnp.sum(jnp.where(valid, v, 0.0)) for k, v in scores.items()}
+    return jax.tree.map(jnp.add, totals, dict(sums, count=jnp.sum(valid, dtype=jnp.int32)))
+
+
+class MetricTotals:
+    """Running sums of per-image metrics over the valid images, kept on the device.
+
+    `add(x, x_hat, valid)` scores a batch (each metric is its own jitted call: LPIPS keeps its weights as
+    arguments) and adds the masked sums in one jitted reduction, so nothing returns to the host per batch;
+    `means()` reads the totals once. Works on global (multi-host) arrays: the sums are replicated.
+    """
+
+    def __init__(self, metrics: Mapping[str, Callable[[jax.Array, jax.Array], jax.Array]]):
+        self._metrics = dict(metrics)
+        self._totals = dict({k: jnp.float32(0.0) for k in self._metrics}, count=jnp.int32(0))
+
+    def add(self, x: jax.Array, x_hat: jax.Array, valid: jax.Array) -> None:
+        scores = {k: fn(x, x_hat) for k, fn in self._metrics.items()}
+        self._totals = _add_masked(self._totals, scores, valid)
+
+    def means(self) -> dict[str, float]:
+        totals = jax.device_get(self._totals)
+        n = max(int(totals["count"]), 1)
+        return {k: float(totals[k]) / n for k in self._metrics}
+
+
+def optional_metric(loader: Callable, name: str):
     """(function, None) or (None, reason) when the metric's weights cannot be loaded."""
     try:
         return loader(), None
     except (FileNotFoundError, ValueError) as err:
         first = str(err).split(". ")[0].split(" (")[0]
-        echo(f"[eval] {name} unavailable: {first} (the full reason is in eval/metrics.json)")
+        log.warning(f"[eval] {name} unavailable: {first} (the full reason is in eval/metrics.json)")
         return None, str(err)
 
 
@@ -61,21 +99,20 @@ def sweep(
     sampler: Mapping | None = None,
     workdir: str,
     seed: int = 0,
-    echo=print,
 ) -> list[dict]:
     """Evaluate `reconstruct(x, key, snr_db) -> x_hat` at every SNR and write the artefacts.
 
     x and x_hat are (B, H, W, 3) in [-1, 1]; `reconstruct` is expected to be jitted and sharded.
     """
-    lpips_fn, lpips_reason = optional_metric(lambda: load_lpips(lpips_net), "LPIPS", echo)
-    inception, fid_reason = optional_metric(lambda: inception_lib.load_inception(fid_weights or None), "FID", echo)
+    lpips_fn, lpips_reason = optional_metric(lambda: load_lpips(lpips_net), "LPIPS")
+    inception, fid_reason = optional_metric(lambda: inception_lib.load_inception(fid_weights or None), "FID")
     parallel.check_batch_size(batch_size, mesh)
     sampler = dict(sampler or {})
     records, grids = [], {}
     real_stats = None  # Inception statistics of the real images: the same at every SNR, computed once
     for snr in snrs:
         started = time.perf_counter()
-        scores = {"psnr": [], "lpips": []}
+        totals = MetricTotals({"psnr": capped_psnr} | ({"lpips": lpips_fn} if lpips_fn is not None else {}))
         acts_real, acts_fake, shown = [], [], []
         seen = 0
         # Every process reads the whole global batch (same order as one process), and the per-image
@@ -92,9 +129,7 @@ def sweep(
             if num_images:
                 valid &= np.arange(len(valid)) + seen < num_images
             seen += int(valid.sum())
-            scores["psnr"].append(np.minimum(parallel.to_host(psnr(x, x_hat)), PSNR_CAP_DB)[valid])
-            if lpips_fn is not None:
-                scores["lpips"].append(parallel.to_host(lpips_fn(x, x_hat))[valid])
+            totals.add(x, x_hat, parallel.global_batch(valid, mesh))
             if inception is not None:
                 if real_stats is None:
                     acts_real.append(parallel.to_host(inception(x))[valid])
@@ -106,12 +141,13 @@ def sweep(
             if real_stats is None:
                 real_stats = fid_lib.activation_statistics(np.concatenate(acts_real))
             fid = fid_lib.frechet_distance(*real_stats, *fid_lib.activation_statistics(np.concatenate(acts_fake)))
+        means = totals.means()
         record = {
             "method": method,
             "cr": cr,
             "snr_db": float(snr),
-            "psnr": float(np.mean(np.concatenate(scores["psnr"]))),
-            "lpips": float(np.mean(np.concatenate(scores["lpips"]))) if lpips_fn is not None else None,
+            "psnr": means["psnr"],
+            "lpips": means.get("lpips"),
             "fid": None if fid is None else float(fid),
             "sampler": sampler.get("name"),
             "steps": sampler.get("steps") or None,
@@ -121,7 +157,7 @@ def sweep(
         records.append(record)
         lp = "n/a" if record["lpips"] is None else f"{record['lpips']:.4f}"
         fd = "n/a" if fid is None else f"{fid:.2f}"
-        echo(f"[eval] {method} CR {cr} SNR {snr:g} dB: PSNR {record['psnr']:.2f} dB, LPIPS {lp}, FID {fd} "
+        log.info(f"[eval] {method} CR {cr} SNR {snr:g} dB: PSNR {record['psnr']:.2f} dB, LPIPS {lp}, FID {fd} "
              f"({seen} images)")
         src = np.concatenate([s for s, _ in shown])[:grid_images]
         rec = np.concatenate([r for _, r in shown])[:grid_images]
@@ -133,11 +169,11 @@ def sweep(
         notes["fid"] = fid_reason or "fewer than 2 images"
     if parallel.is_primary():
         write_results(records, os.path.join(workdir, "eval"), grids, grid_images, unavailable=notes)
-        echo(f"[eval] metrics.json, metrics.csv, metrics_vs_snr.png and samples in {os.path.join(workdir, 'eval')}")
+        log.info(f"[eval] metrics.json, metrics.csv, metrics_vs_snr.png and samples in {os.path.join(workdir, 'eval')}")
     return records
 
 
-def config_sweep(config, workdir: str, reconstruct: Callable, mesh, sampler: Mapping | None, echo=print) -> list[dict]:
+def config_sweep(config, workdir: str, reconstruct: Callable, mesh, sampler: Mapping | None) -> list[dict]:
     """`sweep` with a config's name, CR, data, channel and eval sections (every CIFAR system)."""
     return sweep(
         method=config.name,
@@ -155,7 +191,6 @@ def config_sweep(config, workdir: str, reconstruct: Callable, mesh, sampler: Map
         sampler=sampler,
         workdir=workdir,
         seed=config.seed,
-        echo=echo,
     )
 
 

@@ -6,6 +6,7 @@ Each takes a `reconstruct(x, key, snr) -> x_hat` built by the system's own mode 
 
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
@@ -15,8 +16,10 @@ from casc_jax import cli, image_io
 from casc_jax import data as data_lib
 from casc_jax.train import parallel
 
+log = logging.getLogger(__name__)
 
-def sample_grid(config, workdir, reconstruct, echo=print) -> str:
+
+def sample_grid(config, workdir, reconstruct) -> str:
     """Test images and their reconstructions at each eval SNR -> WORKDIR/samples.png (any system).
 
     Rows: the sources, then one row per SNR, each labelled; every process reconstructs the same global
@@ -34,7 +37,7 @@ def sample_grid(config, workdir, reconstruct, echo=print) -> str:
     path = os.path.join(workdir, "samples.png")
     if parallel.is_primary():
         labelled_grid(rows, path, title=f"{config.name} (CR {config.cr})")
-    echo(f"[sample] rows: source, then SNR {list(config.channel.eval_snrs)} dB -> {path}")
+    log.info(f"[sample] rows: source, then SNR {list(config.channel.eval_snrs)} dB -> {path}")
     return path
 
 
@@ -73,7 +76,7 @@ def check_transmit_options(options) -> list[str]:
     return cli.check_images(options.get("images") or [])
 
 
-def transmit_images(config, workdir, options, reconstruct, num_devices: int, echo=print) -> list[str]:
+def transmit_images(config, workdir, options, reconstruct, num_devices: int) -> list[str]:
     """A user's own images -> reconstructed PNGs (original size) at each SNR in `--snr` (any system).
 
     Output names never collide or overwrite (`casc_jax.cli.transmit_targets`); process 0 writes them.
@@ -93,5 +96,5 @@ def transmit_images(config, workdir, options, reconstruct, num_devices: int, ech
             if parallel.is_primary():
                 image_io.save_png(image_io.restore_size(image, original, fit=fit), target)
             written.append(target)
-    echo(f"[transmit] wrote {len(written)} file(s) to {out_dir}")
+    log.info(f"[transmit] wrote {len(written)} file(s) to {out_dir}")
     return written

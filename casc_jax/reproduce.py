@@ -22,15 +22,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-from casc_jax import results
+from casc_jax import cli, results
 from casc_jax.results import REPO, git_commit
+
+log = logging.getLogger(__name__)
 
 NPZ_FILES = {"train": "cifar10_train_50k_jpeg.npz", "test": "cifar10_test_10k_jpeg.npz"}
 
@@ -124,33 +127,29 @@ def to_run(jobs: Sequence[Job], archive: str) -> list[Job]:
     return [j for j in jobs if j in pending or any(needs(p, j) for p in pending)]
 
 
-def _echo(line: str) -> None:
-    print(line, flush=True)
-
-
-def run_job(job: Job, root: str, source: str, echo: Callable[[str], None] = _echo) -> dict:
+def run_job(job: Job, root: str, source: str) -> dict:
     """Run `job` unless it finished before; its output goes to WORKDIR/<config>/log.txt. Returns its record."""
     path = _record_path(root, job)
     if os.path.exists(path):
         with open(path) as f:
             record = json.load(f)
-        echo(f"[reproduce] {job.name}: done before ({record['seconds'] / 60:.1f} min), skipped")
+        log.info(f"[reproduce] {job.name}: done before ({record['seconds'] / 60:.1f} min), skipped")
         return record
     workdir = os.path.join(root, job.config)
     os.makedirs(workdir, exist_ok=True)
-    echo(f"[reproduce] {job.name}: running, log in {workdir}/log.txt")
+    log.info(f"[reproduce] {job.name}: running, log in {workdir}/log.txt")
     started = time.time()
-    with open(os.path.join(workdir, "log.txt"), "a") as log:
-        log.write(f"\n$ {' '.join(job.command(root, source))}\n")
-        log.flush()
+    with open(os.path.join(workdir, "log.txt"), "a") as log_file:
+        log_file.write(f"\n$ {' '.join(job.command(root, source))}\n")
+        log_file.flush()
         proc = subprocess.Popen(
             job.command(root, source), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         for line in proc.stdout:
-            log.write(line)
-            log.flush()
+            log_file.write(line)
+            log_file.flush()
             if line.startswith("["):  # our own progress lines, not library logging
-                echo(f"  {job.name} {line.rstrip()}")
+                log.info(f"  {job.name} {line.rstrip()}")
         code = proc.wait()
     seconds = time.time() - started
     if code:
@@ -176,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train_only", action="store_true", help="run the jobs, do not write OUT")
     parser.add_argument("--publish_only", action="store_true", help="write OUT from the jobs finished so far")
     args = parser.parse_args(argv)
+    cli.show_progress()
     try:
         source = data_source(args.data)
     except FileNotFoundError as err:
@@ -190,14 +190,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if job in runs:
             run_job(job, root, source)
         else:
-            _echo(f"[reproduce] {job.name}: results in {archive}/{job.config}, skipped")
+            log.info(f"[reproduce] {job.name}: results in {archive}/{job.config}, skipped")
     for job in JOBS:  # also what an earlier --train_only run finished
         archive_job(job, root, archive)
     if args.train_only:
         return 0
 
     results.publish(archive, out, JOBS, args, source)
-    _echo(f"[reproduce] finished in {(time.time() - started) / 60:.1f} min; results in {args.out}")
+    log.info(f"[reproduce] finished in {(time.time() - started) / 60:.1f} min; results in {args.out}")
     return 0
 
 

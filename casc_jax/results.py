@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import datetime
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -19,6 +20,8 @@ from collections.abc import Mapping, Sequence
 
 from casc_jax import channel as ch
 from casc_jax import compare
+
+log = logging.getLogger(__name__)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSV_COLUMNS = ("method", "cr", "snr_db", "psnr", "lpips", "fid", "num_images")
@@ -170,13 +173,13 @@ def quality_table(report: Mapping) -> str:
     return "\n".join(lines)
 
 
-def publish(root: str, out: str, jobs, args, source: str, echo=print) -> str:
+def publish(root: str, out: str, jobs, args, source: str) -> str:
     """Write metrics.csv, the figures and results.md for the jobs finished under `root`; return results.md."""
     os.makedirs(out, exist_ok=True)
     records = eval_records(root, jobs)
     write_metrics_csv(records, os.path.join(out, "metrics.csv"))
     workdirs = [os.path.join(root, j.config) for j in jobs if j.mode == "train"]
-    compare.compare([w for w in workdirs if os.path.exists(os.path.join(w, "eval", "metrics.json"))], out, echo=echo)
+    compare.compare([w for w in workdirs if os.path.exists(os.path.join(w, "eval", "metrics.json"))], out)
     for name in os.listdir(out):  # the per-CR CSV duplicates metrics.csv with absolute workdirs in it
         if name.startswith("comparison_") and name.endswith(".csv"):
             os.remove(os.path.join(out, name))
@@ -230,5 +233,5 @@ def publish(root: str, out: str, jobs, args, source: str, echo=print) -> str:
     path = os.path.join(out, "results.md")
     with open(path, "w") as f:
         f.write("\n".join(lines))
-    echo(f"[reproduce] wrote {path}")
+    log.info(f"[reproduce] wrote {path}")
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from casc_jax import data as data_lib
@@ -12,63 +13,65 @@ from casc_jax.system import build_casc
 from casc_jax.train import parallel
 from casc_jax.train.casc import load_trained_params, train_casc
 
+log = logging.getLogger(__name__)
+
 build_model = build_casc  # launch.py's check that the config gives a model
 
 
-def _sweep(config, workdir, params, echo):
+def _sweep(config, workdir, params):
     mesh = parallel.make_mesh()
     sampler = config.sampler.to_dict()
     reconstruct = casc_reconstructor(build_casc(config), params, mesh, sampler)
-    return config_sweep(config, workdir, reconstruct, mesh, sampler, echo)
+    return config_sweep(config, workdir, reconstruct, mesh, sampler)
 
 
-def train(config, workdir, options, echo=print):
+def train(config, workdir, options):
     """Stage 1, stage 2, then the evaluation sweep (each resumes from WORKDIR)."""
-    params = train_casc(config, workdir, echo=echo)
-    return _sweep(config, workdir, params, echo)
+    params = train_casc(config, workdir)
+    return _sweep(config, workdir, params)
 
 
-def evaluate(config, workdir, options, echo=print):
+def evaluate(config, workdir, options):
     params, source = load_trained_params(config, workdir)
-    echo(f"[eval] {source}")
-    return _sweep(config, workdir, params, echo)
+    log.info(f"[eval] {source}")
+    return _sweep(config, workdir, params)
 
 
-def sample(config, workdir, options, echo=print):
+def sample(config, workdir, options):
     """A grid of test images and their reconstructions at each evaluation SNR -> WORKDIR/samples.png."""
     params, source = load_trained_params(config, workdir)
-    echo(f"[sample] {source}")
+    log.info(f"[sample] {source}")
     reconstruct = casc_reconstructor(build_casc(config), params, parallel.make_mesh(), config.sampler.to_dict())
-    return sample_grid(config, workdir, reconstruct, echo)
+    return sample_grid(config, workdir, reconstruct)
 
 
-def transmit(config, workdir, options, echo=print):
+def transmit(config, workdir, options):
     """A user's own images -> reconstructed PNGs at each SNR in `--snr` (default: the eval SNRs)."""
     check_transmit_options(options)
     model = build_casc(config)
     mesh = parallel.make_mesh()
     params, source = load_trained_params(config, workdir)
-    echo(f"[transmit] {source}; {model.num_channel_uses} channel uses per image")
+    log.info(f"[transmit] {source}; {model.num_channel_uses} channel uses per image")
     reconstruct = casc_reconstructor(model, params, mesh, config.sampler.to_dict())
-    return transmit_images(config, workdir, options, reconstruct, mesh.devices.size, echo)
+    return transmit_images(config, workdir, options, reconstruct, mesh.devices.size)
 
 
-def benchmark(config, workdir, options, echo=print):
+def benchmark(config, workdir, options):
     """Speed of the receiver per sampler (random weights when WORKDIR holds no trained model)."""
     from casc_jax import benchmark as bench
     from casc_jax.train.casc import load_trained_params as load
 
-    params, source = load(config, workdir, allow_random=True, echo=echo)
-    echo(f"[benchmark] weights: {source}")
-    report = bench.speed(config, params if source != "random weights" else None, echo=echo)
+    params, source = load(config, workdir, allow_random=True)
+    log.info(f"[benchmark] weights: {source}")
+    report = bench.speed(config, params if source != "random weights" else None)
     report["weights"] = source
     if config.benchmark.diffsc_config:
         diffsc = load_config(config.benchmark.diffsc_config)
-        report["rows"].append(bench.diffsc_row(config, diffsc, echo=echo))
-    return bench.write_report(report, workdir, echo=echo)
+        report["rows"].append(bench.diffsc_row(config, diffsc))
+    return bench.write_report(report, workdir)
 
 
-def quality(config, workdir, options, echo=print):
+def quality(config, workdir, options):
     """Quality versus speed of the samplers on a trained model -> WORKDIR/benchmark_quality.json."""
     import json
 
@@ -81,13 +84,13 @@ def quality(config, workdir, options, echo=print):
     batch = next(data_lib.make_dataset(config.data, config.data.eval_split, data_lib.Stream.single_pass(n)))
     images = batch["image"][batch["valid"]]
     images = images[: len(images) - len(images) % parallel.make_mesh().devices.size]
-    lpips_fn, _ = optional_metric(lambda: load_lpips(config.eval.lpips_net), "LPIPS", echo)
-    report = sampler_quality.quality(config, params, images, echo=echo, lpips_fn=lpips_fn)
+    lpips_fn, _ = optional_metric(lambda: load_lpips(config.eval.lpips_net), "LPIPS")
+    report = sampler_quality.quality(config, params, images, lpips_fn=lpips_fn)
     report["weights"] = source
     path = os.path.join(workdir, "benchmark_quality.json")
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
-    echo(f"[quality] wrote {path}")
+    log.info(f"[quality] wrote {path}")
     return report
 
 

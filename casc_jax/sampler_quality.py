@@ -4,6 +4,7 @@ DDPM's quality."""
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 
@@ -15,6 +16,8 @@ from casc_jax import diffusion
 from casc_jax.benchmark import device_description
 from casc_jax.system import build_casc
 from casc_jax.train import parallel
+
+log = logging.getLogger(__name__)
 
 
 def quality_variants(config) -> list[dict]:
@@ -36,7 +39,7 @@ def quality_variants(config) -> list[dict]:
     return rows
 
 
-def quality(config, params, images: np.ndarray, echo=print, lpips_fn=None) -> dict:
+def quality(config, params, images: np.ndarray, lpips_fn=None) -> dict:
     """PSNR / LPIPS of each fast sampler against the full DDPM chain and the sources, with its speed.
 
     images: (N, H, W, 3) in [-1, 1]. Every sampler receives the same C_hat (one channel draw at
@@ -76,13 +79,13 @@ def quality(config, params, images: np.ndarray, echo=print, lpips_fn=None) -> di
             row["lpips_vs_source"] = float(jnp.mean(lpips_fn(x, out)))
             row["lpips_vs_ddpm"] = float(jnp.mean(lpips_fn(ref, out)))
         rows.append(row)
-        echo(
+        log.info(
             f"[quality] {label:<28} {row['ms_per_image']:8.2f} ms/image  PSNR vs source {row['psnr_vs_source']:.2f} dB"
             f"  vs DDPM {row['psnr_vs_ddpm']:.2f} dB"
             + (f"  LPIPS vs source {row['lpips_vs_source']:.4f}" if lpips_fn is not None else "")
         )
     best = fastest_within_tolerance(rows)
-    echo(f"[quality] fastest sampler within {PSNR_TOLERANCE_DB} dB PSNR and {LPIPS_TOLERANCE} LPIPS of DDPM: "
+    log.info(f"[quality] fastest sampler within {PSNR_TOLERANCE_DB} dB PSNR and {LPIPS_TOLERANCE} LPIPS of DDPM: "
          f"{best['sampler']} ({best['ms_per_image']:.2f} ms/image)")
     return {"device": device_description(), "snr_db": snr, "num_images": len(images), "rows": rows,
             "fastest_within_tolerance": best["sampler"]}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -18,6 +19,8 @@ import tempfile
 import time
 
 from casc_jax.cli import UserError
+
+log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
 _EMPTY_EVENTS = ("events.out.tfevents.", 1024)  # a TensorBoard file with no logged values (header only)
@@ -113,7 +116,7 @@ def check_unlocked(workdir: str) -> None:
 class WorkdirLock:
     """Holds WORKDIR/.lock for the life of a run; `release` removes it only if it is still ours."""
 
-    def __init__(self, workdir: str, mode: str, echo=print):
+    def __init__(self, workdir: str, mode: str):
         self.path = os.path.join(workdir, LOCK_NAME)
         self.record = {"pid": os.getpid(), "host": socket.gethostname(), "mode": mode, "started": int(time.time())}
         for _ in range(3):
@@ -125,7 +128,7 @@ class WorkdirLock:
                     continue
                 if _held_by_other(record):
                     check_unlocked(workdir)
-                echo(f"[launch] taking over a stale lock of {_describe(record)}, which is no longer running")
+                log.warning(f"[launch] taking over a stale lock of {_describe(record)}, which is no longer running")
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(self.path)
                 continue

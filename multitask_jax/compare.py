@@ -19,6 +19,7 @@ Use: python launch.py --mode=compare --workdirs=runs/multitask,runs/mt_deepjscc,
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 
@@ -30,6 +31,8 @@ from multitask_jax.baselines.models import LABELS
 from multitask_jax.data import colorize_mask
 from multitask_jax.evaluate import GRIDS_FILE
 from multitask_jax.tasks import RECONSTRUCTION, SEGMENTATION, TASKS
+
+log = logging.getLogger(__name__)
 
 ORDER = tuple(LABELS)
 VISUAL_SNR = 18.0  # Fig. 6
@@ -138,7 +141,7 @@ def _colour(masks):
     return None if masks is None else colorize_mask(np.asarray(masks))
 
 
-def compare(workdirs: Sequence[str], out_dir: str, *, echo=print) -> list[str]:
+def compare(workdirs: Sequence[str], out_dir: str) -> list[str]:
     """Write the figures, tables and visual rows of every evaluated task; return the written paths."""
     records, grids = load(workdirs)
     os.makedirs(out_dir, exist_ok=True)
@@ -172,12 +175,12 @@ def compare(workdirs: Sequence[str], out_dir: str, *, echo=print) -> list[str]:
             snr = _visual_snr([k for k in grids[task] if task == SEGMENTATION or f"_{size}_snr" in k])
             shown = visual_rows(grids[task], methods, task, size, snr) if snr is not None else []
             if not shown:
-                echo(f"[compare] {task} {size}: no saved grids to show side by side")
+                log.info(f"[compare] {task} {size}: no saved grids to show side by side")
                 continue
             name = f"visual_{size}_snr{snr:g}.png" if task == RECONSTRUCTION else f"visual_segmentation_snr{snr:g}.png"
             path = os.path.join(out_dir, name)
             casc_compare.visual_grid(shown, path, f"{task}, {size}, SNR {snr:g} dB")
             written.append(path)
     for path in written:
-        echo(f"[compare] wrote {path}")
+        log.info(f"[compare] wrote {path}")
     return written

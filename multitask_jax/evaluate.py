@@ -21,13 +21,14 @@ The same sweeps evaluate the learned baselines (`build_model`, `method`: multita
 casc_jax.evaluate.sweep is not reused: it reads CASC's data pipeline (square centre crops of
 casc_jax.data.make_dataset), while the multi-task validation needs multitask_jax.data's cover crops at
 224x224 and 512x768 and VOC masks, and it always loads LPIPS and FID, which the paper does not report.
-Its PSNR cap, the PSNR metric and the image-grid helpers are reused.
+Its on-device metric totals (capped PSNR summed inside jit) and the image-grid helpers are reused.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import time
@@ -38,15 +39,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from casc_jax import image_io
-from casc_jax.evaluate import PSNR_CAP_DB
+from casc_jax.evaluate import MetricTotals, capped_psnr
 from casc_jax.evaluate import reconstructor as end_to_end_reconstructor
 from casc_jax.metrics import segmentation as seg_metrics
-from casc_jax.metrics.image import psnr
 from casc_jax.train import parallel
 from multitask_jax import train as mt_train
 from multitask_jax.data import colorize_mask
 from multitask_jax.system import MultiTaskSystem
 from multitask_jax.tasks import RECONSTRUCTION, SEGMENTATION, check_task
+
+log = logging.getLogger(__name__)
 
 METHOD = "multitask"
 GRIDS_FILE = "grids.npz"
@@ -107,7 +109,7 @@ def _sampler(config) -> dict:
 
 
 def evaluate_reconstruction(
-    config, params, workdir: str, *, echo=print, build_model=mt_train.build_model, method: str = METHOD
+    config, params, workdir: str, *, build_model=mt_train.build_model, method: str = METHOD
 ) -> list[dict]:
     """PSNR against SNR at every `data.eval_sizes` (H, W); writes WORKDIR/eval/reconstruction/.
 
@@ -124,7 +126,7 @@ def evaluate_reconstruction(
         run = reconstructor(model, params, mesh, sampler)
         shown = {}
         for snr in snrs:
-            started, seen, scores = time.perf_counter(), 0, []
+            started, seen, totals = time.perf_counter(), 0, MetricTotals({"psnr": capped_psnr})
             batches = mt_train.batches_for_eval(config, RECONSTRUCTION, batch_size=batch_size, image_size=hw)
             for i, batch in enumerate(batches):
                 if config.eval.num_images and seen >= config.eval.num_images:
@@ -132,12 +134,12 @@ def evaluate_reconstruction(
                 arrays, host = _global(batch, mesh, "image", "valid")
                 valid = _limited_valid(host["valid"], seen, config.eval.num_images)
                 key = jax.random.fold_in(jax.random.key(config.seed), i)
-                x_hat = parallel.to_host(run(arrays["image"], key, snr))
-                scores.append(np.minimum(np.asarray(psnr(host["image"], x_hat)), PSNR_CAP_DB)[valid])
+                x_hat = run(arrays["image"], key, snr)
+                totals.add(arrays["image"], x_hat, parallel.global_batch(valid, mesh))
                 seen += int(valid.sum())
                 if i == 0:
                     shown.setdefault("original", host["image"][valid])
-                    shown[snr] = x_hat[valid]
+                    shown[snr] = parallel.to_host(x_hat)[valid]
             record = {
                 "task": RECONSTRUCTION,
                 "method": method,
@@ -145,7 +147,7 @@ def evaluate_reconstruction(
                 "height": hw[0],
                 "width": hw[1],
                 "snr_db": snr,
-                "psnr": float(np.mean(np.concatenate(scores))),
+                "psnr": totals.means()["psnr"],
                 **_channel_fields(config, model),
                 "sampler": sampler.get("name"),
                 "steps": sampler.get("steps") or None,
@@ -153,7 +155,8 @@ def evaluate_reconstruction(
                 "seconds": round(time.perf_counter() - started, 2),
             }
             records.append(record)
-            echo(f"[eval] reconstruction {record['size']} SNR {snr:g} dB: PSNR {record['psnr']:.2f} dB ({seen} images)")
+            log.info(f"[eval] reconstruction {record['size']} SNR {snr:g} dB: PSNR {record['psnr']:.2f} dB "
+                     f"({seen} images)")
         n = config.eval.grid_images
         rows = [("original", image_io.to_uint8(shown["original"][:n]))]
         rows += [(f"SNR {s:g} dB", image_io.to_uint8(shown[s][:n])) for s in grid_snrs]
@@ -173,7 +176,7 @@ def evaluate_reconstruction(
 
 # -- segmentation --------------------------------------------------------------------------------
 def evaluate_segmentation(
-    config, params, workdir: str, *, echo=print, build_model=mt_train.build_model, method: str = METHOD
+    config, params, workdir: str, *, build_model=mt_train.build_model, method: str = METHOD
 ) -> list[dict]:
     """mIoU and pixel accuracy against SNR over the evaluation split; writes WORKDIR/eval/segmentation/."""
     mesh = parallel.make_mesh()
@@ -212,7 +215,7 @@ def evaluate_segmentation(
             "per_class_iou": [None if math.isnan(v) else float(v) for v in iou],
         }
         records.append(record)
-        echo(
+        log.info(
             f"[eval] segmentation SNR {snr:g} dB: mIoU {record['miou']:.4f}, pixel accuracy "
             f"{record['pixel_accuracy']:.4f} ({seen} images)"
         )
@@ -233,12 +236,12 @@ def evaluate_segmentation(
     return records
 
 
-def evaluate(config, params, workdir: str, task: str, *, echo=print, **system) -> list[dict]:
+def evaluate(config, params, workdir: str, task: str, **system) -> list[dict]:
     """The sweep of `task`: `evaluate_reconstruction` or `evaluate_segmentation` (`system`: their
     `build_model` and `method`, for a baseline)."""
     if check_task(task) == RECONSTRUCTION:
-        return evaluate_reconstruction(config, params, workdir, echo=echo, **system)
-    return evaluate_segmentation(config, params, workdir, echo=echo, **system)
+        return evaluate_reconstruction(config, params, workdir, **system)
+    return evaluate_segmentation(config, params, workdir, **system)
 
 
 # -- files and figures ---------------------------------------------------------------------------

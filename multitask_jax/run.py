@@ -14,6 +14,7 @@ colour and reads back as labels) or photo_reconstruction_snr<S>.png, at the orig
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable
 
@@ -28,6 +29,8 @@ from multitask_jax.data import colorize_mask, voc_colormap
 from multitask_jax.task_kb import TaskSelection
 from multitask_jax.tasks import RECONSTRUCTION, SEGMENTATION, TASKS
 
+log = logging.getLogger(__name__)
+
 build_model = mt_train.build_model  # launch.py's check that the config gives a model
 
 
@@ -35,7 +38,7 @@ build_model = mt_train.build_model  # launch.py's check that the config gives a 
 class Hooks:
     """What sample and transmit need of a system: ours, or a baseline of multitask_jax.baselines.
 
-    load_params(config, workdir, task, echo) -> (params, source); build_model(config, (H, W) or None);
+    load_params(config, workdir, task) -> (params, source); build_model(config, (H, W) or None);
     sampler(config) -> the reverse-chain options or None.
     """
 
@@ -45,28 +48,28 @@ class Hooks:
 
 
 MULTITASK = Hooks(
-    load_params=lambda config, workdir, task, echo=print: mt_train.load_task_params(config, workdir, task, echo=echo),
+    load_params=mt_train.load_task_params,
     build_model=mt_train.build_model,
     sampler=lambda config: config.sampler.to_dict(),
 )
 
 
-def train(config, workdir, options, echo=print):
+def train(config, workdir, options):
     """Train (or resume) the stage of `config.task`, then its evaluation sweep."""
-    params = mt_train.train_task(config, workdir, config.task, echo=echo)
-    return mt_eval.evaluate(config, params, workdir, config.task, echo=echo)
+    params = mt_train.train_task(config, workdir, config.task)
+    return mt_eval.evaluate(config, params, workdir, config.task)
 
 
-def evaluate(config, workdir, options, echo=print):
-    params, source = mt_train.load_task_params(config, workdir, config.task, echo=echo)
-    echo(f"[eval] {source}")
-    return mt_eval.evaluate(config, params, workdir, config.task, echo=echo)
+def evaluate(config, workdir, options):
+    params, source = mt_train.load_task_params(config, workdir, config.task)
+    log.info(f"[eval] {source}")
+    return mt_eval.evaluate(config, params, workdir, config.task)
 
 
-def sample(config, workdir, options, echo=print, hooks: Hooks = MULTITASK):
+def sample(config, workdir, options, hooks: Hooks = MULTITASK):
     """The first evaluation images and the task's outputs at every evaluation SNR -> WORKDIR/samples_<task>.png."""
     task = config.task
-    params, source = hooks.load_params(config, workdir, task, echo=echo)
+    params, source = hooks.load_params(config, workdir, task)
     mesh = parallel.make_mesh()
     n = parallel.check_batch_size(config.eval.grid_images, mesh)
     local = next(mt_train.batches_for_eval(config, task, batch_size=n))  # this process's share of the grid
@@ -88,12 +91,12 @@ def sample(config, workdir, options, echo=print, hooks: Hooks = MULTITASK):
     path = os.path.join(workdir, f"samples_{task}.png")
     if parallel.is_primary():
         path = mt_eval.save_rows_figure(rows, path, f"{task} ({source})")
-    echo(f"[sample] {source} -> {path}")
+    log.info(f"[sample] {source} -> {path}")
     return path
 
 
 # -- transmit --------------------------------------------------------------------------------------
-def select_task(text: str, echo=print) -> TaskSelection:
+def select_task(text: str) -> TaskSelection:
     """The task KB's choice for a free-text requirement, echoed as one line. An ambiguous requirement (one
     line naming both tasks) raises AmbiguousTaskError, an out-of-scope one OutOfScopeError naming the known
     tasks; both are ValueErrors."""
@@ -101,7 +104,7 @@ def select_task(text: str, echo=print) -> TaskSelection:
     from multitask_jax.task_kb import classify as kb_classify
 
     selection = kb_classify(text)
-    echo(f"[transmit] task KB: {selection.message()}")
+    log.info(f"[transmit] task KB: {selection.message()}")
     if selection.status != SELECTED:
         raise (AmbiguousTaskError if selection.status == AMBIGUOUS else OutOfScopeError)(selection)
     if selection.task not in TASKS:
@@ -138,7 +141,7 @@ def save_mask_png(mask: np.ndarray, path: str) -> str:
     return path
 
 
-def transmit(config, workdir, options, echo=print):
+def transmit(config, workdir, options):
     """A user's images -> the task chosen by `--task` text -> reconstruction or coloured mask PNGs per SNR."""
     text = options.get("task")
     if not text:
@@ -149,11 +152,11 @@ def transmit(config, workdir, options, echo=print):
     paths = options.get("images") or []
     if not paths:
         raise ValueError("--mode=transmit needs --image=PATH (repeat the flag for several images)")
-    task = select_task(text, echo).task  # before any model work: an out-of-scope request stops here
-    return transmit_task(config, workdir, options, task, echo=echo)
+    task = select_task(text).task  # before any model work: an out-of-scope request stops here
+    return transmit_task(config, workdir, options, task)
 
 
-def transmit_task(config, workdir, options, task: str, echo=print, hooks: Hooks = MULTITASK, tag: str | None = None):
+def transmit_task(config, workdir, options, task: str, hooks: Hooks = MULTITASK, tag: str | None = None):
     """`options['images']` through the system of `hooks` for `task` at each SNR -> PNGs (named with `tag`,
     default '_<task>')."""
     paths = options.get("images") or []
@@ -166,10 +169,10 @@ def transmit_task(config, workdir, options, task: str, echo=print, hooks: Hooks 
         raise ValueError(f"transmit letterboxes into a square model input; model.image_size is {(h, w)}")
     fit = options.get("fit", "pad")
     images, sizes = image_io.load_images_for_transmit(paths, h, fit=fit)
-    params, source = hooks.load_params(config, workdir, task, echo=echo)
+    params, source = hooks.load_params(config, workdir, task)
     model = hooks.build_model(config)
     mesh = parallel.make_mesh()
-    echo(f"[transmit] {source}; {len(paths)} image(s), {model.num_channel_uses} channel uses "
+    log.info(f"[transmit] {source}; {len(paths)} image(s), {model.num_channel_uses} channel uses "
          f"({model.overhead_bits()} bits) each, {config.channel.kind} channel")
     if task == RECONSTRUCTION:
         run = mt_eval.reconstructor(model, params, mesh, hooks.sampler(config))
@@ -186,7 +189,7 @@ def transmit_task(config, workdir, options, task: str, echo=print, hooks: Hooks 
             elif parallel.is_primary():
                 image_io.save_png(image_io.restore_size(result, original, fit=fit), target)
             written.append(target)
-    echo(f"[transmit] wrote {len(written)} file(s) to {out_dir}")
+    log.info(f"[transmit] wrote {len(written)} file(s) to {out_dir}")
     return written
 
 

@@ -27,6 +27,7 @@ reconstruction stage has moved on since.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterator, Mapping
 
 import jax
@@ -42,6 +43,8 @@ from casc_jax.train import loop, parallel
 from multitask_jax import data as mt_data
 from multitask_jax.system import MultiTaskSystem, build_multitask
 from multitask_jax.tasks import RECONSTRUCTION, SEGMENTATION, check_task
+
+log = logging.getLogger(__name__)
 
 SHARED_PARTS = ("swin", "selection", "encoder", "receiver_kb")
 TASK_PARTS = {RECONSTRUCTION: SHARED_PARTS + ("dit",), SEGMENTATION: SHARED_PARTS + ("seg_decoder",)}
@@ -164,9 +167,7 @@ def abstract_state(model: MultiTaskSystem, config, task: str, mesh) -> loop.Trai
 
 def abstract_of(initial_state_fn: Callable, mesh) -> loop.TrainState:
     """The restore target of the state `initial_state_fn(key)` would create, replicated over `mesh`."""
-    abstract = jax.eval_shape(initial_state_fn, jax.random.key(0))
-    sharding = parallel.replicated(mesh)
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
+    return parallel.abstract_replicated(initial_state_fn, mesh)
 
 
 def restore(config, workdir: str, name: str, initial_state_fn: Callable) -> tuple[int | None, loop.TrainState | None]:
@@ -200,17 +201,17 @@ def _shared_parts(config, workdir: str, model, mesh) -> tuple[dict, int]:
     return {k: weights[k] for k in SHARED_PARTS}, int(step)
 
 
-def _check_transmitter(seg_state: loop.TrainState, recon_step: int, echo) -> None:
+def _check_transmitter(seg_state: loop.TrainState, recon_step: int) -> None:
     trained_on = int(jax.device_get(seg_state.extra["reconstruction_step"]))
     if trained_on != recon_step:
-        echo(
+        log.info(
             f"[segmentation] WARNING: the segmentation decoder was trained on the reconstruction stage at step "
             f"{trained_on}, but that stage is now at step {recon_step}; retrain segmentation in a new workdir "
             "to match the current transmitter."
         )
 
 
-def train_task(config: ml_collections.ConfigDict, workdir: str, task: str | None = None, echo=print) -> dict:
+def train_task(config: ml_collections.ConfigDict, workdir: str, task: str | None = None) -> dict:
     """Run (or resume) the stage of `task` (default `config.task`); return the task's deployed parameters
     (every part on its path, frozen ones included)."""
     task = check_task(task or config.task)
@@ -219,15 +220,15 @@ def train_task(config: ml_collections.ConfigDict, workdir: str, task: str | None
     if is_shared(config, task):
         mesh = parallel.make_mesh()
         frozen, recon_step = _shared_parts(config, workdir, model, mesh)
-        echo(f"[{task}] frozen {', '.join(SHARED_PARTS)} from the reconstruction stage at step {recon_step}")
+        log.info(f"[{task}] frozen {', '.join(SHARED_PARTS)} from the reconstruction stage at step {recon_step}")
         _, previous = loop.restore_stage(workdir, task, config.train, abstract_state(model, config, task, mesh))
         if previous is not None:
-            _check_transmitter(previous, recon_step, echo)
+            _check_transmitter(previous, recon_step)
     state = fit_stage(
         config, workdir, name=task, task=task,
         initial_state_fn=lambda k: initial_state(model, config, task, k, reconstruction_step=recon_step),
         loss_fn=_loss_of(model, task),
-        seed=config.seed + _SEED_OFFSET[task], frozen=frozen, echo=echo,
+        seed=config.seed + _SEED_OFFSET[task], frozen=frozen,
     )
     return dict(frozen or {}, **deployed(state))
 
@@ -243,7 +244,7 @@ def _loss_of(model: MultiTaskSystem, task: str) -> Callable:
 
 def fit_stage(
     config, workdir: str, *, name: str, task: str, initial_state_fn: Callable, loss_fn: Callable, seed: int,
-    frozen=None, echo=print,
+    frozen=None,
 ) -> loop.TrainState:
     """Run (or resume) stage `name` of any system on `task`'s data: `config.train[name]` (AdamW, steps, EMA),
     `make_loss_step(loss_fn)` data-parallel, checkpoints in WORKDIR/<name>/checkpoints. Returns the final state."""
@@ -251,8 +252,7 @@ def fit_stage(
     global_batch = config.train.batch_size
     local_batch = parallel.check_batch_size(global_batch, mesh)
     stage_cfg = config.train[name]
-    # Created by one jitted call, directly replicated (eager init dispatches thousands of small ops).
-    state = jax.jit(initial_state_fn, out_shardings=parallel.replicated(mesh))(jax.random.key(config.seed))
+    state = parallel.init_replicated(initial_state_fn, jax.random.key(config.seed), mesh)
     steps = stage_cfg.num_steps or loop.num_steps(stage_cfg, num_examples(config, task, "train"), global_batch)
     groups = parallel.check_grad_groups(config.train.get("grad_groups") or 0, global_batch, mesh.size)
     tx = optimizer(stage_cfg, global_batch)
@@ -271,7 +271,6 @@ def fit_stage(
             total_steps=int(steps),
             mesh=mesh,
             writer=writer,
-            echo=echo,
         )
     finally:
         writer.close()
@@ -281,7 +280,7 @@ def _with_const(jitted, const, state, batch):
     return jitted(state, batch, const)
 
 
-def load_task_params(config, workdir: str, task: str, *, echo=print) -> tuple[dict, str]:
+def load_task_params(config, workdir: str, task: str) -> tuple[dict, str]:
     """The deployed parameters of `task` trained in `workdir` and a description of where they came from.
 
     FileNotFoundError (saying which config to train) when the stage, or for a shared segmentation stage
@@ -296,7 +295,7 @@ def load_task_params(config, workdir: str, task: str, *, echo=print) -> tuple[di
     params, source = dict(deployed(state)), f"trained {task} checkpoint (step {step})"
     if is_shared(config, task):
         frozen, recon_step = _shared_parts(config, workdir, model, mesh)
-        _check_transmitter(state, recon_step, echo)
+        _check_transmitter(state, recon_step)
         params = dict(frozen, **params)
         source += f" on the shared transmitter of the reconstruction stage (step {recon_step})"
     return params, source

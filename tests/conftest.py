@@ -4,12 +4,15 @@ The JAX flags are set here, once for the whole session, and never by a test modu
 import would leak into whatever module the same worker imports next.
 """
 
+import logging
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+from casc_jax.cli import PROGRESS_LOGGERS  # noqa: E402
 
 # Shape and wiring tests of small models: XLA's optimisation passes only cost compile time here.
 # Subprocesses (launcher and multi-device tests) start from their own environment and keep the defaults.
@@ -42,3 +45,26 @@ def compile_count():
         yield counter
     finally:
         jax.monitoring.unregister_event_duration_listener(counter)
+
+
+class ProgressLines:
+    """The progress lines (INFO and above) that casc_jax and multitask_jax logged during the test."""
+
+    def __init__(self, caplog):
+        self._caplog = caplog
+
+    @property
+    def lines(self) -> list[str]:
+        return [r.getMessage() for r in self._caplog.records if r.name.split(".")[0] in PROGRESS_LOGGERS]
+
+    def clear(self) -> None:
+        self._caplog.clear()
+
+
+@pytest.fixture
+def progress(caplog, monkeypatch):
+    """`ProgressLines` of the test; works also after an in-process launch made the loggers print directly."""
+    for name in PROGRESS_LOGGERS:
+        caplog.set_level(logging.INFO, logger=name)
+        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
+    return ProgressLines(caplog)

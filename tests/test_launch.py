@@ -240,11 +240,11 @@ def test_failed_training_leaves_no_new_workdir(tmp_path):
     assert not os.path.exists(workdir)
 
 
-def test_cli_helpers():
-    assert cli.parse_snrs(["5", "-3.5"], (5.0, 20.0), echo=lambda s: None) == (5.0, -3.5)
-    warned = []
-    cli.parse_snrs(["31"], (5.0, 20.0), echo=warned.append)
-    assert warned and "31 dB" in warned[0]
+def test_cli_helpers(progress):
+    assert cli.parse_snrs(["5", "-3.5"], (5.0, 20.0)) == (5.0, -3.5)
+    assert not progress.lines
+    cli.parse_snrs(["31"], (5.0, 20.0))
+    assert len(progress.lines) == 1 and "31 dB" in progress.lines[0]
     targets = cli.transmit_targets(["x/a.png", "y/a.png", "a.jpg", "b.png"], [5.0], "/out")
     assert [os.path.basename(t) for t in targets[0]] == ["a_png_snr5.png", "a_png_2_snr5.png", "a_jpg_snr5.png",
                                                            "b_snr5.png"]

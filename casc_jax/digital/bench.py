@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import time
 
@@ -24,11 +25,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from casc_jax import cli
 from casc_jax.benchmark import device_description, timed
 from casc_jax.digital import ldpc, qam
 from casc_jax.digital.budget import Budget, bits_per_symbol
 from casc_jax.digital.decoder import decoder
 from casc_jax.digital.link import DigitalLink
+
+log = logging.getLogger(__name__)
 
 # NVlabs/sionna, tutorials/phy/5G_Channel_Coding_Polar_vs_LDPC_Codes.ipynb (v1.2.1), "5G LDPC BP-20
 # (n=1000)", k = 500, QPSK, AWGN: (Eb/N0 dB, BLER) rows of the printed table around 1e-2.
@@ -67,7 +71,7 @@ def _make_sim(code, modulation, iterations=20, demapper="exact"):
     return jax.jit(sim, static_argnums=2)
 
 
-def waterfall(code, modulation, snrs_db, ebn0=True, batch=500, min_errors=100, max_blocks=20_000, echo=print):
+def waterfall(code, modulation, snrs_db, ebn0=True, batch=500, min_errors=100, max_blocks=20_000):
     """Rows {x, bler, errors, blocks, mean_iterations}; x is Eb/N0 (info bits) or Es/N0 in dB."""
     sim = _make_sim(code, modulation)
     offset = 10 * math.log10(code.k / code.e * bits_per_symbol(modulation)) if ebn0 else 0.0
@@ -81,13 +85,13 @@ def waterfall(code, modulation, snrs_db, ebn0=True, batch=500, min_errors=100, m
             iters.append(float(it))
         rows.append({"x_db": float(x), "bler": errors / blocks, "errors": errors, "blocks": blocks,
                      "mean_iterations": float(np.mean(iters))})
-        echo(f"  {x:6.2f} dB  BLER {errors / blocks:9.3e}  ({errors}/{blocks}, {np.mean(iters):.1f} it)")
+        log.info(f"  {x:6.2f} dB  BLER {errors / blocks:9.3e}  ({errors}/{blocks}, {np.mean(iters):.1f} it)")
         if errors == 0:
             break
     return rows
 
 
-def throughput(code, batches=(1, 256), repeats=7, ebn0_db=2.5, echo=print):
+def throughput(code, batches=(1, 256), repeats=7, ebn0_db=2.5):
     """Info bits/s of the decoder alone, LLRs of QPSK on AWGN at `ebn0_db` prepared beforehand."""
     rows = []
     es = ebn0_db + 10 * math.log10(2 * code.k / code.e)
@@ -103,7 +107,7 @@ def throughput(code, batches=(1, 256), repeats=7, ebn0_db=2.5, echo=print):
             rows.append({"code": repr(code), "batch": batch, "mode": label, "median_s": median, "min_s": min(runs),
                          "compile_s": first, "runs_s": runs, "iterations": its,
                          "info_bits_per_s": batch * code.k / median})
-            echo(f"  {repr(code):55s} batch {batch:4d}  {label:22s} {batch * code.k / median / 1e6:8.3f} Mbit/s"
+            log.info(f"  {repr(code):55s} batch {batch:4d}  {label:22s} {batch * code.k / median / 1e6:8.3f} Mbit/s"
                  f"  ({median * 1e3:8.2f} ms, {its:.0f} it)")
     return rows
 
@@ -114,6 +118,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="fewer blocks and points (a smoke run)")
     ap.add_argument("--large-batch", type=int, default=256)
     args = ap.parse_args(argv)
+    cli.show_progress()
     device = device_description()
     print(f"device: {device}")
     report = {"device": device, "jax": jax.__version__, "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}

@@ -23,6 +23,7 @@ stage's steps. The chain is the same for every setting, so a checkpoint's tree n
 from __future__ import annotations
 
 import functools
+import logging
 import os
 
 import jax
@@ -34,6 +35,8 @@ from casc_jax import data as data_lib
 from casc_jax.baselines import DeepJSCC, DiffSC, build_deepjscc, build_diffsc
 from casc_jax.metrics.lpips import LPIPS, load_lpips_params
 from casc_jax.train import loop, parallel
+
+log = logging.getLogger(__name__)
 
 SYSTEMS = ("deepjscc", "diffsc")
 STAGES = {"deepjscc": ("deepjscc",), "diffsc": ("deepjscc", "diffsc")}
@@ -126,9 +129,7 @@ def initial_states(model, config, key, total_steps=None) -> dict[str, loop.Train
 
 def abstract_states(model, config, mesh) -> dict[str, loop.TrainState]:
     """Shapes, dtypes and (replicated) shardings of the stage states, without allocating them."""
-    abstract = jax.eval_shape(lambda k: initial_states(model, config, k), jax.random.key(0))
-    sharding = parallel.replicated(mesh)
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
+    return parallel.abstract_replicated(lambda k: initial_states(model, config, k), mesh)
 
 
 def external_deepjscc_workdir(config, workdir: str) -> str | None:
@@ -141,7 +142,7 @@ def external_deepjscc_workdir(config, workdir: str) -> str | None:
     return os.path.abspath(source)
 
 
-def _restore_external_deepjscc(config, source: str, abstract: loop.TrainState, echo) -> dict:
+def _restore_external_deepjscc(config, source: str, abstract: loop.TrainState) -> dict:
     step, state = loop.restore_stage(source, "deepjscc", config.train, abstract)
     if state is None:
         raise FileNotFoundError(
@@ -149,12 +150,12 @@ def _restore_external_deepjscc(config, source: str, abstract: loop.TrainState, e
             "Train it first (python launch.py --config=configs/deepjscc_mse_cr48.py --workdir=...), or leave "
             "diffsc.deepjscc_workdir empty to train the DeepJSCC inside the DiffSC job."
         )
-    echo(f"[deepjscc] using the DeepJSCC of {source} (step {step})")
+    log.info(f"[deepjscc] using the DeepJSCC of {source} (step {step})")
     return state.params
 
 
 # -- orchestration --------------------------------------------------------------------------------
-def train_baseline(config: ml_collections.ConfigDict, workdir: str, echo=print) -> dict:
+def train_baseline(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Run (or resume) the system's stages; return its parameters.
 
     DeepJSCC: {'encoder', 'decoder'}. DiffSC: {'deepjscc': {...}, 'unet': EMA weights}.
@@ -170,7 +171,9 @@ def train_baseline(config: ml_collections.ConfigDict, workdir: str, echo=print) 
     total = {s: loop.num_steps(config.train[s], examples, batches[s]) for s in stages}
     local = {s: parallel.check_batch_size(batches[s], mesh) for s in stages}
     groups = {s: parallel.check_grad_groups(config.train.get("grad_groups", 0), batches[s], mesh.size) for s in stages}
-    states = parallel.replicate(initial_states(model, config, jax.random.key(config.seed), total), mesh)
+    states = parallel.init_replicated(
+        lambda k: initial_states(model, config, k, total), jax.random.key(config.seed), mesh
+    )
     txs = {s: optimizer(config.train[s], batches[s], total[s]) for s in stages}
     writer = loop.make_writer(workdir)
 
@@ -187,14 +190,13 @@ def train_baseline(config: ml_collections.ConfigDict, workdir: str, echo=print) 
             total_steps=total[name],
             mesh=mesh,
             writer=writer,
-            echo=echo,
         )
 
     try:
         jscc = model if system == "deepjscc" else model.deepjscc
         if external is not None:
             abstract = abstract_states(model, config, mesh)["deepjscc"]
-            jscc_params = _restore_external_deepjscc(config, external, abstract, echo)
+            jscc_params = _restore_external_deepjscc(config, external, abstract)
         else:
             s = config.train.deepjscc
             _, lpips_vars = lpips_parts(s)
@@ -214,7 +216,7 @@ def _with_const(jitted, const, state, batch):
     return jitted(state, batch, const)
 
 
-def load_trained_params(config, workdir: str, *, allow_random: bool = False, echo=print) -> tuple[dict, str]:
+def load_trained_params(config, workdir: str, *, allow_random: bool = False) -> tuple[dict, str]:
     """The trained parameters in `workdir` (DiffSC: EMA U-Net) and a description of where they came from.
 
     Without finished checkpoints: random weights when `allow_random` (the benchmark), else
@@ -238,10 +240,8 @@ def load_trained_params(config, workdir: str, *, allow_random: bool = False, ech
         source = f"trained checkpoint (deepjscc step {step_j}{where}, diffsc step {step_u}, EMA U-Net)"
         return {"deepjscc": state_j.params, "unet": state_u.ema_params}, source
     if allow_random:
-        echo(f"no trained {system} checkpoint in {workdir}: using random weights")
-        key = jax.random.key(config.seed)
-        params = model.init(key)
-        return parallel.replicate(params, mesh), "random weights"
+        log.info(f"no trained {system} checkpoint in {workdir}: using random weights")
+        return parallel.init_replicated(model.init, jax.random.key(config.seed), mesh), "random weights"
     stages = " and ".join(os.path.join(jscc_dir if s == "deepjscc" else workdir, s) for s in STAGES[system])
     raise FileNotFoundError(
         f"no trained {system} checkpoint in {workdir} (expected {stages}). "

@@ -18,6 +18,7 @@ autoencoder of CR 1/48 in the CPU reproduction); that config's `autoencoder` sec
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Callable
 
@@ -32,6 +33,8 @@ from casc_jax.discriminator import PatchGAN, adaptive_weight, hinge_d_loss
 from casc_jax.metrics.lpips import LPIPS, load_lpips_params
 from casc_jax.system import CASC, STAGE2_PARTS, build_casc
 from casc_jax.train import loop, parallel
+
+log = logging.getLogger(__name__)
 
 STAGES = ("stage1", "stage2")
 
@@ -162,12 +165,10 @@ def initial_states(model: CASC, config, key) -> dict[str, loop.TrainState]:
 
 def abstract_states(model: CASC, config, mesh) -> dict[str, loop.TrainState]:
     """Shapes, dtypes and (replicated) shardings of the stage states, without allocating them."""
-    abstract = jax.eval_shape(lambda k: initial_states(model, config, k), jax.random.key(0))
-    sharding = parallel.replicated(mesh)
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
+    return parallel.abstract_replicated(lambda k: initial_states(model, config, k), mesh)
 
 
-def train_casc(config: ml_collections.ConfigDict, workdir: str, echo=print) -> dict:
+def train_casc(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Run (or resume) stage 1 then stage 2; return the full parameter tree (EMA denoiser weights)."""
     model = build_casc(config)
     mesh = parallel.make_mesh()
@@ -175,7 +176,7 @@ def train_casc(config: ml_collections.ConfigDict, workdir: str, echo=print) -> d
     local_batch = {s: parallel.check_batch_size(batch[s], mesh) for s in STAGES}
     examples = data_lib.num_examples(config.data, "train")
     writer = loop.make_writer(workdir)
-    states = parallel.replicate(initial_states(model, config, jax.random.key(config.seed)), mesh)
+    states = parallel.init_replicated(lambda k: initial_states(model, config, k), jax.random.key(config.seed), mesh)
 
     def run(name, step, const, stage_cfg, seed):
         jitted = parallel.jit_data_parallel(step, mesh)
@@ -191,7 +192,6 @@ def train_casc(config: ml_collections.ConfigDict, workdir: str, echo=print) -> d
             total_steps=loop.num_steps(stage_cfg, examples, batch[name]),
             mesh=mesh,
             writer=writer,
-            echo=echo,
         )
 
     # Stage 1: the autoencoder (trained here, or taken from `train.stage1.workdir`).
@@ -205,7 +205,7 @@ def train_casc(config: ml_collections.ConfigDict, workdir: str, echo=print) -> d
                 f"train.stage1.workdir={external!r} holds no trained autoencoder ({external}/stage1/checkpoints). "
                 "Train that CASC job first, or leave train.stage1.workdir empty to train stage 1 here."
             )
-        echo(f"[stage1] using the autoencoder of {external} (step {step})")
+        log.info(f"[stage1] using the autoencoder of {external} (step {step})")
     else:
         disc, lpips_vars = stage1_parts(model, s1)
         disc_tx = _optimizer(s1, batch["stage1"]) if disc is not None else None
@@ -235,7 +235,7 @@ def _with_const(jitted, const, state, batch):
     return jitted(state, batch, const)
 
 
-def load_trained_params(config, workdir: str, *, allow_random: bool = False, echo=print) -> tuple[dict, str]:
+def load_trained_params(config, workdir: str, *, allow_random: bool = False) -> tuple[dict, str]:
     """The trained parameters in `workdir` (EMA denoiser) and a description of where they came from.
 
     Without a finished stage-2 checkpoint: random weights when `allow_random` (the benchmark), else
@@ -251,8 +251,8 @@ def load_trained_params(config, workdir: str, *, allow_random: bool = False, ech
         params = dict(state2.ema_params, autoencoder=state1.params)
         return params, f"trained checkpoint (stage 1 step {step1}, stage 2 step {step2})"
     if allow_random:
-        echo(f"no trained checkpoint in {workdir}: using random weights")
-        return parallel.replicate(model.init(jax.random.key(config.seed)), mesh), "random weights"
+        log.info(f"no trained checkpoint in {workdir}: using random weights")
+        return parallel.init_replicated(model.init, jax.random.key(config.seed), mesh), "random weights"
     raise FileNotFoundError(
         f"no trained CASC checkpoint in {workdir} (expected {workdir}/stage1 and {workdir}/stage2). "
         "Train first: python launch.py --config=... --workdir=... --mode=train"

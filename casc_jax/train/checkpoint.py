@@ -12,10 +12,13 @@ config) does it raise `CheckpointError`, and then nothing is moved.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
 import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
 
 
 def _short(err: BaseException, limit: int = 160) -> str:
@@ -31,11 +34,10 @@ class CheckpointError(RuntimeError):
 class Checkpointer:
     """One orbax CheckpointManager per training stage (directory `path`)."""
 
-    def __init__(self, path: str, *, max_to_keep: int = 3, save_every: int = 1000, echo=print):
+    def __init__(self, path: str, *, max_to_keep: int = 3, save_every: int = 1000):
         self.path = os.path.abspath(path)
         self.save_every = save_every
         self._max_to_keep = max_to_keep
-        self._echo = echo
         self._manager = self._open()
 
     def _open(self) -> ocp.CheckpointManager:
@@ -101,7 +103,7 @@ class Checkpointer:
                     os.replace(os.path.join(self.path, str(step)), target)
                     moved.append(target)
                 except OSError as err:
-                    self._echo(f"[checkpoint] could not move step {step} aside ({err}); it stays in place")
+                    log.warning(f"[checkpoint] could not move step {step} aside ({err}); it stays in place")
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
@@ -111,7 +113,7 @@ class Checkpointer:
         steps = ", ".join(str(s) for s, _ in failed)
         why = "; ".join(f"step {s}: {_short(e)}" for s, e in failed)
         where = f"; moved to {', '.join(moved)}" if moved else ""
-        self._echo(
+        log.warning(
             f"[checkpoint] step {steps} in {self.path} cannot be restored ({why}); resuming from step {restored}, "
             f"the newest intact checkpoint{where}"
         )

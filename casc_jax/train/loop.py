@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -18,6 +19,8 @@ from clu import metric_writers, periodic_actions
 from casc_jax.channel import sample_snr
 from casc_jax.train.checkpoint import Checkpointer
 from casc_jax.train.parallel import shard_batch, value_and_grad
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
@@ -159,7 +162,6 @@ def fit(
     checkpointer: Checkpointer,
     writer: metric_writers.MetricWriter,
     log_every: int = 100,
-    echo: Callable[[str], None] = print,
     clock: Callable[[], float] = time.perf_counter,
 ) -> TrainState:
     """Run `step_fn` from `state.step` to `total_steps`, logging, checkpointing and stopping on NaN.
@@ -172,10 +174,10 @@ def fit(
     """
     start = int(jax.device_get(state.step))
     if start >= total_steps:
-        echo(f"[{name}] already trained: checkpoint at step {start} of {total_steps}")
+        log.info(f"[{name}] already trained: checkpoint at step {start} of {total_steps}")
         return state
-    echo(f"[{name}] mesh: {mesh.devices.size} devices over {jax.process_count()} process(es)")
-    echo(f"[{name}] training steps {start} -> {total_steps}")
+    log.info(f"[{name}] mesh: {mesh.devices.size} devices over {jax.process_count()} process(es)")
+    log.info(f"[{name}] training steps {start} -> {total_steps}")
     progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer, every_steps=log_every)
     pending: list[Mapping[str, jax.Array]] = []
     window_start, window_step = clock(), start
@@ -198,7 +200,7 @@ def fit(
             rate = (step - window_step) / max(now - window_start, 1e-9)
             window_start, window_step = now, step
             shown = " ".join(f"{k} {v:.4g}" for k, v in scalars.items())
-            echo(
+            log.info(
                 f"[{name}] step {step}/{total_steps} {shown} | {rate:.2f} steps/s | "
                 f"ETA {_format_eta((total_steps - step) / max(rate, 1e-9))}"
             )

@@ -169,6 +169,19 @@ def replicate(tree, mesh: jax.sharding.Mesh):
     return jax.device_put(tree, replicated(mesh))
 
 
+def init_replicated(initial_fn: Callable, key: jax.Array, mesh: jax.sharding.Mesh):
+    """`initial_fn(key)` (a train state, parameters) created by one jitted call, directly replicated over
+    `mesh`: eager init would dispatch thousands of small ops and then copy the tree to every device."""
+    return jax.jit(initial_fn, out_shardings=replicated(mesh))(key)
+
+
+def abstract_replicated(initial_fn: Callable, mesh: jax.sharding.Mesh):
+    """The restore target of `initial_fn(key)`: its shapes, dtypes and replicated shardings, nothing allocated."""
+    abstract = jax.eval_shape(initial_fn, jax.random.key(0))
+    sharding = replicated(mesh)
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
+
+
 def jit_data_parallel(fn: Callable, mesh: jax.sharding.Mesh, batch_argnums=(1,), donate_argnums=(0,)):
     """jit `fn(state, batch, ...)` with replicated state/outputs and batch arguments split on `data`.
 

@@ -12,6 +12,7 @@ replaced by a guess. The link runs on the host process (one process; not for mul
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -30,6 +31,8 @@ from multitask_jax import evaluate as mt_eval
 from multitask_jax import train as mt_train
 from multitask_jax.baselines.fcn_digital import FCNDigital
 from multitask_jax.tasks import RECONSTRUCTION, SEGMENTATION
+
+log = logging.getLogger(__name__)
 
 
 def received(result, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -50,12 +53,12 @@ def _counts(num_images: int, delivered: int) -> dict:
     }
 
 
-def _say(kind: str, r: dict, score: str, echo) -> None:
-    echo(f"[eval] {r['method']} {kind} SNR {r['snr_db']:g} dB: {score} "
+def _say(kind: str, r: dict, score: str) -> None:
+    log.info(f"[eval] {r['method']} {kind} SNR {r['snr_db']:g} dB: {score} "
          f"({r['delivered']} of {r['num_images']} delivered, {r['failures']} decoding failures)")
 
 
-def segmentation_sweep(model: FCNDigital, params, config, *, echo=print) -> tuple[list[dict], dict]:
+def segmentation_sweep(model: FCNDigital, params, config) -> tuple[list[dict], dict]:
     """Records per (modulation, SNR) and the grids {key: uint8/int arrays} of the first batch."""
     segment = jax.jit(lambda p, x: jnp.argmax(model.segment(p, x), -1).astype(jnp.int32))
     k = model.num_classes
@@ -91,7 +94,7 @@ def segmentation_sweep(model: FCNDigital, params, config, *, echo=print) -> tupl
                 "per_class_iou": [None if math.isnan(v) or not got else float(v) for v in iou],
             }
             records.append(record)
-            _say("segmentation", record, "no image delivered" if not got else f"mIoU {record['miou']:.4f}", echo)
+            _say("segmentation", record, "no image delivered" if not got else f"mIoU {record['miou']:.4f}")
     return records, grids
 
 
@@ -102,7 +105,7 @@ def recon_batches(config, hw):
     return mt_data.make_reconstruction_dataset(cfg, config.recon_data.eval_split, stream)
 
 
-def reconstruction_sweep(model: FCNDigital, config, *, echo=print) -> tuple[list[dict], dict]:
+def reconstruction_sweep(model: FCNDigital, config) -> tuple[list[dict], dict]:
     """The digital reconstruction curve: PSNR of the delivered images per (size, modulation, SNR)."""
     records, grids = [], {}
     for hw in (tuple(int(s) for s in hw) for hw in config.recon_data.eval_sizes):
@@ -135,17 +138,17 @@ def reconstruction_sweep(model: FCNDigital, config, *, echo=print) -> tuple[list
                 }
                 records.append(record)
                 shown = "no image delivered" if record["psnr"] is None else f"PSNR {record['psnr']:.2f} dB"
-                _say(f"reconstruction {size}", record, shown, echo)
+                _say(f"reconstruction {size}", record, shown)
     return records, grids
 
 
-def evaluate(config, params, workdir: str, *, echo=print) -> list[dict]:
+def evaluate(config, params, workdir: str) -> list[dict]:
     """Both sweeps; writes WORKDIR/eval/segmentation/ and WORKDIR/eval/reconstruction/."""
     from multitask_jax.baselines.models import build_model
 
     model = build_model(config)
-    seg, seg_grids = segmentation_sweep(model, params, config, echo=echo)
-    rec, rec_grids = reconstruction_sweep(model, config, echo=echo)
+    seg, seg_grids = segmentation_sweep(model, params, config)
+    rec, rec_grids = reconstruction_sweep(model, config)
     for task, records, grids in ((SEGMENTATION, seg, seg_grids), (RECONSTRUCTION, rec, rec_grids)):
         out = os.path.join(workdir, "eval", task)
         mt_eval.write_records(records, out)

@@ -10,6 +10,7 @@ baseline's transmit sends each image through its link and writes a mask only for
 
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
@@ -22,6 +23,8 @@ from multitask_jax import train as mt_train
 from multitask_jax.baselines import digital_eval
 from multitask_jax.baselines.models import DIGITAL, build_model
 
+log = logging.getLogger(__name__)
+
 SEED_OFFSET = 3  # our stages use seed + 1 (reconstruction) and + 2 (segmentation)
 
 
@@ -31,17 +34,17 @@ def _state_fn(config, model):
     return lambda key: mt_train.new_state(model.init(key), stage, tx)
 
 
-def train_params(config, workdir: str, echo=print) -> dict:
+def train_params(config, workdir: str) -> dict:
     """Train (or resume) the baseline's stage; its deployed parameters."""
     model = build_model(config)
     state = mt_train.fit_stage(
         config, workdir, name=model.task, task=model.task, initial_state_fn=_state_fn(config, model),
-        loss_fn=model.loss, seed=config.seed + SEED_OFFSET, echo=echo,
+        loss_fn=model.loss, seed=config.seed + SEED_OFFSET,
     )
     return mt_train.deployed(state)
 
 
-def load_params(config, workdir: str, task: str | None = None, echo=print) -> tuple[dict, str]:
+def load_params(config, workdir: str, task: str | None = None) -> tuple[dict, str]:
     """(deployed parameters, where they came from); FileNotFoundError naming the config to train."""
     model = build_model(config)
     step, state = mt_train.restore(config, workdir, model.task, _state_fn(config, model))
@@ -54,37 +57,37 @@ def load_params(config, workdir: str, task: str | None = None, echo=print) -> tu
     return mt_train.deployed(state), f"trained {config.name} checkpoint (step {step})"
 
 
-def _evaluate(config, params, workdir, echo):
+def _evaluate(config, params, workdir):
     if config.system == DIGITAL:
-        return digital_eval.evaluate(config, params, workdir, echo=echo)
-    return mt_eval.evaluate(config, params, workdir, config.task, echo=echo, build_model=build_model,
+        return digital_eval.evaluate(config, params, workdir)
+    return mt_eval.evaluate(config, params, workdir, config.task, build_model=build_model,
                             method=config.baseline)
 
 
-def train(config, workdir, options, echo=print):
+def train(config, workdir, options):
     """Train (or resume) the baseline, then its evaluation sweep."""
-    return _evaluate(config, train_params(config, workdir, echo), workdir, echo)
+    return _evaluate(config, train_params(config, workdir), workdir)
 
 
-def evaluate(config, workdir, options, echo=print):
-    params, source = load_params(config, workdir, echo=echo)
-    echo(f"[eval] {source}")
-    return _evaluate(config, params, workdir, echo)
+def evaluate(config, workdir, options):
+    params, source = load_params(config, workdir)
+    log.info(f"[eval] {source}")
+    return _evaluate(config, params, workdir)
 
 
 HOOKS = mt_run.Hooks(load_params=load_params, build_model=build_model, sampler=lambda config: {})
 
 
-def sample(config, workdir, options, echo=print):
-    return mt_run.sample(config, workdir, options, echo=echo, hooks=HOOKS)
+def sample(config, workdir, options):
+    return mt_run.sample(config, workdir, options, hooks=HOOKS)
 
 
-def transmit(config, workdir, options, echo=print):
+def transmit(config, workdir, options):
     """The user's images through the baseline at each SNR (its own task) -> PNGs in WORKDIR/transmit."""
-    return mt_run.transmit_task(config, workdir, options, config.task, echo=echo, hooks=HOOKS, tag="")
+    return mt_run.transmit_task(config, workdir, options, config.task, hooks=HOOKS, tag="")
 
 
-def transmit_digital(config, workdir, options, echo=print):
+def transmit_digital(config, workdir, options):
     """The user's images through JPEG + LDPC + QAM at each SNR; the FCN's mask for each delivered image,
     a line naming each failed one (no file is written for it)."""
     paths = options.get("images") or []
@@ -93,12 +96,12 @@ def transmit_digital(config, workdir, options, echo=print):
     out_dir = options.get("out_dir") or os.path.join(workdir, "transmit")
     h, w = models_hw(config)
     images, sizes = image_io.load_images_for_transmit(paths, h, fit=options.get("fit", "pad"))
-    params, source = load_params(config, workdir, echo=echo)
+    params, source = load_params(config, workdir)
     model = build_model(config)
     written = []
     for mod in model.modulations:
         link = model.link(mod)
-        echo(f"[transmit] {source}; JPEG+LDPC+{mod.upper()}: {link.plan.channel_uses} channel uses per image")
+        log.info(f"[transmit] {source}; JPEG+LDPC+{mod.upper()}: {link.plan.channel_uses} channel uses per image")
         targets = cli.transmit_targets(paths, snrs, out_dir, tag=f"_{mod}")
         for i, (snr, row) in enumerate(zip(snrs, targets)):
             result = link.transmit(jax.random.fold_in(jax.random.key(config.seed), i), images, float(snr))
@@ -106,11 +109,11 @@ def transmit_digital(config, workdir, options, echo=print):
             pred = np.asarray(jax.numpy.argmax(model.segment(params, rx), -1))
             for target, mask, delivered, size, path in zip(row, pred, ok, sizes, paths):
                 if not delivered:
-                    echo(f"[transmit] {path} at {snr:g} dB over {mod}: decoding failure, nothing received")
+                    log.info(f"[transmit] {path} at {snr:g} dB over {mod}: decoding failure, nothing received")
                     continue
                 written.append(mt_run.save_mask_png(mt_run.restore_mask(mask, size, fit=options.get("fit", "pad")),
                                                     target))
-    echo(f"[transmit] wrote {len(written)} file(s) to {out_dir}")
+    log.info(f"[transmit] wrote {len(written)} file(s) to {out_dir}")
     return written
 
 

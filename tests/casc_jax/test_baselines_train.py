@@ -24,10 +24,6 @@ from configs import casc_base, deepjscc_base
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def QUIET(line):
-    del line
-
-
 
 def _tiny(system="deepjscc", loss="mse", steps=4, every=2, unet_steps=2):
     if system == "deepjscc":
@@ -69,7 +65,7 @@ def deepjscc_workdir(tmp_path_factory):
     """A DeepJSCC-MSE trained 2 steps and evaluated: (config, workdir, records)."""
     config = _tiny(steps=2)
     workdir = str(tmp_path_factory.mktemp("deepjscc"))
-    records = baselines_run.train(config, workdir, {}, echo=QUIET)
+    records = baselines_run.train(config, workdir, {})
     return config, workdir, records
 
 
@@ -102,35 +98,33 @@ def test_lr_schedule_warmup_and_decay_closed_form():
 # --------------------------------------------------------------------------------------- DeepJSCC
 
 
-def test_deepjscc_resumes_after_crash_and_eval_modes_read_it(tmp_path, monkeypatch):
+def test_deepjscc_resumes_after_crash_and_eval_modes_read_it(tmp_path, monkeypatch, progress):
     config = _tiny(steps=4, every=2)
     workdir = str(tmp_path)
     _crash_at(monkeypatch, 4)  # die while fetching step 4's batch
     with pytest.raises(KeyboardInterrupt):
-        tb.train_baseline(config, workdir, echo=QUIET)
+        tb.train_baseline(config, workdir)
     monkeypatch.undo()
     ckpt = loop.stage_checkpointer(workdir, "deepjscc", config.train)
     assert ckpt.latest_step == 2
     ckpt.close()
-
-    log = []
-    records = baselines_run.train(config, workdir, {}, echo=log.append)
-    assert "[deepjscc] training steps 2 -> 4" in log
-    again = tb.train_baseline(config, workdir, echo=log.append)
-    assert "[deepjscc] already trained: checkpoint at step 4 of 4" in log
+    records = baselines_run.train(config, workdir, {})
+    assert "[deepjscc] training steps 2 -> 4" in progress.lines
+    again = tb.train_baseline(config, workdir)
+    assert "[deepjscc] already trained: checkpoint at step 4 of 4" in progress.lines
     params, source = tb.load_trained_params(config, workdir)
     assert "deepjscc step 4" in source
     for a, b in zip(_leaves(params), _leaves(again)):
         np.testing.assert_array_equal(a, b)
     # eval reproduces the train-mode sweep; sample and transmit read the same checkpoint.
-    evaluated = baselines_run.evaluate(config, workdir, {}, echo=QUIET)
+    evaluated = baselines_run.evaluate(config, workdir, {})
     assert [r["psnr"] for r in evaluated] == pytest.approx([r["psnr"] for r in records])
-    assert os.path.getsize(baselines_run.sample(config, workdir, {}, echo=QUIET)) > 0
+    assert os.path.getsize(baselines_run.sample(config, workdir, {})) > 0
     from PIL import Image
 
     src = tmp_path / "mine.png"
     Image.fromarray(np.random.RandomState(0).randint(0, 255, (20, 30, 3), np.uint8)).save(src)
-    written = baselines_run.transmit(config, workdir, {"images": [str(src)], "snrs": (10.0,)}, echo=QUIET)
+    written = baselines_run.transmit(config, workdir, {"images": [str(src)], "snrs": (10.0,)})
     assert len(written) == 1 and Image.open(written[0]).size == (30, 20)
 
 
@@ -193,17 +187,16 @@ def test_diffsc_step_trains_only_the_unet_with_ema():
     assert jax.tree.structure(new.params) == jax.tree.structure(model.init(jax.random.key(1))["unet"])
 
 
-def test_diffsc_resumes_in_its_unet_stage(tmp_path, monkeypatch):
+def test_diffsc_resumes_in_its_unet_stage(tmp_path, monkeypatch, progress):
     config = _tiny("diffsc", steps=2, every=2, unet_steps=4)
     workdir = str(tmp_path)
     _crash_at(monkeypatch, 2 + 4)  # 2 DeepJSCC batches, then die fetching the U-Net's step 4 batch
     with pytest.raises(KeyboardInterrupt):
-        tb.train_baseline(config, workdir, echo=QUIET)
+        tb.train_baseline(config, workdir)
     monkeypatch.undo()
-    log = []
-    params = tb.train_baseline(config, workdir, echo=log.append)
-    assert "[deepjscc] already trained: checkpoint at step 2 of 2" in log
-    assert "[diffsc] training steps 2 -> 4" in log
+    params = tb.train_baseline(config, workdir)
+    assert "[deepjscc] already trained: checkpoint at step 2 of 2" in progress.lines
+    assert "[diffsc] training steps 2 -> 4" in progress.lines
     target = tb.initial_states(tb.build_model(config), config, jax.random.key(0))["deepjscc"]
     jscc_step, jscc_state = loop.restore_stage(workdir, "deepjscc", config.train, target)
     assert jscc_step == 2
@@ -215,25 +208,24 @@ def test_diffsc_resumes_in_its_unet_stage(tmp_path, monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
-def test_diffsc_builds_on_another_workdirs_deepjscc(deepjscc_workdir, tmp_path):
+def test_diffsc_builds_on_another_workdirs_deepjscc(deepjscc_workdir, tmp_path, progress):
     source_config, source_dir, _ = deepjscc_workdir
     config = _tiny("diffsc", unet_steps=1)
     config.diffsc.deepjscc_workdir = source_dir
-    log = []
-    params = tb.train_baseline(config, str(tmp_path), echo=log.append)
-    assert f"[deepjscc] using the DeepJSCC of {source_dir} (step 2)" in log
+    params = tb.train_baseline(config, str(tmp_path))
+    assert f"[deepjscc] using the DeepJSCC of {source_dir} (step 2)" in progress.lines
     assert not os.path.exists(tmp_path / "deepjscc")
     trained, _ = tb.load_trained_params(source_config, source_dir)
     for a, b in zip(_leaves(params["deepjscc"]), _leaves(trained)):
         np.testing.assert_array_equal(a, b)
     config.diffsc.deepjscc_workdir = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="holds no trained DeepJSCC"):
-        tb.train_baseline(config, str(tmp_path / "other"), echo=QUIET)
+        tb.train_baseline(config, str(tmp_path / "other"))
 
 
 def test_diffsc_receiver_for_benchmark():
     config = _tiny("diffsc")
-    fn, params, y_shape = baselines_run.diffsc_receiver_for_benchmark(config, batch_size=2, echo=QUIET)
+    fn, params, y_shape = baselines_run.diffsc_receiver_for_benchmark(config, batch_size=2)
     assert y_shape == (2, 8, 8, 2)
     y = jax.random.normal(jax.random.key(0), y_shape)
     x_hat = jax.jit(fn)(params, y, jax.random.key(1))
@@ -260,9 +252,9 @@ def test_diffsc_receiver_for_benchmark():
 
 def test_modes_without_training_explain_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="Train first"):
-        baselines_run.evaluate(_tiny("diffsc"), str(tmp_path), {}, echo=QUIET)
+        baselines_run.evaluate(_tiny("diffsc"), str(tmp_path), {})
     with pytest.raises(ValueError, match="--image"):
-        baselines_run.transmit(_tiny(), str(tmp_path), {}, echo=QUIET)
+        baselines_run.transmit(_tiny(), str(tmp_path), {})
     wrong = _tiny()
     wrong.system = "casc"
     with pytest.raises(ValueError, match="not a baseline"):
@@ -299,7 +291,7 @@ def _fabricate(root, methods=METHODS, source_seed=0, n=3):
 def test_compare_writes_figures_and_tables_from_metrics(tmp_path):
     workdirs, source = _fabricate(str(tmp_path))
     out = str(tmp_path / "out")
-    written = compare.compare(list(workdirs.values()), out, echo=QUIET)
+    written = compare.compare(list(workdirs.values()), out)
     names = sorted(os.path.basename(p) for p in written)
     assert names == sorted(
         ["comparison_cr48.png", "comparison_cr48.csv", "comparison_cr48.md", "ablation_cr48.png",
@@ -329,27 +321,26 @@ def test_compare_writes_figures_and_tables_from_metrics(tmp_path):
 def test_compare_visual_rows_are_the_same_images_in_paper_order(tmp_path):
     workdirs, source = _fabricate(str(tmp_path), n=2)
     methods = [(m, w) for m, w in workdirs.items() if m != "casc_cr48_nocan"]
-    rows = compare.visual_rows(methods[::-1], 20.0, echo=QUIET)
+    rows = compare.visual_rows(methods[::-1], 20.0)
     assert [name for name, _ in rows] == ["Source", "CASC", "DiffSC", "DeepJSCC (LPIPS)", "DeepJSCC (MSE)"]
     np.testing.assert_array_equal(rows[0][1], image_io.to_uint8(source))
     np.testing.assert_array_equal(rows[4][1], image_io.to_uint8(np.clip(source + 0.1, -1, 1)))
     other, _ = _fabricate(str(tmp_path / "other"), methods=("casc_cr48",), source_seed=1, n=2)
     with pytest.raises(ValueError, match="different test images"):
-        compare.visual_rows(methods[:1] + [("casc_cr48", other["casc_cr48"])], 20.0, echo=QUIET)
+        compare.visual_rows(methods[:1] + [("casc_cr48", other["casc_cr48"])], 20.0)
 
 
-def test_compare_bad_inputs(tmp_path):
+def test_compare_bad_inputs(tmp_path, progress):
     workdirs, _ = _fabricate(str(tmp_path), methods=("casc_cr48",))
     with pytest.raises(FileNotFoundError, match="--mode=eval"):
-        compare.compare([str(tmp_path / "missing")], str(tmp_path / "out"), echo=QUIET)
+        compare.compare([str(tmp_path / "missing")], str(tmp_path / "out"))
     twin, _ = _fabricate(str(tmp_path / "twin"), methods=("casc_cr48",))
     with pytest.raises(ValueError, match="reported by both"):
-        compare.compare([workdirs["casc_cr48"], twin["casc_cr48"]], str(tmp_path / "out"), echo=QUIET)
+        compare.compare([workdirs["casc_cr48"], twin["casc_cr48"]], str(tmp_path / "out"))
     with pytest.raises(ValueError, match="at least one workdir"):
-        compare.compare([], str(tmp_path / "out"), echo=QUIET)
-    log = []
-    written = compare.compare([workdirs["casc_cr48"]], str(tmp_path / "out"), echo=log.append)
-    assert not any("ablation" in p for p in written) and any("no ablation figure" in s for s in log)
+        compare.compare([], str(tmp_path / "out"))
+    written = compare.compare([workdirs["casc_cr48"]], str(tmp_path / "out"))
+    assert not any("ablation" in p for p in written) and any("no ablation figure" in s for s in progress.lines)
     assert compare.family("casc_cr48_nocan") == "casc_nocan" and compare.cr_tag("1/96") == "cr96"
 
 

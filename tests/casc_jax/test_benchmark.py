@@ -32,7 +32,7 @@ def test_speed_report_rows_and_extrapolation(tmp_path):
         benchmark.Variant("loop", {"name": "ddpm"}, dispatch="loop"),
         benchmark.Variant("nocan", {"name": "ddpm"}, can=False),
     ]
-    report = benchmark.speed(config, echo=lambda s: None, variants=variants)
+    report = benchmark.speed(config, variants=variants)
     rows = {r["variant"]: r for r in report["rows"]}
     assert report["matmul_peak_gflops"] > 0
     # T=6 > max_timed_steps=3: DDPM is timed on 3 steps and scaled to 6.
@@ -48,8 +48,16 @@ def test_speed_report_rows_and_extrapolation(tmp_path):
         assert r["ms_per_image"] > 0 and r["achieved_gflops"] > 0
     assert set(report["load_at_start"]) == {"load_average", "cores", "quiet"}
     assert report["small_map_convs"] == {"backend": "cpu", "taps_max_output_pixels": 4, "form_at_2x2": "taps"}
-    path = benchmark.write_report(report, str(tmp_path), echo=lambda s: None)
+    path = benchmark.write_report(report, str(tmp_path))
     assert path.endswith("benchmark.json")
+
+
+def test_default_variants_time_the_equal_quality_sampler():
+    config = casc_base.base_config(preset="cpu")
+    rows = {v.label: v for v in benchmark.default_variants(config)}
+    fast = rows[benchmark.EQUAL_QUALITY]
+    assert fast.sampler == {"name": "ddim", "steps": 10, "eta": 1.0, "spacing": "uniform"} and fast.can
+    assert fast.dispatch == "scan" and "DDPM T=1000" in rows
 
 
 def test_machine_load_is_busy_when_other_work_holds_half_the_cores(monkeypatch):
@@ -67,7 +75,7 @@ def test_quality_compares_every_sampler_with_ddpm():
 
     params = build_casc(config).init(jax.random.key(0))
     images = np.asarray(jax.random.uniform(jax.random.key(1), (2, 32, 32, 3), minval=-1, maxval=1))
-    report = sampler_quality.quality(config, params, images, echo=lambda s: None)
+    report = sampler_quality.quality(config, params, images)
     labels = [r["sampler"] for r in report["rows"]]
     assert labels[0] == "ddpm" and any(s.startswith("ddim") for s in labels) and any("dpmpp" in s for s in labels)
     assert "ddim eta=1 3 steps (uniform)" in labels  # stochastic DDIM, on the one spacing asked for
@@ -96,6 +104,6 @@ def test_diffsc_row_is_timed_like_casc():
     diffsc = load_config("configs/diffsc_cr48.py:smoke")
     diffsc.diffsc.unet.update(ch=16, head_dim=16)
     diffsc.diffusion.num_timesteps = 6
-    row = benchmark.diffsc_row(config, diffsc, echo=lambda s: None)
+    row = benchmark.diffsc_row(config, diffsc)
     assert row["steps"] == 6 and row["timed_steps"] == 3 and row["extrapolated"]
     assert row["ms_per_image"] > 0 and row["gflop_per_image"] > 6 * row["denoiser_gflop_per_image_per_step"]

@@ -21,15 +21,18 @@ STEPS = 4
 
 _TRAIN = textwrap.dedent(
     f"""
-    import json, sys, tempfile, jax, numpy as np
+    import json, logging, sys, tempfile, jax, numpy as np
     from configs.deepjscc_mse_cr48 import get_config
     from casc_jax.train.baselines import train_baseline
     c = get_config("smoke")
     c.train.update(grad_groups=int(sys.argv[1]), checkpoint_every=1000)
     c.train.deepjscc.update(num_steps={STEPS})
     log = []
+    progress = logging.getLogger("casc_jax")
+    progress.setLevel(logging.INFO)
+    progress.addHandler(type("Lines", (logging.Handler,), {{"emit": lambda self, r: log.append(r.getMessage())}})())
     with tempfile.TemporaryDirectory() as workdir:
-        params = train_baseline(c, workdir, echo=log.append)
+        params = train_baseline(c, workdir)
     leaves = [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(params)]
     print("RESULT" + json.dumps({{"log": log, "params": leaves}}))
     """

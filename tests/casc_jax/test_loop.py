@@ -18,7 +18,7 @@ class _Writer:
         pass
 
 
-def _fit(tmp_path, *, bad_step=None, total=8, log_every=4, save_every=2, echo=lambda s: None):
+def _fit(tmp_path, *, bad_step=None, total=8, log_every=4, save_every=2):
     """Run `fit` with a step that adds the batch to a counter; step `bad_step` produces a NaN."""
 
     @jax.jit
@@ -36,8 +36,7 @@ def _fit(tmp_path, *, bad_step=None, total=8, log_every=4, save_every=2, echo=la
     state = loop.TrainState(jnp.int32(0), jnp.float32(0.0), None)
     try:
         return loop.fit(name="t", state=state, step_fn=step_fn, batches=batches(), total_steps=total,
-                        mesh=parallel.make_mesh(), checkpointer=ckpt, writer=_Writer(), log_every=log_every,
-                        echo=echo), ckpt
+                        mesh=parallel.make_mesh(), checkpointer=ckpt, writer=_Writer(), log_every=log_every), ckpt
     finally:
         ckpt.close()
 

@@ -48,7 +48,9 @@ def test_num_steps_and_lr_follow_config():
     np.testing.assert_allclose(loop.learning_rate(c.train.stage1, 128), 4.5e-6 * 128)
 
 
-def test_resume_after_crash_loses_at_most_k_steps_and_ends_where_an_uninterrupted_run_does(tmp_path, monkeypatch):
+def test_resume_after_crash_loses_at_most_k_steps_and_ends_where_an_uninterrupted_run_does(
+    tmp_path, monkeypatch, progress
+):
     config = _tiny(steps=4, every=2, disc=True)
     real = data_lib.make_dataset
     calls = {"n": 0}
@@ -62,28 +64,25 @@ def test_resume_after_crash_loses_at_most_k_steps_and_ends_where_an_uninterrupte
 
     monkeypatch.setattr(data_lib, "make_dataset", crashing)
     with pytest.raises(KeyboardInterrupt):
-        train_casc(config, str(tmp_path), echo=lambda s: None)
+        train_casc(config, str(tmp_path))
     monkeypatch.undo()
     ckpt = loop.stage_checkpointer(str(tmp_path), "stage1", config.train)
     assert ckpt.latest_step == 2  # saved every 2 steps: at most 2 steps lost
     ckpt.close()
-
-    log = []
-    params = train_casc(config, str(tmp_path), echo=log.append)
-    assert "[stage1] training steps 2 -> 4" in log
-    assert "[stage2] training steps 0 -> 4" in log
+    params = train_casc(config, str(tmp_path))
+    assert "[stage1] training steps 2 -> 4" in progress.lines
+    assert "[stage2] training steps 0 -> 4" in progress.lines
     assert set(params) == {"autoencoder", "cond_encoder", "can", "unet"}
 
     # A rerun finds both stages done and trains nothing.
-    log = []
-    again = train_casc(config, str(tmp_path), echo=log.append)
-    assert any("already trained" in line for line in log if line.startswith("[stage1]"))
-    assert any("already trained" in line for line in log if line.startswith("[stage2]"))
+    again = train_casc(config, str(tmp_path))
+    assert any("already trained" in line for line in progress.lines if line.startswith("[stage1]"))
+    assert any("already trained" in line for line in progress.lines if line.startswith("[stage2]"))
     for a, b in zip(_leaves(params), _leaves(again)):
         np.testing.assert_array_equal(a, b)
 
     # Exact resume: the restored run saw the batches and keys the uninterrupted one did (bit-exact on CPU).
-    straight = train_casc(config, str(tmp_path / "uninterrupted"), echo=lambda s: None)
+    straight = train_casc(config, str(tmp_path / "uninterrupted"))
     for a, b in zip(_leaves(params), _leaves(straight), strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -98,7 +97,7 @@ def test_nan_before_any_checkpoint_says_so_and_how_to_continue(tmp_path, monkeyp
 
     monkeypatch.setattr(data_lib, "make_dataset", poisoned)
     with pytest.raises(loop.TrainingDiverged, match=r"step 1.*No checkpoint was saved yet.*learning rate") as err:
-        train_casc(config, str(tmp_path), echo=lambda s: None)
+        train_casc(config, str(tmp_path))
     assert "None" not in str(err.value)
 
 
@@ -114,7 +113,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(data_lib, "make_dataset", poisoned)
     with pytest.raises(loop.TrainingDiverged, match=r"non-finite .* step 3.*last good checkpoint \(step 2\)"):
-        train_casc(config, str(tmp_path), echo=lambda s: None)
+        train_casc(config, str(tmp_path))
     ckpt = loop.stage_checkpointer(str(tmp_path), "stage1", config.train)
     assert ckpt.latest_step == 2
     restored = ckpt.restore(_abstract_stage1(config))
@@ -135,14 +134,14 @@ def _abstract_stage1(config, concrete=False):
 
 def test_corrupt_checkpoint_is_a_clear_error_not_a_restart(tmp_path):
     ckpt_dir = os.path.join(tmp_path, "stage1", "checkpoints")
-    train_casc(_tiny(steps=2, every=2), str(tmp_path), echo=lambda s: None)
+    train_casc(_tiny(steps=2, every=2), str(tmp_path))
     for root, _, files in os.walk(os.path.join(ckpt_dir, "2")):
         for name in files:
             if name not in ("_CHECKPOINT_METADATA", "commit_success.txt"):
                 with open(os.path.join(root, name), "wb") as f:
                     f.write(b"garbage")
     with pytest.raises(CheckpointError, match="(?s)cannot be restored.*Nothing was overwritten"):
-        train_casc(_tiny(steps=4, every=2), str(tmp_path), echo=lambda s: None)
+        train_casc(_tiny(steps=4, every=2), str(tmp_path))
     assert sorted(os.listdir(ckpt_dir)) == ["2"]
 
 
@@ -154,7 +153,7 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
     wider = _tiny(steps=4, every=2)
     wider.autoencoder.ch = 16
     with pytest.raises(CheckpointError, match="another config"):
-        train_casc(wider, str(tmp_path), echo=lambda s: None)
+        train_casc(wider, str(tmp_path))
 
 
 _EQUIVALENCE = textwrap.dedent(
@@ -209,7 +208,7 @@ def test_smoke_job_produces_every_artefact_and_resumes(tmp_path):
     """The smoke preset's whole job (LPIPS + discriminator stage 1, stage 2, eval), shrunk further."""
     config = _tiny(steps=2, every=2, lpips=True, disc=True)
     workdir = str(tmp_path)
-    records = run.train(config, workdir, {}, echo=lambda s: None)
+    records = run.train(config, workdir, {})
     assert [r["snr_db"] for r in records] == [5.0, 20.0]
     for r in records:
         assert r["num_images"] == 4 and np.isfinite(r["psnr"]) and r["lpips"] is not None
@@ -220,21 +219,21 @@ def test_smoke_job_produces_every_artefact_and_resumes(tmp_path):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
 
     # eval / sample / transmit modes read the trained workdir.
-    assert run.evaluate(config, workdir, {}, echo=lambda s: None)[0]["psnr"] == pytest.approx(records[0]["psnr"])
-    assert os.path.exists(run.sample(config, workdir, {}, echo=lambda s: None))
+    assert run.evaluate(config, workdir, {})[0]["psnr"] == pytest.approx(records[0]["psnr"])
+    assert os.path.exists(run.sample(config, workdir, {}))
     from PIL import Image
 
     src = tmp_path / "mine.png"
     Image.fromarray(np.random.RandomState(0).randint(0, 255, (50, 70, 3), np.uint8)).save(src)
-    written = run.transmit(config, workdir, {"images": [str(src)], "snrs": (10.0,)}, echo=lambda s: None)
+    written = run.transmit(config, workdir, {"images": [str(src)], "snrs": (10.0,)})
     assert len(written) == 1 and Image.open(written[0]).size == (70, 50)
 
 
 def test_modes_without_training_explain_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="Train first"):
-        run.evaluate(_tiny(), str(tmp_path), {}, echo=lambda s: None)
+        run.evaluate(_tiny(), str(tmp_path), {})
     with pytest.raises(ValueError, match="--image"):
-        run.transmit(_tiny(), str(tmp_path), {}, echo=lambda s: None)
+        run.transmit(_tiny(), str(tmp_path), {})
 
 
 def test_ema_warms_up_like_ldm_litema():

@@ -82,7 +82,7 @@ def test_digital_fcn_reports_failures_and_never_invents_images(tmp_path):
     c.recon_data.eval_sizes = ((32, 32),)
     model = models.build_model(c)
     params = jax.jit(model.init)(jax.random.key(0))
-    records = digital_eval.evaluate(c, params, str(tmp_path), echo=quiet)
+    records = digital_eval.evaluate(c, params, str(tmp_path))
     by = {(r["task"], r["snr_db"]): r for r in records}
     for task in ("segmentation", "reconstruction"):
         bad, good = by[(task, -5.0)], by[(task, 20.0)]
@@ -104,7 +104,7 @@ def test_digital_fcn_reports_failures_and_never_invents_images(tmp_path):
 def test_train_eval_through_the_shared_loop_and_the_comparison(tmp_path):
     workdir = str(tmp_path / "deepjscc")
     c = _tiny("deepjscc", steps=2)
-    records = bl_run.train(c, workdir, {}, echo=quiet)
+    records = bl_run.train(c, workdir, {})
     assert [r["size"] for r in records] == ["32x32", "32x32", "48x32", "48x32"]
     assert [r["channel_uses"] for r in records] == [8, 8, 12, 12] and records[0]["method"] == "deepjscc"
     assert os.path.isdir(os.path.join(workdir, "reconstruction", "checkpoints"))
@@ -121,7 +121,7 @@ def test_train_eval_through_the_shared_loop_and_the_comparison(tmp_path):
     np.savez(seg / GRIDS_FILE, image=np.zeros((3, 32, 32, 3), np.uint8), ground_truth=masks,
              multitask_snr20=masks, **{"fcn_digital_16qam_snr20": masks})
     out = str(tmp_path / "compare")
-    written = compare.compare([workdir, str(tmp_path / "seg")], out, echo=quiet)
+    written = compare.compare([workdir, str(tmp_path / "seg")], out)
     names = {os.path.basename(p) for p in written}
     assert {"fig4_psnr_32x32.png", "fig5_psnr_48x32.png", "fig7_miou.png", "reconstruction.csv", "reconstruction.md",
             "segmentation.csv", "segmentation.md", "visual_32x32_snr20.png", "visual_segmentation_snr20.png"} <= names

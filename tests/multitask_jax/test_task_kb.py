@@ -431,17 +431,17 @@ def test_module_level_select_task():
 
 
 @needs_model
-def test_transmit_mode_shows_one_line():
+def test_transmit_mode_shows_one_line(progress):
     """The launcher's transmit mode: one line naming the task, or both tasks when ambiguous, then it stops."""
     from multitask_jax import run
 
-    log = []
-    assert run.select_task("Could you segment this image for me?", echo=log.append).task == SEGMENTATION
+    assert run.select_task("Could you segment this image for me?").task == SEGMENTATION
     with pytest.raises(AmbiguousTaskError):
-        run.select_task("Send the picture and also segment it.", echo=log.append)
+        run.select_task("Send the picture and also segment it.")
     with pytest.raises(OutOfScopeError, match="Known tasks"):
-        run.select_task("play some jazz music", echo=log.append)
-    assert len(log) == 3 and all("\n" not in line for line in log)
-    assert "-> segmentation" in log[0]
-    assert "ambiguous" in log[1] and RECONSTRUCTION in log[1] and SEGMENTATION in log[1]
-    assert "matches no known task" in log[2]
+        run.select_task("play some jazz music")
+    lines = progress.lines
+    assert len(lines) == 3 and all("\n" not in line for line in lines)
+    assert "-> segmentation" in lines[0]
+    assert "ambiguous" in lines[1] and RECONSTRUCTION in lines[1] and SEGMENTATION in lines[1]
+    assert "matches no known task" in lines[2]
