@@ -67,7 +67,7 @@ class MetricTotals:
         self._totals = _add_masked(self._totals, scores, valid)
 
     def means(self) -> dict[str, float]:
-        totals = jax.device_get(self._totals)
+        totals = jax.tree.map(parallel.to_host, self._totals)  # replicated: also across processes
         n = max(int(totals["count"]), 1)
         return {k: float(totals[k]) / n for k in self._metrics}
 

@@ -40,7 +40,7 @@ def static_conv_form(out_pixels: int, impl: str = "auto", backend: str | None = 
     return "xla"
 
 
-def _shifted_views(x: jax.Array, kernel_size: Sequence[int]) -> list[jax.Array]:
+def shifted_views(x: jax.Array, kernel_size: Sequence[int]) -> list[jax.Array]:
     """The kh*kw zero-padded shifts of x (B, H, W, C) that a SAME, stride-1 conv visits."""
     kh, kw = kernel_size
     _, h, w, _ = x.shape
@@ -98,11 +98,11 @@ def dynamic_conv(x: jax.Array, w: jax.Array, kernel_size: Sequence[int], impl: s
     if kh == kw == 1:
         return jnp.einsum("bhwc,bco->bhwo", x, w)
     if impl == "patches":
-        patches = jnp.concatenate(_shifted_views(x, kernel_size), axis=-1)
+        patches = jnp.concatenate(shifted_views(x, kernel_size), axis=-1)
         return jnp.einsum("bhwk,bko->bhwo", patches, w)
     if impl == "taps":
         taps = w.reshape(b, kh * kw, cin, cout)
-        views = _shifted_views(x, kernel_size)
+        views = shifted_views(x, kernel_size)
         return sum(jnp.einsum("bhwc,bco->bhwo", v, taps[:, i]) for i, v in enumerate(views))
     if impl == "grouped":
         kernels = w.reshape(b, kh, kw, cin, cout)

@@ -107,3 +107,18 @@ def test_diffsc_row_is_timed_like_casc():
     row = benchmark.diffsc_row(config, diffsc)
     assert row["steps"] == 6 and row["timed_steps"] == 3 and row["extrapolated"]
     assert row["ms_per_image"] > 0 and row["gflop_per_image"] > 6 * row["denoiser_gflop_per_image_per_step"]
+
+
+def test_bench_convs_forms_compute_the_same_convolution():
+    from casc_jax import bench_convs
+
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 6))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 6, 4))
+    reference = np.asarray(bench_convs.conv_xla(x, kernel), np.float64)
+    # A direct sum in float64 pins XLA's result too (SAME, stride 1: one pixel of zero padding).
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    direct = sum(np.einsum("bhwc,co->bhwo", xp[:, i:i + 5, j:j + 5], np.asarray(kernel, np.float64)[i, j])
+                 for i in range(3) for j in range(3))
+    np.testing.assert_allclose(reference, direct, atol=1e-4)
+    for name, form in bench_convs.FORMS.items():
+        np.testing.assert_allclose(np.asarray(form(x, kernel)), direct, atol=1e-4, err_msg=name)
