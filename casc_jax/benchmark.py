@@ -280,7 +280,7 @@ def diffsc_row(config, diffsc_config) -> dict:
     row = _row(f"DiffSC DDPM T={T}", diffsc_config.sampler.to_dict(), batch, T, timed_T, seconds, first - median,
                flops, eps_flops, runs)
     log.info(f"[benchmark] {row['variant']:<32} {row['ms_per_image']:9.2f} ms/image  {row['gflop_per_image']:8.2f} "
-         f"GFLOP/image  {row['achieved_gflops']:7.1f} GFLOP/s")
+             f"GFLOP/image  {row['achieved_gflops']:7.1f} GFLOP/s")
     return row
 
 
@@ -322,7 +322,7 @@ def write_report(report: dict, workdir: str) -> str:
     if fast:
         paper = report["paper_ms_per_image"]["CASC (RTX A6000)"]
         log.info(f"equal-quality fast sampler {fast['sampler']}: {fast['ms_per_image']:.2f} ms/image, "
-             f"{fast['ms_per_image'] / paper:.3f} x the paper's {paper} (RTX A6000)")
+                 f"{fast['ms_per_image'] / paper:.3f} x the paper's {paper} (RTX A6000)")
     diffsc = next((r for r in rows if r["variant"].startswith("DiffSC")), None)
     if scan and diffsc:
         ratio = scan["ms_per_image"] / diffsc["ms_per_image"]

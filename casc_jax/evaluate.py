@@ -6,8 +6,9 @@ metrics_vs_snr.png (one panel per metric), samples_snr<SNR>.png (sources over re
 reconstructions.npz (the grid's sources and their reconstructions at every SNR, uint8, for
 `casc_jax.compare`'s visual comparison).
 FID needs the pytorch-fid InceptionV3 weights (casc_jax.metrics.inception); without them it is null, the
-reason is recorded once in metrics.json, and the rest of the sweep still runs. On several hosts every
-process evaluates the same global batches and gathers the per-image scores; process 0 writes the files.
+reason is recorded once in metrics.json, and the rest of the sweep still runs. PSNR and LPIPS are summed on
+the device inside jit (`MetricTotals`) and read once per SNR. On several hosts every process evaluates the
+same global batches and the sums are reduced across them; process 0 writes the files.
 """
 
 from __future__ import annotations
@@ -115,8 +116,8 @@ def sweep(
         totals = MetricTotals({"psnr": capped_psnr} | ({"lpips": lpips_fn} if lpips_fn is not None else {}))
         acts_real, acts_fake, shown = [], [], []
         seen = 0
-        # Every process reads the whole global batch (same order as one process), and the per-image
-        # scores are gathered from all of them: the same records on any number of hosts.
+        # Every process reads the whole global batch (same order as one process), and the metric sums
+        # are reduced over all of them: the same records on any number of hosts.
         batches = data_lib.make_dataset(data_cfg, split,
                                         data_lib.Stream(batch_size, process_index=0, process_count=1))
         for i, batch in enumerate(batches):
@@ -158,7 +159,7 @@ def sweep(
         lp = "n/a" if record["lpips"] is None else f"{record['lpips']:.4f}"
         fd = "n/a" if fid is None else f"{fid:.2f}"
         log.info(f"[eval] {method} CR {cr} SNR {snr:g} dB: PSNR {record['psnr']:.2f} dB, LPIPS {lp}, FID {fd} "
-             f"({seen} images)")
+                 f"({seen} images)")
         src = np.concatenate([s for s, _ in shown])[:grid_images]
         rec = np.concatenate([r for _, r in shown])[:grid_images]
         grids[snr] = np.concatenate([src, rec])

@@ -86,7 +86,7 @@ def quality(config, params, images: np.ndarray, lpips_fn=None) -> dict:
         )
     best = fastest_within_tolerance(rows)
     log.info(f"[quality] fastest sampler within {PSNR_TOLERANCE_DB} dB PSNR and {LPIPS_TOLERANCE} LPIPS of DDPM: "
-         f"{best['sampler']} ({best['ms_per_image']:.2f} ms/image)")
+             f"{best['sampler']} ({best['ms_per_image']:.2f} ms/image)")
     return {"device": device_description(), "snr_db": snr, "num_images": len(images), "rows": rows,
             "fastest_within_tolerance": best["sampler"]}
 

@@ -173,7 +173,7 @@ def transmit_task(config, workdir, options, task: str, hooks: Hooks = MULTITASK,
     model = hooks.build_model(config)
     mesh = parallel.make_mesh()
     log.info(f"[transmit] {source}; {len(paths)} image(s), {model.num_channel_uses} channel uses "
-         f"({model.overhead_bits()} bits) each, {config.channel.kind} channel")
+             f"({model.overhead_bits()} bits) each, {config.channel.kind} channel")
     if task == RECONSTRUCTION:
         run = mt_eval.reconstructor(model, params, mesh, hooks.sampler(config))
     else:

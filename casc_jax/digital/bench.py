@@ -108,7 +108,7 @@ def throughput(code, batches=(1, 256), repeats=7, ebn0_db=2.5):
                          "compile_s": first, "runs_s": runs, "iterations": its,
                          "info_bits_per_s": batch * code.k / median})
             log.info(f"  {repr(code):55s} batch {batch:4d}  {label:22s} {batch * code.k / median / 1e6:8.3f} Mbit/s"
-                 f"  ({median * 1e3:8.2f} ms, {its:.0f} it)")
+                     f"  ({median * 1e3:8.2f} ms, {its:.0f} it)")
     return rows
 
 

@@ -55,7 +55,7 @@ def _counts(num_images: int, delivered: int) -> dict:
 
 def _say(kind: str, r: dict, score: str) -> None:
     log.info(f"[eval] {r['method']} {kind} SNR {r['snr_db']:g} dB: {score} "
-         f"({r['delivered']} of {r['num_images']} delivered, {r['failures']} decoding failures)")
+             f"({r['delivered']} of {r['num_images']} delivered, {r['failures']} decoding failures)")
 
 
 def segmentation_sweep(model: FCNDigital, params, config) -> tuple[list[dict], dict]:

@@ -339,6 +339,7 @@ def test_compare_bad_inputs(tmp_path, progress):
         compare.compare([workdirs["casc_cr48"], twin["casc_cr48"]], str(tmp_path / "out"))
     with pytest.raises(ValueError, match="at least one workdir"):
         compare.compare([], str(tmp_path / "out"))
+
     written = compare.compare([workdirs["casc_cr48"]], str(tmp_path / "out"))
     assert not any("ablation" in p for p in written) and any("no ablation figure" in s for s in progress.lines)
     assert compare.family("casc_cr48_nocan") == "casc_nocan" and compare.cr_tag("1/96") == "cr96"
