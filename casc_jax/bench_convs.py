@@ -12,13 +12,11 @@ result; the report has the device, the f32 matmul peak and the load average befo
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
 
-from casc_jax.benchmark import device_description, machine_load, matmul_peak, timed
+from casc_jax.benchmark import device_description, machine_load, matmul_peak, print_and_save, timed
 from casc_jax.nn.dynamic import conv_taps, shifted_views
 
 # (map side, Cin, Cout): U-Net levels, then the decoder's levels
@@ -65,19 +63,16 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     load_before = machine_load()
     peak = matmul_peak()
-    table = rows(args.batch, args.repeats)
+    table_rows = rows(args.batch, args.repeats)
     report = {"device": device_description(), "batch": args.batch, "matmul_peak_gflops": peak,
-              "load_before": load_before, "load_after": machine_load(), "rows": table}
-    print(f"device: {report['device']}; f32 matmul peak {peak:.1f} GFLOP/s; batch {args.batch}")
-    print(f"load average before {load_before['load_average']}, after {report['load_after']['load_average']}")
-    print("| map | Cin->Cout | " + " | ".join(f"{n} ms (GFLOP/s)" for n in FORMS) + " |")
-    print("|---|---|" + "---|" * len(FORMS))
-    for r in table:
+              "load_before": load_before, "load_after": machine_load(), "rows": table_rows}
+    header = f"f32 matmul peak {peak:.1f} GFLOP/s; batch {args.batch}"
+    table = [header, "| map | Cin->Cout | " + " | ".join(f"{n} ms (GFLOP/s)" for n in FORMS) + " |",
+             "|---|---|" + "---|" * len(FORMS)]
+    for r in table_rows:
         cells = " | ".join(f"{r[n]['ms']:.2f} ({r[n]['gflops']:.0f})" for n in FORMS)
-        print(f"| {r['map']} | {r['cin']}->{r['cout']} | {cells} |")
-    if args.out:
-        pathlib.Path(args.out).write_text(json.dumps(report, indent=2))
-    return report
+        table.append(f"| {r['map']} | {r['cin']}->{r['cout']} | {cells} |")
+    return print_and_save(report, table, args.out)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ and the load average (before and after) are printed with the table and written t
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
 import shutil
 import statistics
 import tempfile
@@ -24,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from casc_jax.benchmark import device_description, machine_load
+from casc_jax.benchmark import device_description, machine_load, print_and_save
 from casc_jax.cli import load_config
 from casc_jax.discriminator import adaptive_weight
 from casc_jax.system import build_casc
@@ -176,16 +174,11 @@ def main(argv=None) -> dict:
     }
     report = {"device": device_description(), "config": args.config, "load_before": load_before,
               "load_after": machine_load(), "repeats": args.repeats, "rows": rows}
-    print(f"device: {report['device']}")
-    print(f"load average before {load_before['load_average']}, after {report['load_after']['load_average']} "
-          f"({load_before['cores']} cores)")
-    print(f"| {'median of ' + str(args.repeats):<30} | {'before':>10} | {'after':>10} | {'after/before':>12} |")
-    print(f"|{'-' * 32}|{'-' * 12}|{'-' * 12}|{'-' * 14}|")
-    for name, t in rows.items():
-        print(f"| {name:<30} | {t['before']:>10.4g} | {t['after']:>10.4g} | {t['after'] / t['before']:>12.3f} |")
-    if args.out:
-        pathlib.Path(args.out).write_text(json.dumps(report, indent=2))
-    return report
+    table = [f"| {'median of ' + str(args.repeats):<30} | {'before':>10} | {'after':>10} | {'after/before':>12} |",
+             f"|{'-' * 32}|{'-' * 12}|{'-' * 12}|{'-' * 14}|"]
+    table += [f"| {name:<30} | {t['before']:>10.4g} | {t['after']:>10.4g} | {t['after'] / t['before']:>12.3f} |"
+              for name, t in rows.items()]
+    return print_and_save(report, table, args.out)
 
 
 if __name__ == "__main__":

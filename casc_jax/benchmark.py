@@ -21,6 +21,7 @@ import functools
 import json
 import logging
 import os
+import pathlib
 import platform
 import statistics
 import time
@@ -288,6 +289,18 @@ def _scaled_time(median: float, scale: float, model, params, z, decode) -> float
     """Scale only the chain: total = decoder + scale * (measured - decoder)."""
     _, dec, _ = timed(jax.jit(decode), params, z, repeats=3)
     return dec + scale * max(median - dec, 0.0)
+
+
+def print_and_save(report: dict, table: list[str], out: str = "") -> dict:
+    """A script benchmark's device, load averages (report['load_before'/'load_after']) and table lines on
+    stdout; the report as JSON at `out` when given."""
+    before, after = report["load_before"], report["load_after"]
+    print(f"device: {report['device']}")
+    print(f"load average before {before['load_average']}, after {after['load_average']} ({before['cores']} cores)")
+    print("\n".join(table))
+    if out:
+        pathlib.Path(out).write_text(json.dumps(report, indent=2))
+    return report
 
 
 def write_report(report: dict, workdir: str) -> str:

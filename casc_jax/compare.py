@@ -134,10 +134,6 @@ def load_reconstructions(workdir: str, snr: float) -> tuple[np.ndarray, np.ndarr
 _CSV_FIELDS = ["method", "label", "cr", "snr_db", "psnr", "lpips", "fid", "sampler", "steps", "num_images", "workdir"]
 
 
-def _sorted(records: Sequence[Mapping]) -> list[Mapping]:
-    return sorted(records, key=lambda r: (_method_order(r["method"]), r["snr_db"]))
-
-
 def write_csv(
     records: Sequence[Mapping], path: str, fields: Sequence[str] = _CSV_FIELDS, label_fn=None, order=None
 ) -> None:

@@ -42,7 +42,7 @@ class SamplerSpec:
         if isinstance(sampler, SamplerSpec):
             return sampler
         given = {k: v for k, v in dict(sampler or {}).items() if v is not None and not (isinstance(v, str) and not v)}
-        unknown = set(given) - {f.name for f in dataclasses.fields(cls)}
+        unknown = set(given) - set(cls.field_names())
         if unknown:
             raise ValueError(f"unknown sampler option(s) {sorted(unknown)}; known: {cls.field_names()}")
         steps = given.pop("steps", None)
