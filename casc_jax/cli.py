@@ -278,10 +278,12 @@ def parse_snrs(values, train_snrs=(), flag: str = "--snr") -> tuple[float, ...]:
 
 # -- data and images ----------------------------------------------------------------------------------
 def check_sampler(config) -> None:
-    """The config's `sampler` section names a sampler that can run on its diffusion schedule."""
+    """The config's `sampler` section names a sampler that can run on its diffusion schedule, and the
+    denoiser's prediction target (`diffusion.prediction`) is one the samplers can read."""
     from casc_jax import diffusion
 
     diffusion.check_sampler(diffusion.SamplerSpec.of(config.sampler.to_dict()), config.diffusion.num_timesteps)
+    diffusion.check_prediction(config.diffusion.get("prediction", "eps"))
 
 
 def check_data(data_cfg) -> None:

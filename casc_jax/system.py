@@ -52,6 +52,7 @@ class CASC:
     latent_shape: tuple[int, int, int]
     channel_kind: str = "awgn"
     equalizer: str = "zf"
+    prediction: str = "eps"  # what the U-Net outputs: 'eps', 'x0' or 'v' (diffusion.prediction)
 
     @property
     def condition_shape(self) -> tuple[int, int, int]:
@@ -108,8 +109,8 @@ class CASC:
         generated = self.can.apply({"params": params["can"]}, c_hat)
         return dynamic_variables(generated, self.can_groups)
 
-    def eps(self, params: Params, z_t, t, c_hat, dynamic: Mapping, *, train=False, rngs=None, dtype=None):
-        """U_theta(Z_t, C_hat, W, t): the noise prediction of eq. (10)."""
+    def predict(self, params: Params, z_t, t, c_hat, dynamic: Mapping, *, train=False, rngs=None, dtype=None):
+        """U_theta(Z_t, C_hat, W, t): the network output, a `prediction` (eps in eq. 10, or x0 or v)."""
         unet = self.unet if dtype is None else self.unet.clone(dtype=dtype)
         variables = {"params": params["unet"]}
         if dynamic:
@@ -120,6 +121,11 @@ class CASC:
         """eps_fn(z_t, t) closed over params, C_hat and the CAN weights (computed once here)."""
         dynamic = self.dynamic_weights(params, c_hat)
         return lambda z_t, t: self.eps(params, z_t, t, c_hat, dynamic, dtype=dtype)
+
+    def eps(self, params: Params, z_t, t, c_hat, dynamic: Mapping, *, dtype=None):
+        """The noise prediction eps_hat(Z_t, t | C_hat, W), whatever the U-Net was trained to output."""
+        pred = self.predict(params, z_t, t, c_hat, dynamic, dtype=dtype)
+        return diffusion.eps_from_prediction(self.schedule, z_t, t, pred, self.prediction)
 
     def denoise(self, params: Params, c_hat: jax.Array, key: jax.Array, sampler: Mapping | None = None):
         """C_hat -> Z_tilde by the scanned reverse chain, eq. (5). `sampler`: a `diffusion.SamplerSpec` or
@@ -152,8 +158,9 @@ class CASC:
         noise = jax.random.normal(k_eps, z0.shape)
         z_t = diffusion.q_sample(self.schedule, z0, t, noise)
         dynamic = self.dynamic_weights(frozen, c_hat)
-        pred = self.eps(frozen, z_t, t, c_hat, dynamic, train=True, rngs={"dropout": k_drop})
-        return jnp.mean(diffusion.epsilon_loss(pred, noise))
+        pred = self.predict(frozen, z_t, t, c_hat, dynamic, train=True, rngs={"dropout": k_drop})
+        target = diffusion.prediction_target(self.schedule, z0, noise, t, self.prediction)
+        return jnp.mean(diffusion.epsilon_loss(pred, target))
 
     def _check_images(self, x: jax.Array) -> None:
         if x.ndim != 4 or tuple(x.shape[1:]) != self.image_shape:
@@ -200,4 +207,5 @@ def build_casc(config: ml_collections.ConfigDict) -> CASC:
         latent_shape=latent_shape,
         channel_kind=config.channel.kind,
         equalizer=config.channel.equalizer,
+        prediction=diffusion.check_prediction(config.diffusion.get("prediction", "eps")),
     )

@@ -56,7 +56,15 @@ def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_
     # weights at d = 128; a 3x3 256->256 conv alone would need 75M, hence no middle convs by default.
     c.can = ml_collections.ConfigDict(dict(layers=CAN_LAYERS if use_can else (), share=True))
     c.diffusion = ml_collections.ConfigDict(
-        dict(schedule="ldm_linear", num_timesteps=1000, beta_start=0.0015, beta_end=0.0195)
+        dict(
+            schedule="ldm_linear",
+            num_timesteps=1000,
+            beta_start=0.0015,
+            beta_end=0.0195,
+            # The U-Net's output: 'eps' (eq. 10, the paper), 'x0' or 'v' (casc_jax.diffusion.prediction); the
+            # samplers read any of them as a noise prediction.
+            prediction="eps",
+        )
     )
     c.sampler = common.sampler("ddpm")
 

@@ -86,7 +86,10 @@ def diffsc_config(cr: str = "1/48", preset: str = "") -> ml_collections.ConfigDi
             deepjscc_workdir=common.unset(str),  # unset: train the DeepJSCC-MSE as this job's first stage
         )
     )
-    c.diffusion = ml_collections.ConfigDict(dict(schedule="linear", num_timesteps=1000, beta_start=1e-4, beta_end=0.02))
+    # DiffSC's pixel-space DDPM; `prediction`: the U-Net's output, 'eps' (DDPM), 'x0' or 'v' (diffusion.prediction).
+    c.diffusion = ml_collections.ConfigDict(
+        dict(schedule="linear", num_timesteps=1000, beta_start=1e-4, beta_end=0.02, prediction="eps")
+    )
     c.sampler = common.sampler("ddpm")
     c.train.diffsc = common.stage(
         2e-4,

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from casc_jax.diffusion import Schedule, alpha_sigma
+from casc_jax.diffusion import Schedule, eps_from_prediction
 from casc_jax.nn.layers import timestep_embedding
 from multitask_jax.jscc import depth_to_space, space_to_depth
 
@@ -167,6 +167,4 @@ def eps_from_x0(schedule: Schedule, x_t: jax.Array, t: jax.Array, x0: jax.Array)
 
     t: (B,) int, or real on the samplers' continuous-time grid (``diffusion.alpha_sigma``).
     """
-    alpha, sigma = alpha_sigma(schedule, t)
-    shape = (-1,) + (1,) * (x_t.ndim - 1)
-    return (x_t - alpha.reshape(shape).astype(x_t.dtype) * x0) / sigma.reshape(shape).astype(x_t.dtype)
+    return eps_from_prediction(schedule, x_t, t, x0, "x0")

@@ -129,6 +129,8 @@ BAD_INPUTS = [
     ("unknown sampler", [DIFFSC, "--config.sampler.name=euler"], None, "new", {}, "Unknown sampler 'euler'"),
     ("ddpm with steps", [DIFFSC, "--config.sampler.name=ddpm", "--config.sampler.steps=10"], None, "new", {},
      "ancestral steps; got steps=10"),
+    ("unknown prediction", [DIFFSC, "--config.diffusion.prediction=score"], None, "new", {},
+     "unknown prediction target 'score'"),
     ("eval, no workdir", ["--mode=eval"], None, "new", {}, "does not exist; --mode=eval needs a trained model"),
     ("dataset offline", ["--config.data.source=tfds:cifar10"], None, "new", {"TFDS_DATA_DIR": "EMPTY"},
      "is not prepared"),

@@ -63,6 +63,7 @@ class DiffSC:
     unet: UNet
     schedule: diffusion.Schedule
     clip_x0: float | None = 1.0
+    prediction: str = "eps"  # what the U-Net outputs: 'eps', 'x0' or 'v' (diffusion.prediction)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -97,10 +98,15 @@ class DiffSC:
         frozen = jax.lax.stop_gradient(params["deepjscc"])
         return jax.lax.stop_gradient(self.deepjscc.receive(frozen, y))
 
-    def eps(self, params: Params, x_t, t, x_jscc, *, train=False, rngs=None, dtype=None) -> jax.Array:
-        """eps_theta(X_t, t | X_jscc): (B, H, W, 3) x (B,) int32 x (B, H, W, 3) -> (B, H, W, 3)."""
+    def predict(self, params: Params, x_t, t, x_jscc, *, train=False, rngs=None, dtype=None) -> jax.Array:
+        """The U-Net output (a `prediction`): (B, H, W, 3) x (B,) int32 x (B, H, W, 3) -> (B, H, W, 3)."""
         unet = self.unet if dtype is None else self.unet.clone(dtype=dtype)
         return unet.apply({"params": params["unet"]}, x_t, t, x_jscc, train=train, rngs=rngs)
+
+    def eps(self, params: Params, x_t, t, x_jscc, *, dtype=None) -> jax.Array:
+        """eps_theta(X_t, t | X_jscc), whatever the U-Net was trained to output."""
+        pred = self.predict(params, x_t, t, x_jscc, dtype=dtype)
+        return diffusion.eps_from_prediction(self.schedule, x_t, t, pred, self.prediction)
 
     def denoiser_fn(self, params: Params, y: jax.Array, dtype=None):
         """eps_fn(x_t, t) closed over params and X_jscc (decoded once here, outside the chain)."""
@@ -127,7 +133,8 @@ class DiffSC:
 
     # -- objective ------------------------------------------------------------------------------
     def denoiser_loss(self, params: Params, x: jax.Array, key: jax.Array, snr_db: jax.Array | float):
-        """L_simple = E ||eps - eps_theta(sqrt(abar_t) X + sqrt(1 - abar_t) eps, t | X_jscc)||^2 (scalar).
+        """L_simple = E ||eps - eps_theta(sqrt(abar_t) X + sqrt(1 - abar_t) eps, t | X_jscc)||^2 (scalar), or
+        the same squared error against x0 or v for another `prediction`.
 
         X_jscc comes from the frozen DeepJSCC through the channel at `snr_db` (scalar or (B,));
         gradients reach only params['unet'].
@@ -139,8 +146,9 @@ class DiffSC:
         t = jax.random.randint(k_t, (x.shape[0],), 0, self.schedule.num_timesteps)
         noise = jax.random.normal(k_eps, x.shape)
         x_t = diffusion.q_sample(self.schedule, x, t, noise)
-        pred = self.eps(frozen, x_t, t, x_jscc, train=True, rngs={"dropout": k_drop})
-        return jnp.mean(diffusion.epsilon_loss(pred, noise))
+        pred = self.predict(frozen, x_t, t, x_jscc, train=True, rngs={"dropout": k_drop})
+        target = diffusion.prediction_target(self.schedule, x, noise, t, self.prediction)
+        return jnp.mean(diffusion.epsilon_loss(pred, target))
 
 
 def build_diffsc(config: ml_collections.ConfigDict) -> DiffSC:
@@ -155,4 +163,10 @@ def build_diffsc(config: ml_collections.ConfigDict) -> DiffSC:
         )
     d = config.diffusion
     schedule = diffusion.make_schedule(d.schedule, d.num_timesteps, d.beta_start, d.beta_end)
-    return DiffSC(deepjscc=jscc, unet=unet, schedule=schedule, clip_x0=config.diffsc.get("clip_x0", 1.0))
+    return DiffSC(
+        deepjscc=jscc,
+        unet=unet,
+        schedule=schedule,
+        clip_x0=config.diffsc.get("clip_x0", 1.0),
+        prediction=diffusion.check_prediction(d.get("prediction", "eps")),
+    )

@@ -3,6 +3,7 @@
 Knows nothing about CASC: samplers take a denoiser ``eps_fn(x_t, t)`` and a :class:`Schedule`.
 """
 
+from casc_jax.diffusion.prediction import PREDICTIONS, check_prediction, eps_from_prediction, prediction_target
 from casc_jax.diffusion.samplers import (
     FAST_SAMPLER,
     SAMPLERS,
@@ -34,23 +35,27 @@ from casc_jax.diffusion.timesteps import DEFAULT_SPACING
 __all__ = [
     "DEFAULT_SPACING",
     "FAST_SAMPLER",
+    "PREDICTIONS",
     "SAMPLERS",
     "SCHEDULE_KINDS",
     "SamplerSpec",
     "SPACINGS",
     "Schedule",
     "alpha_sigma",
+    "check_prediction",
     "check_sampler",
     "ddim_step",
     "ddpm_step",
     "dpmpp_2m_step",
     "dpmpp_3m_step",
+    "eps_from_prediction",
     "epsilon_loss",
     "extract",
     "make_betas",
     "make_schedule",
     "make_timesteps",
     "predict_x0",
+    "prediction_target",
     "q_sample",
     "sample",
     "sample_loop",

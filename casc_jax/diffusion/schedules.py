@@ -201,7 +201,8 @@ def predict_x0(schedule: Schedule, x_t: jax.Array, t: jax.Array, eps: jax.Array)
 
 
 def epsilon_loss(eps_pred: jax.Array, noise: jax.Array) -> jax.Array:
-    """Per-example epsilon-prediction loss ``||eps - eps_theta(x_t, t)||^2`` (CASC eq. 10).
+    """Per-example epsilon-prediction loss ``||eps - eps_theta(x_t, t)||^2`` (CASC eq. 10); the same
+    squared error of an x0 or v network against ``prediction.prediction_target``.
 
     Returns the mean squared error over all non-batch axes, shape (B,); take ``.mean()`` for the
     batch loss (equal to the mean over all elements).
