@@ -11,9 +11,13 @@ Training settings. The CASC paper gives none for its baselines; the choices, per
 - 'deepjscc' (DeepJSCC-MSE, DeepJSCC-LPIPS, and DiffSC's first stage): Bourtsoulatze et al. (2019) as we
   recall it (not re-checked against their text): Adam lr 1e-3, divided by 10 half-way through training,
   batch 64, about 1M iterations, i.e. 1280 epochs of CIFAR-10 (50k images) at batch 64. No EMA.
-  The LPIPS loss uses AlexNet LPIPS v0.1 (`lpips_net='alex'`, the `lpips` package default and the network
-  the CASC paper evaluates with, so DeepJSCC (LPIPS) optimises the reported LPIPS directly; set 'vgg' to
-  train with another network than the one evaluated).
+  DeepJSCC (LPIPS) trains as perceptual codecs usually are, on MSE + lambda LPIPS with the VGG LPIPS v0.1
+  (`loss='mse_lpips'`, `lpips_net='vgg'`, `lpips_weight` = lambda = 0.01), while the tables report AlexNet
+  LPIPS. Why: trained on the AlexNet LPIPS alone (`--config.train.deepjscc.loss=lpips
+  --config.train.deepjscc.lpips_net=alex`, the earlier recipe) it games the metric it is scored on: a
+  saturated checkerboard at 12.0 dB whose PSNR stayed flat across SNR. lambda = 0.01: at the MSE model's
+  operating point (about 23 dB, MSE 0.005 on [0, 1] pixels, VGG LPIPS about 0.3) the two terms are of the
+  same size, so the MSE keeps the colours and the LPIPS term shapes the texture.
 - 'diffsc' (the DiffSC U-Net on the frozen DeepJSCC-MSE): DDPM's CIFAR-10 recipe (Ho et al. 2020): Adam
   lr 2e-4, 5000 warm-up steps, gradient clipping at norm 1, EMA 0.9999, batch 128; for 500 epochs, CASC's
   stage-2 budget (DDPM trained 800k steps = 2048 epochs).
@@ -50,8 +54,9 @@ def _common(system: str, name: str, cr: str) -> ml_collections.ConfigDict:
     c.train.deepjscc = common.stage(
         1e-3,
         1280,
-        loss="mse",
+        loss="mse",  # 'mse', 'lpips' or 'mse_lpips' (MSE + lpips_weight x LPIPS)
         lpips_net="alex",
+        lpips_weight=1.0,
         batch_size=64,
         warmup_steps=0,
         clip_norm=common.unset(float),  # set: clip the gradients' global norm
@@ -64,11 +69,12 @@ def _common(system: str, name: str, cr: str) -> ml_collections.ConfigDict:
 
 
 def deepjscc_config(loss: str = "mse", cr: str = "1/48", preset: str = "") -> ml_collections.ConfigDict:
-    """DeepJSCC trained with the MSE or the LPIPS loss at `cr`."""
+    """DeepJSCC (MSE) or DeepJSCC (LPIPS) at `cr` (the latter on MSE + 0.01 VGG LPIPS, see above)."""
     if loss not in LOSSES:
         raise ValueError(f"unknown DeepJSCC loss {loss!r}; choose one of {LOSSES}")
     c = _common("deepjscc", f"deepjscc_{loss}_{_cr_tag(cr)}", cr)
-    c.train.deepjscc.loss = loss
+    if loss == "lpips":
+        c.train.deepjscc.update(loss="mse_lpips", lpips_net="vgg", lpips_weight=0.01)
     _preset(c, preset)
     return c
 
@@ -125,7 +131,7 @@ def _cpu(c: ml_collections.ConfigDict) -> None:
 
     c.train.log_every = 100
     c.train.checkpoint_every = 1000
-    steps = 12_000 if c.train.deepjscc.loss == "mse" else 4_000
+    steps = 12_000 if c.train.deepjscc.loss == "mse" else 6_000
     c.train.deepjscc.update(batch_size=64, num_steps=steps)
     if c.system == "diffsc":
         c.diffsc.unet.update(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), head_dim=64, dropout=0.1)
@@ -141,6 +147,8 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
     c.train.log_every = 25
     c.train.checkpoint_every = 50
     c.train.deepjscc.update(batch_size=None, num_steps=SMOKE_DEEPJSCC_STEPS, lr_decay_at=0.8)
+    if c.train.deepjscc.loss != "mse":
+        c.train.deepjscc.lpips_net = "alex"  # the smaller LPIPS net: the smoke run checks wiring, not quality
     if c.system == "diffsc":
         c.diffsc.unet.update(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(2,), head_dim=32, dropout=0.0)
         c.diffusion.num_timesteps = 100

@@ -39,19 +39,25 @@ def test_casc_cpu_preset_shapes(name, channels, uses, can):
     assert 4e6 < _count(params["unet"]) < 5e6
     assert bool(params["can"]) == can
     assert loop.stage_batch_size(c.train, "stage1") == 32 and loop.stage_batch_size(c.train, "stage2") == 64
+    s1 = c.train.stage1  # the measured stage-1 recipe: L1 only, no GAN, lr 5e-4, 5.8 epochs
+    assert (s1.lpips_weight, s1.disc_start, s1.base_lr, s1.scale_lr, s1.num_steps) == (0.0, -1, 5e-4, False, 9000)
     assert c.sampler.name == "dpmpp_2m" and c.sampler.steps == 20 and c.sampler.spacing == "logsnr"
     assert c.eval.num_images == 2000 and tuple(c.channel.eval_snrs) == (5.0, 10.0, 15.0, 20.0)
 
 
 @pytest.mark.parametrize(("name", "c_out", "steps"), [
-    ("deepjscc_mse_cr48", 2, 12_000), ("deepjscc_lpips_cr48", 2, 4_000),
-    ("deepjscc_mse_cr96", 1, 12_000), ("deepjscc_lpips_cr96", 1, 4_000),
+    ("deepjscc_mse_cr48", 2, 12_000), ("deepjscc_lpips_cr48", 2, 6_000),
+    ("deepjscc_mse_cr96", 1, 12_000), ("deepjscc_lpips_cr96", 1, 6_000),
 ])
 def test_deepjscc_cpu_preset_keeps_the_paper_architecture(name, c_out, steps):
     c = _config(name)
     model = build_deepjscc(c)
     assert model.latent_shape == (8, 8, c_out)
     assert c.deepjscc.filters == (16, 32, 32, 32) and c.train.deepjscc.num_steps == steps
+    # DeepJSCC (LPIPS) trains on MSE + 0.01 VGG LPIPS and is scored on AlexNet LPIPS
+    expected_loss = ("mse", "alex", 1.0) if "mse" in name else ("mse_lpips", "vgg", 0.01)
+    s = c.train.deepjscc
+    assert (s.loss, s.lpips_net, s.lpips_weight) == expected_loss and c.eval.lpips_net == "alex"
 
 
 def test_diffsc_cpu_preset_unet():

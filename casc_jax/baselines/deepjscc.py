@@ -18,7 +18,8 @@ Pixel range. The library's images are in [-1, 1]. The paper feeds pixels / 255 i
 sigmoid output lives in [0, 1]; here the encoder's first operation is (X + 1) / 2 and the decoder
 returns 2 sigmoid(.) - 1, so both ends of the model speak [-1, 1] and the network sees the paper's ranges.
 The MSE loss is the paper's: the mean squared error in [0, 1] units, mean(((X_hat - X) / 2)^2).
-The LPIPS loss ("DeepJSCC (LPIPS)" of the CASC paper) is mean(lpips_fn(X_hat, X)) on [-1, 1] images.
+The LPIPS losses (for "DeepJSCC (LPIPS)" of the CASC paper) take lpips_fn(X_hat, X) on [-1, 1] images:
+'lpips' alone, or 'mse_lpips' = MSE + lambda LPIPS, the form perceptual codecs are usually trained with.
 
 Deviations from the paper, all minor: PReLU has one learnable slope per layer initialised at 0.25
 (PyTorch's default, as in the reference re-implementations; Keras' default would be one slope per
@@ -48,7 +49,8 @@ import ml_collections
 from casc_jax import channel as ch
 
 Params = Mapping[str, Any]
-LOSSES = ("mse", "lpips")
+LOSSES = ("mse", "lpips", "mse_lpips")
+LPIPS_LOSSES = ("lpips", "mse_lpips")
 ENCODER_STRIDES = (2, 2, 1, 1, 1)
 DECODER_STRIDES = (1, 1, 1, 2, 2)
 PRELU_INIT = 0.25
@@ -159,21 +161,25 @@ class DeepJSCC:
         snr_db: jax.Array | float,
         kind: str = "mse",
         lpips_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+        lpips_weight: float = 1.0,
     ) -> jax.Array:
         """Scalar training loss of one batch through the channel.
 
         kind 'mse': mean(((X_hat - X) / 2)^2), the paper's MSE on [0, 1] pixels.
         kind 'lpips': mean(lpips_fn(X_hat, X)), lpips_fn(x, y) -> (B,) on [-1, 1] images (the trainer
         passes `casc_jax.metrics.lpips.load_lpips(...)` or any differentiable stand-in).
+        kind 'mse_lpips': the MSE + lpips_weight * the LPIPS.
         """
         if kind not in LOSSES:
             raise ValueError(f"unknown DeepJSCC loss {kind!r}; choose one of {LOSSES}")
-        if kind == "lpips" and lpips_fn is None:
-            raise ValueError("kind='lpips' needs lpips_fn(x, y) -> (B,), e.g. casc_jax.metrics.lpips.load_lpips()")
+        if kind in LPIPS_LOSSES and lpips_fn is None:
+            raise ValueError(f"kind={kind!r} needs lpips_fn(x, y) -> (B,), e.g. casc_jax.metrics.lpips.load_lpips()")
         x_hat = self(params, x, key, snr_db)
+        mse = jnp.mean(jnp.square((x_hat - x) / 2.0))
         if kind == "mse":
-            return jnp.mean(jnp.square((x_hat - x) / 2.0))
-        return jnp.mean(lpips_fn(x_hat, x))
+            return mse
+        lpips = jnp.mean(lpips_fn(x_hat, x))
+        return lpips if kind == "lpips" else mse + lpips_weight * lpips
 
     def _check_images(self, x: jax.Array) -> None:
         if x.ndim != 4 or tuple(x.shape[1:]) != self.image_shape:

@@ -2,8 +2,9 @@
 
 Stages; each checkpoints into WORKDIR/<stage>/checkpoints and resumes from there when rerun:
   'deepjscc'  DeepJSCC's encoder and decoder end to end through the channel, with
-              `config.train.deepjscc.loss` 'mse' (the paper's MSE on [0, 1] pixels) or 'lpips' (AlexNet or
-              VGG LPIPS v0.1, its frozen weights passed to the jitted step as a replicated argument).
+              `config.train.deepjscc.loss` 'mse' (the paper's MSE on [0, 1] pixels), 'lpips' (AlexNet or VGG
+              LPIPS v0.1, its frozen weights passed to the jitted step as a replicated argument) or
+              'mse_lpips' (MSE + `lpips_weight` x LPIPS).
   'diffsc'    (system 'diffsc') the DiffSC U-Net's L_simple on top of the frozen DeepJSCC of stage
               'deepjscc'; only the U-Net is trained, with an EMA of its weights (used for evaluation).
 Every step draws one SNR per example, uniformly from `config.channel.train_snrs`.
@@ -33,6 +34,7 @@ import optax
 
 from casc_jax import data as data_lib
 from casc_jax.baselines import DeepJSCC, DiffSC, build_deepjscc, build_diffsc
+from casc_jax.baselines.deepjscc import LPIPS_LOSSES
 from casc_jax.metrics.lpips import LPIPS, load_lpips_params
 from casc_jax.train import loop, parallel
 
@@ -80,8 +82,8 @@ def optimizer(stage_cfg, global_batch: int, total_steps: int) -> optax.GradientT
 
 # -- steps ----------------------------------------------------------------------------------------
 def lpips_parts(stage_cfg) -> tuple[LPIPS | None, dict | None]:
-    """The LPIPS module and its pretrained variables for the 'lpips' loss; (None, None) for 'mse'."""
-    if stage_cfg.loss != "lpips":
+    """The LPIPS module and its pretrained variables for the LPIPS losses; (None, None) for 'mse'."""
+    if stage_cfg.loss not in LPIPS_LOSSES:
         return None, None
     return LPIPS(stage_cfg.lpips_net), load_lpips_params(stage_cfg.lpips_net)
 
@@ -89,11 +91,12 @@ def lpips_parts(stage_cfg) -> tuple[LPIPS | None, dict | None]:
 def make_deepjscc_step(model: DeepJSCC, stage_cfg, train_snrs, tx, seed: int, grad_groups: int = 0):
     """(state, batch, lpips_vars) -> (state, metrics): one step of DeepJSCC's loss (`loop.make_loss_step`)."""
     kind = stage_cfg.loss
-    lpips = LPIPS(stage_cfg.lpips_net) if kind == "lpips" else None
+    lpips = LPIPS(stage_cfg.lpips_net) if kind in LPIPS_LOSSES else None
+    weight = stage_cfg.get("lpips_weight", 1.0)
 
     def loss_fn(params, lpips_vars, b, key):
         lpips_fn = None if lpips is None else functools.partial(lpips.apply, lpips_vars)
-        return model.loss(params, b["image"], key, b["snr"], kind=kind, lpips_fn=lpips_fn)
+        return model.loss(params, b["image"], key, b["snr"], kind=kind, lpips_fn=lpips_fn, lpips_weight=weight)
 
     return loop.make_loss_step(loss_fn, tx, seed, train_snrs, grad_groups=grad_groups)
 

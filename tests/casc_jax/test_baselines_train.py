@@ -144,9 +144,12 @@ def test_deepjscc_smoke_train_eval_writes_metrics(deepjscc_workdir):
     assert recon.shape == source.shape and recon.dtype == np.uint8
 
 
-def test_deepjscc_lpips_step_is_the_lpips_of_the_reconstruction():
-    """One jitted step's loss equals LPIPS(X_hat, X) computed by hand with the pretrained weights."""
+@pytest.mark.parametrize("kind", ["lpips", "mse_lpips"])
+def test_deepjscc_lpips_step_is_the_lpips_of_the_reconstruction(kind):
+    """One jitted step's loss equals LPIPS(X_hat, X) ('lpips') or MSE + lambda LPIPS ('mse_lpips'), computed
+    by hand with the pretrained weights."""
     config = _tiny(loss="lpips")
+    config.train.deepjscc.update(loss=kind, lpips_weight=0.25)
     model = tb.build_model(config)
     s = config.train.deepjscc
     states = tb.initial_states(model, config, jax.random.key(0), {"deepjscc": 4})
@@ -160,6 +163,9 @@ def test_deepjscc_lpips_step_is_the_lpips_of_the_reconstruction():
     snr = ch.sample_snr(k_snr, 4, (5.0, 20.0))
     x_hat = model(state.params, x, k_loss, snr)
     expected = float(np.mean(np.asarray(load_lpips(s.lpips_net)(x_hat, x), np.float64)))
+    if kind == "mse_lpips":
+        mse = float(np.mean(np.square((np.asarray(x_hat, np.float64) - np.asarray(x, np.float64)) / 2)))
+        expected = mse + 0.25 * expected
     np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-4)
     assert bool(metrics["finite"]) and int(new.step) == 1
     # Adam's first update is lr * g / (|g| + eps): every parameter moves by at most lr.
