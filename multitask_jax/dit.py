@@ -19,6 +19,26 @@ eps = (x_t - sqrt(abar_t) x0_hat) / sqrt(1 - abar_t) (defined for every t since 
 
 adaLN-Zero (Peebles and Xie 2023): the modulation layers and the final linear start at zero, so every block
 starts as the identity and the decoder's output starts at 0.
+
+Conformance with the reference DiT (facebookresearch/DiT, models.py): the 2D sin-cos positional encoding
+(channel halves in DiT's order, see `sincos_pos_embed_2d`), the timestep embedding (GLIDE's [cos | sin],
+max period 10^4; `casc_jax.nn.layers.timestep_embedding`), LayerNorm without affine, eps 1e-6 and the
+two-pass variance, the attention / MLP block (one qkv linear, tanh GELU) and DiT's `initialize_weights`:
+  every linear layer            xavier-uniform weight, zero bias
+  patch embedding (conv)        xavier-uniform over its flattened (p*p*C_in, D) view, zero bias
+  timestep-embedder MLP         N(0, 0.02^2) weights, zero biases
+  adaLN modulation linears      zero weight and bias (every block and the final layer)
+  final output linear           zero weight and bias
+Where this decoder differs from DiT (our conditioning and output, not DiT's class-conditional latent model):
+  - the condition is the received signal y and receiver feature g_R, not a class label: DiT's LabelEmbedder
+    (an embedding table, N(0, 0.02^2), with label dropout for classifier-free guidance) becomes a linear
+    layer `cond_embed` on the pooled [y, g_R], initialised like every DiT linear (xavier, zero bias); there
+    is no condition dropout and no guidance. c = t_emb + cond_emb as in DiT.
+  - [y, g_R] also enters as a spatial map concatenated to the patchified input (see above).
+  - the input is the pixel image folded by space-to-depth (no VAE latent), the output one x0 prediction
+    (no learned variance, DiT's learn_sigma), and the grid may be non-square (DiT's is square).
+  - the full-resolution refine block (`refine1`, `refine2`) is ours: refine1 keeps Flax's default
+    initialisation, refine2 starts at zero so the output still starts at 0.
 """
 
 from __future__ import annotations
@@ -36,7 +56,11 @@ from casc_jax.nn.layers import timestep_embedding
 from multitask_jax.jscc import depth_to_space, space_to_depth
 
 zeros = nn.initializers.zeros
-_xavier = nn.initializers.xavier_uniform()
+_xavier = nn.initializers.xavier_uniform()  # DiT: every nn.Linear weight (bias 0, Flax's default)
+# DiT initialises the patch-embedding conv "like nn.Linear": xavier over the (D, C_in*p*p) view, so fan_in
+# = p*p*C_in and fan_out = D (Flax's xavier_uniform on a conv kernel would count fan_out = p*p*D).
+_xavier_flat_conv = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=(0, 1, 2), out_axis=-1)
+_t_embed_init = nn.initializers.normal(0.02)  # DiT: timestep-embedder MLP weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,22 +91,29 @@ def dit_config(preset: str = "paper", **overrides) -> DiTConfig:
     return dataclasses.replace(DIT_PRESETS[preset], **overrides)
 
 
-def sincos_pos_embed_2d(dim: int, height: int, width: int) -> np.ndarray:
-    """Fixed 2D sin-cos positional encoding (MAE / DiT), float32 (height * width, dim), row-major.
+def sincos_pos_embed_1d(dim: int, pos: np.ndarray) -> np.ndarray:
+    """1D sin-cos encoding (MAE / DiT), float64 (pos.size, dim): [sin(pos w_k) | cos(pos w_k)],
+    w_k = 10000^(-k / (dim/2)), k = 0 .. dim/2 - 1."""
+    if dim % 2:
+        raise ValueError(f"1D sin-cos encoding needs an even dim, got {dim}")
+    omega = 1.0 / 10000.0 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2))
+    args = np.asarray(pos, np.float64).reshape(-1, 1) * omega[None]
+    return np.concatenate([np.sin(args), np.cos(args)], axis=1)
 
-    The first dim/2 channels encode the row, the last dim/2 the column; each half is
-    [sin(pos * w_k) | cos(pos * w_k)] with w_k = 10000^(-k / (dim/4)), k = 0 .. dim/4 - 1.
+
+def sincos_pos_embed_2d(dim: int, height: int, width: int) -> np.ndarray:
+    """Fixed 2D sin-cos positional encoding of DiT, float32 (height * width, dim), tokens row-major.
+
+    DiT (get_2d_sincos_pos_embed) builds its grid with the width coordinate first, so the first dim/2
+    channels encode the token's COLUMN and the last dim/2 its ROW (DiT names the first half emb_h; it holds
+    the column index). Each half is `sincos_pos_embed_1d`. DiT's grid is square; this is its layout on a
+    height x width grid (token i * width + j has column j, row i).
     """
     if dim % 4:
         raise ValueError(f"2D sin-cos encoding needs dim divisible by 4, got {dim}")
-    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4))
-    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-
-    def half(pos):
-        args = pos.reshape(-1)[:, None] * omega[None]
-        return np.concatenate([np.sin(args), np.cos(args)], axis=1)
-
-    return np.concatenate([half(rows), half(cols)], axis=1).astype(np.float32)
+    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")  # (height, width) each
+    emb = np.concatenate([sincos_pos_embed_1d(dim // 2, cols), sincos_pos_embed_1d(dim // 2, rows)], axis=1)
+    return emb.astype(np.float32)
 
 
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
@@ -91,7 +122,9 @@ def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
 
 
 def _norm(name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=1e-6, use_scale=False, use_bias=False, name=name)
+    """DiT's LayerNorm(elementwise_affine=False, eps=1e-6): two-pass variance E[(x - mean)^2] (Flax's fast
+    E[x^2] - mean^2 loses the variance in float32 when |mean| >> std)."""
+    return nn.LayerNorm(epsilon=1e-6, use_scale=False, use_bias=False, use_fast_variance=False, name=name)
 
 
 class DiTBlock(nn.Module):
@@ -146,12 +179,13 @@ class DiT(nn.Module):
         gh, gw = hh // r, ww // r
         cond_map = jax.image.resize(cond, (b, gh, gw, cond.shape[-1]), "bilinear")
         x = jnp.concatenate([space_to_depth(x_t, r), cond_map.astype(x_t.dtype)], axis=-1)
-        x = nn.Conv(d, (p, p), strides=p, padding="VALID", kernel_init=_xavier, name="patch_embed")(x)
+        x = nn.Conv(d, (p, p), strides=p, padding="VALID", kernel_init=_xavier_flat_conv, name="patch_embed")(x)
         th, tw = gh // p, gw // p
         x = x.reshape(b, th * tw, d) + jnp.asarray(sincos_pos_embed_2d(d, th, tw))[None]
         temb = timestep_embedding(t, cfg.freq_dim)
-        temb = nn.Dense(d, name="t_embed2")(nn.silu(nn.Dense(d, name="t_embed1")(temb)))
-        c = temb + nn.Dense(d, name="cond_embed")(jnp.mean(cond, axis=(1, 2)))
+        temb = nn.silu(nn.Dense(d, kernel_init=_t_embed_init, name="t_embed1")(temb))
+        temb = nn.Dense(d, kernel_init=_t_embed_init, name="t_embed2")(temb)
+        c = temb + nn.Dense(d, kernel_init=_xavier, name="cond_embed")(jnp.mean(cond, axis=(1, 2)))
         for i in range(cfg.depth):
             x = DiTBlock(cfg.num_heads, cfg.mlp_ratio, name=f"block{i}")(x, c)
         out_ch = c_img * r * r

@@ -170,7 +170,8 @@ def test_sincos_pos_embed_closed_form():
     assert emb.shape == (12, 8)
     row, col = 2, 3  # token index 2 * 4 + 3
     omega = np.array([1.0, 1.0 / 100.0])  # 10000^(-k / 2), k = 0, 1
-    ref = np.concatenate([np.sin(row * omega), np.cos(row * omega), np.sin(col * omega), np.cos(col * omega)])
+    # DiT's order: the first half encodes the column, the second the row (test_dit_reference.py)
+    ref = np.concatenate([np.sin(col * omega), np.cos(col * omega), np.sin(row * omega), np.cos(row * omega)])
     np.testing.assert_allclose(emb[11], ref, rtol=1e-6)
 
 
