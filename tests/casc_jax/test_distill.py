@@ -1,5 +1,7 @@
 """Progressive distillation (diffusion.distill, train.distill) and the sampler registry's 'distilled' entry."""
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -280,3 +282,68 @@ def test_distilled_sampler_compiles_once(compile_count):
     jax.block_until_ready(out)
     assert compile_count.count == 0, f"{compile_count.count} recompilations of the distilled sampler"
     assert out.shape == (4, 3)
+
+
+# ----------------------------------------------------------------------------- the CASC stage
+
+
+def _casc_tiny(tmp_rounds=2):
+    from configs import casc_base
+
+    c = casc_base.base_config(preset="smoke")
+    c.autoencoder.update(ch=8, num_codes=32)
+    c.unet.update(ch=16, head_dim=16)
+    c.diffusion.num_timesteps = 10
+    c.train.update(batch_size=4, log_every=2, checkpoint_every=2)
+    c.train.stage1.update(num_steps=2, lpips_weight=0.0, disc_start=-1)
+    c.train.stage2.update(num_steps=2)
+    c.train.distill.update(rounds=tmp_rounds, num_steps=2)
+    return c
+
+
+def test_casc_distill_stage_runs_resumes_and_loads(tmp_path, progress):
+    """The smoke preset, shrunk: stage 1, stage 2, then 2 rounds (T = 10: students of 5 and 2 steps) of 2 steps
+    each; a rerun trains nothing, and load_trained_params gives the sampled round's student."""
+    from casc_jax.system import build_casc
+    from casc_jax.train import casc
+
+    c = _casc_tiny()
+    c.sampler.update(name="distilled", steps=2)
+    assert casc.distill_rounds(c) == (5, 2) and casc.distilled_round(c) == 2
+    params = casc.train_casc(c, str(tmp_path))
+    for r in (1, 2):
+        assert f"[distill{r}] training steps 0 -> 2" in progress.lines
+        assert os.path.isdir(tmp_path / f"distill{r}" / "checkpoints")
+    assert set(params) == {"autoencoder", "cond_encoder", "can", "unet"}
+    loaded, source = casc.load_trained_params(c, str(tmp_path))
+    assert "distill2 step 2" in source
+    leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]  # noqa: E731
+    for a, b in zip(leaves(params), leaves(loaded), strict=True):
+        np.testing.assert_array_equal(a, b)
+    progress.clear()
+    again = casc.train_casc(c, str(tmp_path))
+    assert any(line.startswith("[distill2] already trained") for line in progress.lines)
+    for a, b in zip(leaves(params), leaves(again), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # the student runs as the 'distilled' sampler through the receiver
+    model = build_casc(c)
+    c_hat = jnp.zeros((2,) + model.condition_shape)
+    out = jax.jit(lambda p, k: model.receive(p, c_hat, k, c.sampler.to_dict()))(params, jax.random.key(0))
+    assert out.shape == (2,) + model.image_shape and bool(jnp.all(jnp.isfinite(out)))
+    # the stage-2 teacher is unchanged and is what a non-distilled sampler loads
+    c.sampler.update(name="ddim", steps=3)
+    teacher, _ = casc.load_trained_params(c, str(tmp_path))
+    assert not all(np.array_equal(a, b) for a, b in zip(leaves(teacher["unet"]), leaves(params["unet"])))
+    np.testing.assert_array_equal(leaves(teacher["cond_encoder"])[0], leaves(params["cond_encoder"])[0])
+
+
+def test_casc_distilled_sampler_needs_a_trained_round():
+    from casc_jax.train import casc
+
+    c = _casc_tiny(tmp_rounds=0)
+    c.sampler.update(name="distilled", steps=4)
+    with pytest.raises(ValueError, match="4-step student"):
+        casc.distilled_round(c)
+    c.train.distill.rounds = 1
+    c.sampler.steps = 5
+    assert casc.distilled_round(c) == 1
