@@ -58,11 +58,21 @@ def check_student_steps(num_timesteps: int, steps: int) -> int:
 
 
 def round_steps(teacher_steps: int, rounds: int) -> tuple[int, ...]:
-    """The student step counts of `rounds` rounds from a `teacher_steps`-step teacher: N/2, N/4, ..."""
+    """The student step counts of `rounds` rounds from a `teacher_steps`-step teacher: N/2, N/4, ...
+
+    The first teacher (the trained denoiser, good at every timestep) may have an odd count, its student then
+    having ``floor(N / 2)`` steps; a later round's teacher is a student, sampled only on its own grid, so its
+    count must be even for each student step to be exactly two of its steps.
+    """
     out, n = [], int(teacher_steps)
-    for _ in range(int(rounds)):
+    for r in range(int(rounds)):
         if n < 2:
             raise ValueError(f"{rounds} rounds from {teacher_steps} teacher steps reach fewer than 1 step.")
+        if r > 0 and n % 2:
+            raise ValueError(
+                f"round {r + 1}'s teacher is a {n}-step student (odd): its student cannot take exactly two of its "
+                f"steps per step; use fewer rounds, or a teacher_steps divisible by 2^{rounds - 1}."
+            )
         n //= 2
         out.append(n)
     return tuple(out)

@@ -51,7 +51,9 @@ def test_distilled_grid_halves_and_nests():
         np.testing.assert_array_equal(t, g)
         np.testing.assert_array_equal(t_mid, g2[1::2])
         np.testing.assert_array_equal(t_end, np.append(g[1:], -1))
-    assert dl.round_steps(1000, 3) == (500, 250, 125)
+    assert dl.round_steps(1000, 3) == (500, 250, 125) and dl.round_steps(999, 1) == (499,)  # odd first teacher: ok
+    with pytest.raises(ValueError, match="odd"):
+        dl.round_steps(1000, 4)  # 125 -> 62 would not nest
     with pytest.raises(ValueError, match="steps must be in"):
         distilled_timesteps(T, T + 1)
     with pytest.raises(ValueError, match="2N-step teacher"):
@@ -287,7 +289,7 @@ def test_distilled_sampler_compiles_once(compile_count):
 # ----------------------------------------------------------------------------- the CASC stage
 
 
-def _casc_tiny(tmp_rounds=2):
+def _casc_tiny(tmp_rounds=2):  # T = 10; the first teacher on an 8-step grid: students of 4 and 2 steps
     from configs import casc_base
 
     c = casc_base.base_config(preset="smoke")
@@ -297,19 +299,19 @@ def _casc_tiny(tmp_rounds=2):
     c.train.update(batch_size=4, log_every=2, checkpoint_every=2)
     c.train.stage1.update(num_steps=2, lpips_weight=0.0, disc_start=-1)
     c.train.stage2.update(num_steps=2)
-    c.train.distill.update(rounds=tmp_rounds, num_steps=2)
+    c.train.distill.update(rounds=tmp_rounds, num_steps=2, teacher_steps=8)
     return c
 
 
 def test_casc_distill_stage_runs_resumes_and_loads(tmp_path, progress):
-    """The smoke preset, shrunk: stage 1, stage 2, then 2 rounds (T = 10: students of 5 and 2 steps) of 2 steps
+    """The smoke preset, shrunk: stage 1, stage 2, then 2 rounds (8 -> 4 -> 2 steps on T = 10) of 2 steps
     each; a rerun trains nothing, and load_trained_params gives the sampled round's student."""
     from casc_jax.system import build_casc
     from casc_jax.train import casc
 
     c = _casc_tiny()
     c.sampler.update(name="distilled", steps=2)
-    assert casc.distill_rounds(c) == (5, 2) and casc.distilled_round(c) == 2
+    assert casc.distill_rounds(c) == (4, 2) and casc.distilled_round(c) == 2
     params = casc.train_casc(c, str(tmp_path))
     for r in (1, 2):
         assert f"[distill{r}] training steps 0 -> 2" in progress.lines
@@ -345,5 +347,7 @@ def test_casc_distilled_sampler_needs_a_trained_round():
     with pytest.raises(ValueError, match="4-step student"):
         casc.distilled_round(c)
     c.train.distill.rounds = 1
-    c.sampler.steps = 5
     assert casc.distilled_round(c) == 1
+    c.train.update(distill=dict(c.train.distill.to_dict(), rounds=2, teacher_steps=None))
+    with pytest.raises(ValueError, match="odd"):  # T = 10 -> 5 -> 2: round 2's teacher would not nest
+        casc.distill_rounds(c)
