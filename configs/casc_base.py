@@ -84,6 +84,17 @@ def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_
     )
     # AdamW as LDM's LatentDiffusion.configure_optimizers (torch's default weight decay 0.01).
     c.train.stage2 = common.stage(1e-6, 500, scale_lr=True, weight_decay=0.01, ema_decay=0.9999)
+    # Progressive distillation after stage 2 (Salimans & Ho 2022; casc_jax.diffusion.distill), off while
+    # rounds = 0. Round r trains a student (the CAN and U-Net, a copy of its teacher; f stays stage 2's) so that
+    # one deterministic DDIM step matches two of its teacher's: round 1's teacher is stage 2's EMA denoiser on
+    # `teacher_steps` grid steps (None: all T), each later round's the previous round's EMA student, and a round
+    # halves the steps (T = 1000, rounds = 3: students of 500, 250 and 125 steps). Each round runs `num_steps`
+    # (or `epochs`) optimiser steps of Adam at base_lr (per example with scale_lr, as stage 2), checkpoints into
+    # WORKDIR/distill<r> and resumes there. weighting: 'truncated_snr' (max(SNR, 1), the paper's), 'snr' (the
+    # eps MSE) or 'x0'. Sample a round's student with --config.sampler.name=distilled --config.sampler.steps=N.
+    c.train.distill = common.stage(
+        1e-6, 50, scale_lr=True, ema_decay=0.9999, rounds=0, teacher_steps=common.unset(int), weighting="truncated_snr"
+    )
     c.eval = common.evaluation(batch_size=256, lpips_net="alex", fid_weights=common.unset(str), grid_images=8)
     # Speed / quality benchmark: chains longer than max_timed_steps are timed on that many steps and
     # scaled (None times every chain in full); quality compares samplers on quality_images test images.
@@ -166,6 +177,7 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
     c.train.checkpoint_every = 10
     c.train.stage1.update(base_lr=1e-4, scale_lr=False, num_steps=20, disc_start=10, lpips_net="alex")
     c.train.stage2.update(base_lr=1e-4, scale_lr=False, num_steps=20, ema_decay=0.9)
+    c.train.distill.update(base_lr=1e-4, scale_lr=False, num_steps=10, ema_decay=0.9)  # rounds stays 0
     c.eval.update(batch_size=16, num_images=16, grid_images=8)
     c.benchmark.update(
         batch_size=16, repeats=2, max_timed_steps=None, ddim_steps=(10,), dpm_steps=(5,), ddim_eta1_steps=(10,),

@@ -4,18 +4,15 @@ Knows nothing about CASC: samplers take a denoiser ``eps_fn(x_t, t)`` and a :cla
 """
 
 from casc_jax.diffusion.prediction import PREDICTIONS, check_prediction, eps_from_prediction, prediction_target
+from casc_jax.diffusion.registry import SamplerEntry, check_sampler, get_sampler, register_sampler, sampler_names
 from casc_jax.diffusion.samplers import (
     FAST_SAMPLER,
     SAMPLERS,
-    SPACINGS,
-    check_sampler,
     ddim_step,
     ddpm_step,
     dpmpp_2m_step,
-    make_timesteps,
     sample,
     sample_loop,
-    sampler_names,
 )
 from casc_jax.diffusion.schedules import (
     SCHEDULE_KINDS,
@@ -30,7 +27,7 @@ from casc_jax.diffusion.schedules import (
 )
 from casc_jax.diffusion.solvers import dpmpp_3m_step
 from casc_jax.diffusion.spec import SamplerSpec
-from casc_jax.diffusion.timesteps import DEFAULT_SPACING
+from casc_jax.diffusion.timesteps import DEFAULT_SPACING, SPACINGS, distilled_timesteps, make_timesteps
 
 __all__ = [
     "DEFAULT_SPACING",
@@ -38,6 +35,7 @@ __all__ = [
     "PREDICTIONS",
     "SAMPLERS",
     "SCHEDULE_KINDS",
+    "SamplerEntry",
     "SamplerSpec",
     "SPACINGS",
     "Schedule",
@@ -47,16 +45,19 @@ __all__ = [
     "ddim_step",
     "ddpm_step",
     "dpmpp_2m_step",
+    "distilled_timesteps",
     "dpmpp_3m_step",
     "eps_from_prediction",
     "epsilon_loss",
     "extract",
+    "get_sampler",
     "make_betas",
     "make_schedule",
     "make_timesteps",
     "predict_x0",
     "prediction_target",
     "q_sample",
+    "register_sampler",
     "sample",
     "sample_loop",
     "sampler_names",

@@ -1,4 +1,8 @@
-"""Reverse-chain samplers: DDPM ancestral, DDIM, DPM-Solver++(2M) and DPM-Solver++(3M).
+"""Reverse-chain samplers: DDPM ancestral, DDIM, DPM-Solver++(2M), DPM-Solver++(3M) and a distilled student.
+
+Each sampler is one chain builder registered by name (``registry.register_sampler``, with its checks and
+the SamplerSpec options it reads); :func:`sample` looks it up. ``'distilled'`` is the deterministic DDIM
+chain on a progressively distilled student's N-step grid (``diffusion.distill``).
 
 A sampler takes a denoiser ``eps_fn(x_t, t) -> eps_hat`` (closed over parameters and condition;
 ``x_t`` (B, ...), ``t`` (B,) the timestep in ``[0, T-1]``: int32, or float32 on the continuous-time
@@ -28,19 +32,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from casc_jax.diffusion import solvers
+from casc_jax.diffusion.registry import check_sampler, get_sampler, register_sampler, sampler_names
 from casc_jax.diffusion.schedules import Schedule, alpha_sigma, extract, predict_x0
 from casc_jax.diffusion.spec import SamplerSpec
-from casc_jax.diffusion.timesteps import SPACINGS, make_timesteps
+from casc_jax.diffusion.timesteps import distilled_timesteps, make_timesteps
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_3m")
 FAST_SAMPLER = "dpmpp_3m"  # the recommended few-step sampler (with the default spacing 'logsnr')
-
-
-def sampler_names() -> tuple[str, ...]:
-    """The names accepted as :class:`SamplerSpec` ``name``."""
-    return SAMPLERS
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -53,9 +52,15 @@ def _t(t) -> jax.Array:
 
 
 def _eps(eps_fn: EpsFn, x: jax.Array, t: jax.Array) -> jax.Array:
-    """Call the denoiser with the scalar timestep broadcast to (B,); result in ``x``'s dtype."""
+    """Call the denoiser with the timestep as (B,) (a scalar is broadcast); result in ``x``'s dtype."""
     t = _t(t)
-    return eps_fn(x, jnp.full((x.shape[0],), t, dtype=t.dtype)).astype(x.dtype)
+    t = jnp.full((x.shape[0],), t, dtype=t.dtype) if t.ndim == 0 else t
+    return eps_fn(x, t).astype(x.dtype)
+
+
+def _per_example(a: jax.Array, x: jax.Array) -> jax.Array:
+    """A scalar as it is; a per-example (B,) coefficient as (B, 1, ..., 1), to broadcast over ``x``."""
+    return a if a.ndim == 0 else a.reshape(a.shape + (1,) * (x.ndim - a.ndim))
 
 
 def _clip(x0: jax.Array, clip_x0: float | None) -> jax.Array:
@@ -125,10 +130,12 @@ def ddim_step(
     ``sigma = eta sqrt((1 - a_p) / (1 - a_t)) sqrt(1 - a_t / a_p)``,
     ``x_{t_prev} = sqrt(a_p) x0_hat + sqrt(1 - a_p - sigma^2) eps + sigma z``.
     ``eta = 0`` is the deterministic DDIM; ``eta = 1`` with consecutive steps is DDPM's ``beta_tilde``.
+    ``t`` and ``t_prev`` are scalars (the whole batch at one timestep, as in a chain) or per-example (B,)
+    arrays (the distillation targets, ``diffusion.distill``).
     """
     eps = _eps(eps_fn, x_t, t)
-    a_t = _abar(schedule, t)
-    a_p = _abar(schedule, t_prev)
+    a_t = _per_example(_abar(schedule, t), x_t)
+    a_p = _per_example(_abar(schedule, t_prev), x_t)
     x0 = _clip((x_t - jnp.sqrt(1.0 - a_t) * eps) / jnp.sqrt(a_t), clip_x0)
     sigma = eta * jnp.sqrt((1.0 - a_p) / (1.0 - a_t)) * jnp.sqrt(jnp.maximum(1.0 - a_t / a_p, 0.0))
     dir_xt = jnp.sqrt(jnp.maximum(1.0 - a_p - sigma**2, 0.0)) * eps
@@ -192,78 +199,73 @@ def final_order_of(spec: SamplerSpec) -> int:
     return 2 if spec.final_order is None and spec.name == "dpmpp_3m" else (spec.final_order or 1)
 
 
-def check_sampler(spec: SamplerSpec, num_timesteps: int) -> None:
-    """ValueError, naming the choices, when `spec` cannot run on a T = `num_timesteps` schedule."""
-    sampler, steps, eta, corrector, final_order = spec.name, spec.steps, spec.eta, spec.corrector, final_order_of(spec)
-    if sampler not in SAMPLERS:
-        raise ValueError(f"Unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}.")
-    if sampler == "ddpm" and steps is not None and not (
-        isinstance(steps, (int, np.integer)) and int(steps) == num_timesteps
-    ):
+def _grid(schedule: Schedule, spec: SamplerSpec) -> tuple[np.ndarray, np.ndarray]:
+    """``(ts, ts_next)``: the S descending timesteps of `spec`'s steps and spacing, and where each step goes
+    (the last one to the clean data, ``-1``). steps=None: every integer timestep."""
+    T, steps, spacing = schedule.num_timesteps, spec.steps, spec.spacing
+    log_abar = None if spacing == "uniform" or steps is None else schedule.log_alphas_cumprod
+    ts = make_timesteps(T, steps, spacing, log_alphas_cumprod=log_abar)
+    return ts, np.append(ts[1:], -1).astype(ts.dtype)
+
+
+def _ddim_chain(eps_fn, schedule, ts, ts_next, x_T, key_chain, eta, clip_x0):
+    """The scan pieces of DDIM steps ``ts[i] -> ts_next[i]`` (:func:`ddim_step`), shared by 'ddim' and 'distilled'."""
+    xs = (jnp.arange(ts.size, dtype=jnp.int32), jnp.asarray(ts), jnp.asarray(ts_next))
+
+    def body(x, xs_i):
+        i, t, t_prev = xs_i
+        key_i = jax.random.fold_in(key_chain, i)
+        return ddim_step(eps_fn, schedule, x, t, t_prev, key_i, eta, clip_x0), None
+
+    return x_T, body, xs, lambda x: x
+
+
+# ----------------------------------------------------------------------------- the registered samplers
+#
+# Each builder: (eps_fn, schedule, spec, x_T, key_chain) -> (carry0, body, xs, final); see registry.py.
+
+
+def _check_ddpm(spec: SamplerSpec, num_timesteps: int) -> None:
+    steps = spec.steps
+    if steps is not None and not (isinstance(steps, (int, np.integer)) and int(steps) == num_timesteps):
         raise ValueError(
             f"The 'ddpm' sampler runs all T={num_timesteps} ancestral steps; got steps={steps!r}. "
             "Use steps=None, or sampler='ddim' / 'dpmpp_2m' / 'dpmpp_3m' for fewer steps."
         )
-    if spec.spacing not in SPACINGS:
-        raise ValueError(f"Unknown timestep spacing {spec.spacing!r}; choose one of {list(SPACINGS)}.")
-    if sampler != "ddim" and isinstance(eta, (int, float)) and eta != 0:
-        raise ValueError(f"eta={eta} only applies to sampler='ddim' (got sampler={sampler!r}).")
-    if sampler != "dpmpp_3m" and (corrector or final_order != 1):
-        raise ValueError(f"corrector and final_order apply only to sampler='dpmpp_3m' (got {sampler!r}).")
-    if not 0 <= int(corrector) <= solvers.HISTORY or final_order not in (1, 2):
-        raise ValueError(f"need 0 <= corrector <= {solvers.HISTORY} and final_order in (1, 2); "
-                         f"got {corrector}, {final_order}.")
 
 
-def _build_chain(eps_fn, schedule, shape, key, spec, x_T):
-    """The scan pieces shared by :func:`sample` and :func:`sample_loop`: (carry0, body, xs, final)."""
-    T = schedule.num_timesteps
-    spec = SamplerSpec.of(spec)
-    sampler, steps, eta, clip_x0, spacing = spec.name, spec.steps, spec.eta, spec.clip_x0, spec.spacing
-    final_order = final_order_of(spec)
-    check_sampler(spec, T)
-    key_T, key_chain = jax.random.split(key)
-    if x_T is None:
-        x_T = jax.random.normal(key_T, tuple(shape), jnp.float32)
-    elif tuple(x_T.shape) != tuple(shape):
-        raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)} was requested.")
+@register_sampler("ddpm", options=("steps", "clip_x0"), check=_check_ddpm)
+def _ddpm(eps_fn, schedule, spec, x_T, key_chain):
+    """T ancestral steps (:func:`ddpm_step`)."""
+    T, clip_x0 = schedule.num_timesteps, spec.clip_x0
+    ts = np.arange(T - 1, -1, -1, dtype=np.int32)
+    xs = (jnp.arange(T, dtype=jnp.int32), jnp.asarray(ts))
 
-    if sampler == "ddpm":
-        ts = np.arange(T - 1, -1, -1, dtype=np.int32)
-        xs = (jnp.arange(T, dtype=jnp.int32), jnp.asarray(ts))
+    def body(x, xs_i):
+        i, t = xs_i
+        return ddpm_step(eps_fn, schedule, x, t, jax.random.fold_in(key_chain, i), clip_x0), None
 
-        def body(x, xs_i):
-            i, t = xs_i
-            return ddpm_step(eps_fn, schedule, x, t, jax.random.fold_in(key_chain, i), clip_x0), None
+    return x_T, body, xs, lambda x: x
 
-        return x_T, body, xs, lambda x: x
 
-    # descending, S entries: the denoiser is evaluated S times (steps=None: every integer timestep)
-    log_abar = None if spacing == "uniform" or steps is None else schedule.log_alphas_cumprod
-    ts = make_timesteps(T, steps, spacing, log_alphas_cumprod=log_abar)
-    ts_next = np.append(ts[1:], -1).astype(ts.dtype)  # the last step goes to the clean data
-    if sampler == "dpmpp_3m":
-        try:
-            alphas, sigmas, lams = solvers.grid_coefficients(schedule, ts)
-        except jax.errors.TracerArrayConversionError as e:
-            raise ValueError("sampler='dpmpp_3m' needs a concrete schedule: close over the Schedule "
-                             "instead of passing it as a traced argument of jax.jit.") from e
-        coef = solvers.plan(alphas, sigmas, lams, 3, int(spec.corrector), final_order)
-        return solvers.multistep_chain(eps_fn, ts, alphas, sigmas, coef, x_T, clip_x0)
-    if sampler == "ddim":
-        xs = (jnp.arange(ts.size, dtype=jnp.int32), jnp.asarray(ts), jnp.asarray(ts_next))
+@register_sampler("ddim", options=("steps", "eta", "clip_x0", "spacing"))
+def _ddim(eps_fn, schedule, spec, x_T, key_chain):
+    """DDIM (:func:`ddim_step`) on the grid of ``steps`` and ``spacing``; ``eta`` > 0 adds noise."""
+    ts, ts_next = _grid(schedule, spec)
+    return _ddim_chain(eps_fn, schedule, ts, ts_next, x_T, key_chain, spec.eta, spec.clip_x0)
 
-        def body(x, xs_i):
-            i, t, t_prev = xs_i
-            key_i = jax.random.fold_in(key_chain, i)
-            return ddim_step(eps_fn, schedule, x, t, t_prev, key_i, eta, clip_x0), None
 
-        return x_T, body, xs, lambda x: x
+@register_sampler("dpmpp_2m", options=("steps", "clip_x0", "spacing"))
+def _dpmpp_2m(eps_fn, schedule, spec, x_T, key_chain):
+    """DPM-Solver++(2M) (:func:`dpmpp_2m_step`).
 
-    # dpmpp_2m: the first step is first order (no history yet), every middle step second order, and the
-    # final step first order ("lower_order_final"). Lu et al.'s reference lowers the final order only
-    # below 10 steps, but it stops at t = 0; this chain goes on to the clean data (sigma = 0, h = inf),
-    # where only the first-order update is defined (x_0 = D_s), as in diffusers' final_sigmas_type="zero".
+    The first step is first order (no history yet), every middle step second order, and the final step
+    first order ("lower_order_final"). Lu et al.'s reference lowers the final order only below 10 steps, but
+    it stops at t = 0; this chain goes on to the clean data (sigma = 0, h = inf), where only the first-order
+    update is defined (x_0 = D_s), as in diffusers' final_sigmas_type="zero".
+    """
+    ts, ts_next = _grid(schedule, spec)
+    clip_x0 = spec.clip_x0
     k = np.arange(ts.size)
     second = (k > 0) & (k < ts.size - 1)
     xs = (jnp.asarray(ts), jnp.asarray(ts_next), jnp.asarray(second))
@@ -276,6 +278,64 @@ def _build_chain(eps_fn, schedule, shape, key, spec, x_T):
 
     carry0 = (x_T, jnp.zeros_like(x_T), xs[0][0])
     return carry0, body, xs, lambda c: c[0]
+
+
+def _check_dpmpp_3m(spec: SamplerSpec, num_timesteps: int) -> None:
+    del num_timesteps
+    corrector, final_order = spec.corrector, final_order_of(spec)
+    if not 0 <= int(corrector) <= solvers.HISTORY or final_order not in (1, 2):
+        raise ValueError(f"need 0 <= corrector <= {solvers.HISTORY} and final_order in (1, 2); "
+                         f"got {corrector}, {final_order}.")
+
+
+@register_sampler(
+    "dpmpp_3m", options=("steps", "clip_x0", "spacing", "corrector", "final_order"), check=_check_dpmpp_3m
+)
+def _dpmpp_3m(eps_fn, schedule, spec, x_T, key_chain):
+    """DPM-Solver++(3M) (``solvers.multistep_chain``), its float64 coefficients planned from the grid."""
+    del key_chain  # deterministic
+    ts, _ = _grid(schedule, spec)
+    try:
+        alphas, sigmas, lams = solvers.grid_coefficients(schedule, ts)
+    except jax.errors.TracerArrayConversionError as e:
+        raise ValueError("sampler='dpmpp_3m' needs a concrete schedule: close over the Schedule "
+                         "instead of passing it as a traced argument of jax.jit.") from e
+    coef = solvers.plan(alphas, sigmas, lams, 3, int(spec.corrector), final_order_of(spec))
+    return solvers.multistep_chain(eps_fn, ts, alphas, sigmas, coef, x_T, spec.clip_x0)
+
+
+def _check_distilled(spec: SamplerSpec, num_timesteps: int) -> None:
+    steps = spec.steps
+    if not isinstance(steps, (int, np.integer)):
+        raise ValueError(
+            f"sampler='distilled' needs steps=N, the step count its student was distilled for; got steps={steps!r}."
+        )
+    distilled_timesteps(num_timesteps, int(steps))  # ValueError unless 1 <= N <= T
+
+
+@register_sampler("distilled", options=("steps", "clip_x0"), check=_check_distilled)
+def _distilled(eps_fn, schedule, spec, x_T, key_chain):
+    """A progressively distilled student (``diffusion.distill``): N deterministic DDIM steps (eta = 0) on
+    the uniform N-step grid it was distilled for (:func:`~casc_jax.diffusion.timesteps.distilled_timesteps`)."""
+    ts = distilled_timesteps(schedule.num_timesteps, int(spec.steps))
+    ts_next = np.append(ts[1:], -1).astype(ts.dtype)
+    return _ddim_chain(eps_fn, schedule, ts, ts_next, x_T, key_chain, 0.0, spec.clip_x0)
+
+
+SAMPLERS = sampler_names()  # the built-in samplers; sampler_names() also lists any registered later
+
+
+def _build_chain(eps_fn, schedule, shape, key, spec, x_T):
+    """The scan pieces shared by :func:`sample` and :func:`sample_loop`: (carry0, body, xs, final)."""
+    spec = SamplerSpec.of(spec)
+    check_sampler(spec, schedule.num_timesteps)
+    entry = get_sampler(spec.name)
+    key_T, key_chain = jax.random.split(key)
+    if x_T is None:
+        x_T = jax.random.normal(key_T, tuple(shape), jnp.float32)
+    elif tuple(x_T.shape) != tuple(shape):
+        raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)} was requested.")
+    return entry.build(eps_fn, schedule, spec, x_T, key_chain)
 
 
 def sample(

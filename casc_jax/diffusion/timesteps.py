@@ -8,6 +8,8 @@ Spacings for a step count S (see :func:`make_timesteps`):
   On the Gaussian toy (``gaussian_toy``) it is no more accurate than the rounded grid (better at some
   step counts, worse at others, within 10%), so it is an option, not the default.
 - ``'uniform'``: DDIM's round-down linspace of integer timesteps.
+
+A progressively distilled student has its own grid, :func:`distilled_timesteps` (the 'distilled' sampler).
 """
 
 from __future__ import annotations
@@ -102,3 +104,18 @@ def _distinct_nearest(lam: np.ndarray, target: np.ndarray) -> np.ndarray:
     for i in range(S - 2, -1, -1):  # ... and non-negative, bottom up (S <= T keeps ts[0] <= T-1)
         ts[i] = max(ts[i], ts[i + 1] + 1)
     return ts.astype(np.int32)
+
+
+def distilled_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
+    """The N-step grid of a progressively distilled student (Salimans & Ho 2022) on a T-step schedule.
+
+    ``t_i = floor(i T / N) - 1`` for ``i = N, ..., 1`` (descending, int32, N entries); each step goes to the
+    next entry and the last, from ``t_1 = floor(T / N) - 1``, to the clean data (``-1 = t_0``). N = T is every
+    timestep; the grid of N is every other point of the grid of 2N (``i T / N = 2i T / 2N``), so a teacher
+    on 2N steps takes exactly two of its steps where its student takes one.
+    """
+    T, N = int(num_timesteps), int(steps)
+    if not 1 <= N <= T:
+        raise ValueError(f"steps must be in [1, T={T}], got {N}.")
+    i = np.arange(N, 0, -1, dtype=np.int64)
+    return ((i * T) // N - 1).astype(np.int32)

@@ -9,7 +9,12 @@ the channel at an SNR drawn per example from the training set {5, 10, 15, 20} dB
 that divides it (`parallel.value_and_grad`). Stage 1 keeps the plain all-reduce: its adaptive GAN weight is
 a ratio of whole-batch gradient norms, which per-group gradients do not give without a second pass.
 
-Each stage checkpoints into WORKDIR/<stage>/checkpoints and resumes from there when rerun.
+Progressive distillation (optional, `train.distill.rounds` > 0; Salimans & Ho 2022, `train.distill`): round r
+distils its teacher (round 1: stage 2's EMA denoiser on `teacher_steps`, default T steps; round r: round r-1's
+EMA student) into a student of half the steps, the CAN and U-Net only (f, the transmitter, stays stage 2's).
+`--config.sampler.name=distilled --config.sampler.steps=N` samples the round whose student has N steps.
+
+Each stage checkpoints into WORKDIR/<stage>/checkpoints (rounds: WORKDIR/distill<r>) and resumes from there when rerun.
 The autoencoder does not depend on the CR or the CAN, so `train.stage1.workdir` may name another
 CASC workdir whose trained stage 1 is used as it is (CR 1/96 and the no-CAN ablation reuse the
 autoencoder of CR 1/48 in the CPU reproduction); that config's `autoencoder` section must match.
@@ -29,14 +34,18 @@ import optax
 
 from casc_jax import data as data_lib
 from casc_jax.autoencoder import decoder_head
+from casc_jax.diffusion import SamplerSpec
+from casc_jax.diffusion import distill as distill_lib
 from casc_jax.discriminator import PatchGAN, adaptive_weight, hinge_d_loss
 from casc_jax.metrics.lpips import LPIPS, load_lpips_params
 from casc_jax.system import CASC, STAGE2_PARTS, build_casc
+from casc_jax.train import distill as distill_train
 from casc_jax.train import loop, parallel
 
 log = logging.getLogger(__name__)
 
 STAGES = ("stage1", "stage2")
+DISTILL_PARTS = ("can", "unet")  # a distilled student: the receiver's denoiser; f (the transmitter) is frozen
 
 
 # -- stage 1 --------------------------------------------------------------------------------------
@@ -136,6 +145,63 @@ def make_stage2_step(model: CASC, cfg, train_snrs, tx, seed: int, grad_groups: i
     return loop.make_loss_step(loss_fn, tx, seed + 1, train_snrs, ema_decay=cfg.ema_decay, grad_groups=grad_groups)
 
 
+# -- progressive distillation ----------------------------------------------------------------------
+def distill_rounds(config) -> tuple[int, ...]:
+    """The student step count N of each distillation round (empty: `train.distill.rounds` is 0 or unset)."""
+    d = config.train.get("distill")
+    if d is None or not d.get("rounds"):
+        return ()
+    teacher_steps = d.get("teacher_steps") or config.diffusion.num_timesteps
+    rounds = distill_lib.round_steps(teacher_steps, d.rounds)
+    distill_lib.check_student_steps(config.diffusion.num_timesteps, rounds[0])
+    return rounds
+
+
+def distill_stage(r: int) -> str:
+    """The stage (and checkpoint folder) name of distillation round `r` (1-based)."""
+    return f"distill{r}"
+
+
+def distilled_round(config) -> int | None:
+    """The round whose student the config's sampler runs: None unless `sampler.name` is 'distilled', else the
+    round with `sampler.steps` student steps (ValueError naming the trained step counts if there is none)."""
+    spec = SamplerSpec.of(config.sampler.to_dict())
+    if spec.name != "distilled":
+        return None
+    rounds = distill_rounds(config)
+    if spec.steps not in rounds:
+        raise ValueError(
+            f"sampler 'distilled' with steps={spec.steps} needs a distillation round with a {spec.steps}-step student; "
+            f"train.distill (rounds={config.train.get('distill', {}).get('rounds')}) gives students of "
+            f"{list(rounds) or 'no'} steps. Set --config.train.distill.rounds (and teacher_steps)."
+        )
+    return rounds.index(spec.steps) + 1
+
+
+def distill_predict(model: CASC):
+    """predict(params, z_t, t, c_hat) -> eps_hat for a student or teacher {'can', 'unet'}: its own CAN weights."""
+    return lambda p, z_t, t, c_hat: model.eps(p, z_t, t, c_hat, model.dynamic_weights(p, c_hat))
+
+
+def make_distill_stage_step(model: CASC, cfg, train_snrs, steps: int, tx, seed: int, grad_groups: int = 0):
+    """(state, batch, frozen) -> (state, metrics) of one round (`distill_train.make_distill_step`): x0 = the
+    frozen autoencoder's Z, the condition C_hat through the channel at a per-example training SNR; `frozen` is
+    {'teacher': {'can', 'unet'}, 'aux': {'autoencoder', 'cond_encoder'}}."""
+
+    def prepare(aux, b, key):
+        z0 = model.encode(aux, b["image"])
+        return z0, model.channel(key, model.condition(aux, z0), b["snr"])
+
+    return distill_train.make_distill_step(
+        distill_predict(model), model.schedule, steps, tx, seed, weighting=cfg.get("weighting", "truncated_snr"),
+        prepare=prepare, train_snrs=train_snrs, ema_decay=cfg.get("ema_decay"), grad_groups=grad_groups,
+    )
+
+
+def _student(state: loop.TrainState) -> dict:
+    return state.ema_params if state.ema_params is not None else state.params
+
+
 # -- orchestration --------------------------------------------------------------------------------
 def _optimizer(stage_cfg, global_batch: int):
     """Adam (stage 1, as LDM's autoencoder) or AdamW when `weight_decay` is set (stage 2, as LDM's denoiser)."""
@@ -168,8 +234,23 @@ def abstract_states(model: CASC, config, mesh) -> dict[str, loop.TrainState]:
     return parallel.abstract_replicated(lambda k: initial_states(model, config, k), mesh)
 
 
+def abstract_student(model: CASC, config, mesh) -> loop.TrainState:
+    """The shapes and shardings of a distillation round's state (every round's is the same)."""
+    d = config.train.distill
+    tx = _optimizer(d, loop.stage_batch_size(config.train, "distill"))
+
+    def init(key):
+        params = model.init(key)
+        return distill_train.initial_student_state(
+            {k: params[k] for k in DISTILL_PARTS}, tx, ema=d.get("ema_decay") is not None
+        )
+
+    return parallel.abstract_replicated(init, mesh)
+
+
 def train_casc(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Run (or resume) stage 1 then stage 2; return the full parameter tree (EMA denoiser weights)."""
+    """Run (or resume) stage 1, stage 2 and any distillation rounds; return the full parameter tree (EMA
+    denoiser weights; with sampler 'distilled', those of the student it runs)."""
     model = build_casc(config)
     mesh = parallel.make_mesh()
     batch = {s: loop.stage_batch_size(config.train, s) for s in STAGES}
@@ -178,18 +259,25 @@ def train_casc(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer = loop.make_writer(workdir)
     states = parallel.init_replicated(lambda k: initial_states(model, config, k), jax.random.key(config.seed), mesh)
 
-    def run(name, step, const, stage_cfg, seed):
+    rounds = distill_rounds(config)
+    final_round = distilled_round(config)  # fail before training when the sampler names no trained round
+    if rounds:
+        batch["distill"] = loop.stage_batch_size(config.train, "distill")
+        local_batch["distill"] = parallel.check_batch_size(batch["distill"], mesh)
+
+    def run(name, step, const, stage_cfg, seed, initial_state=None, batch_of=None):
         jitted = parallel.jit_data_parallel(step, mesh)
+        batch_of = batch_of or name
         return loop.run_stage(
             name=name,
             workdir=workdir,
             train_cfg=config.train,
-            initial_state=states[name],
+            initial_state=states[name] if initial_state is None else initial_state,
             step_fn=functools.partial(_with_const, jitted, const),
             make_batches=lambda start: data_lib.make_dataset(
-                config.data, "train", data_lib.Stream.training(local_batch[name], seed, start)
+                config.data, "train", data_lib.Stream.training(local_batch[batch_of], seed, start)
             ),
-            total_steps=loop.num_steps(stage_cfg, examples, batch[name]),
+            total_steps=loop.num_steps(stage_cfg, examples, batch[batch_of]),
             mesh=mesh,
             writer=writer,
         )
@@ -219,8 +307,29 @@ def train_casc(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tx2 = _optimizer(s2, batch["stage2"])
     step2 = make_stage2_step(model, s2, tuple(config.channel.train_snrs), tx2, config.seed, groups)
     state2 = run("stage2", step2, state1.params, s2, config.seed + 1)
+    params = dict(state2.ema_params, autoencoder=state1.params)
+
+    # Progressive distillation: each round's student (a copy of its teacher at step 0) is the next teacher.
+    d = config.train.get("distill")
+    aux = {"autoencoder": state1.params, "cond_encoder": state2.ema_params["cond_encoder"]}
+    teacher = {k: state2.ema_params[k] for k in DISTILL_PARTS}
+    for r, steps in enumerate(rounds, 1):
+        groups_d = parallel.check_grad_groups(config.train.get("grad_groups", 0), batch["distill"], mesh.size)
+        tx_d = _optimizer(d, batch["distill"])
+        step_d = make_distill_stage_step(
+            model, d, tuple(config.channel.train_snrs), steps, tx_d, config.seed + 1 + r, groups_d
+        )
+        log.info(f"[{distill_stage(r)}] distilling a {2 * steps}-step teacher into a {steps}-step student")
+        initial = distill_train.initial_student_state(teacher, tx_d, ema=d.get("ema_decay") is not None)
+        initial = parallel.replicate(initial, mesh)
+        state_d = run(
+            distill_stage(r), step_d, {"teacher": teacher, "aux": aux}, d, config.seed + 1 + r, initial, "distill"
+        )
+        teacher = _student(state_d)
+        if r == final_round:
+            params = dict(params, **teacher)
     writer.close()
-    return dict(state2.ema_params, autoencoder=state1.params)
+    return params
 
 
 def stage1_workdir(config, workdir: str) -> str | None:
@@ -247,6 +356,17 @@ def load_trained_params(config, workdir: str, *, allow_random: bool = False) -> 
     stage1_dir = stage1_workdir(config, workdir) or workdir
     step1, state1 = loop.restore_stage(stage1_dir, "stage1", config.train, abstract["stage1"])
     step2, state2 = loop.restore_stage(workdir, "stage2", config.train, abstract["stage2"])
+    r = distilled_round(config)
+    if state1 is not None and state2 is not None and r is not None:
+        name = distill_stage(r)
+        step_d, state_d = loop.restore_stage(workdir, name, config.train, abstract_student(model, config, mesh))
+        if state_d is None:
+            raise FileNotFoundError(
+                f"sampler 'distilled' needs the distilled student of round {r} ({workdir}/{name}/checkpoints). "
+                "Train it first: python launch.py --config=... --workdir=... --mode=train"
+            )
+        params = dict(state2.ema_params, autoencoder=state1.params, **_student(state_d))
+        return params, f"distilled student (stage 1 step {step1}, stage 2 step {step2}, {name} step {step_d})"
     if state1 is not None and state2 is not None:
         params = dict(state2.ema_params, autoencoder=state1.params)
         return params, f"trained checkpoint (stage 1 step {step1}, stage 2 step {step2})"

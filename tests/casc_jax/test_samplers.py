@@ -136,7 +136,7 @@ def test_timestep_grids():
 def test_bad_input_raises():
     sch = make_schedule("ldm_linear", T_SMALL)
     key = jax.random.key(0)
-    assert set(sampler_names()) == {"ddpm", "ddim", "dpmpp_2m", "dpmpp_3m"}
+    assert {"ddpm", "ddim", "dpmpp_2m", "dpmpp_3m"} <= set(sampler_names())  # and any registered later
     with pytest.raises(ValueError, match="Unknown sampler"):
         sample(_toy_eps, sch, (2, 2), key, SamplerSpec(name="euler"))
     for name in ("ddim", "dpmpp_2m", "dpmpp_3m"):

@@ -1,0 +1,83 @@
+"""A progressive-distillation round as a train step (Salimans & Ho 2022; the pure pieces are in
+``casc_jax.diffusion.distill``), for any denoiser given as ``predict(params, x_t, t, cond) -> eps_hat``.
+
+The student is the denoiser network itself: its state starts as a copy of the teacher's parameters
+(:func:`initial_student_state`); the teacher is an argument of the step (``frozen``), under
+``stop_gradient``, so it is never trained and never baked into the compiled step. The step is
+``loop.make_loss_step``'s: the same optimiser, EMA, non-finite guard and data-parallel gradients as every
+other stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from casc_jax.diffusion import distill as distill_lib
+from casc_jax.diffusion.schedules import Schedule
+from casc_jax.train import loop
+
+# predict(params, x_t (B, ...), t int32 (B,), cond) -> the noise prediction eps_hat (B, ...)
+Predict = Callable[[Any, jax.Array, jax.Array, Any], jax.Array]
+# prepare(aux, batch, key) -> (x0 (B, ...), cond): the clean data and the condition of a batch
+Prepare = Callable[[Any, dict, jax.Array], tuple[jax.Array, Any]]
+
+
+def initial_student_state(teacher_params, tx: optax.GradientTransformation, *, ema: bool = True) -> loop.TrainState:
+    """Step 0 of a round: the student's params (and EMA) a copy of the teacher's, a fresh optimiser state."""
+    student = jax.tree.map(jnp.copy, teacher_params)
+    return loop.TrainState(
+        jnp.int32(0), student, tx.init(student), jax.tree.map(jnp.copy, teacher_params) if ema else None
+    )
+
+
+def make_distill_step(
+    predict: Predict,
+    schedule: Schedule,
+    steps: int,
+    tx: optax.GradientTransformation,
+    seed: int,
+    *,
+    weighting: str = "truncated_snr",
+    prepare: Prepare | None = None,
+    train_snrs=(0.0,),
+    keys: tuple[str, ...] = ("image",),
+    ema_decay: float | None = None,
+    grad_groups: int = 0,
+) -> Callable:
+    """(state, batch, frozen) -> (state, metrics): one step of the round that distils a 2N-step teacher into
+    an N-step student (N = `steps`); pure, to be jitted (data-parallel) like every ``loop.make_loss_step``.
+
+    `state.params` are the student's; `frozen` is ``{'teacher': teacher params, 'aux': anything else
+    `prepare` needs}`` (e.g. a frozen autoencoder). `prepare(aux, b, key)` gives ``(x0, cond)`` from the
+    batch ``b`` (its `keys` and a per-example 'snr' drawn from `train_snrs`); without it ``x0 = b[keys[0]]``
+    and ``cond = None``. The teacher and whatever `prepare` returns are under ``stop_gradient``: only the
+    student is trained. `weighting`: ``diffusion.distill.WEIGHTINGS`` (the paper's ``'truncated_snr'``).
+    """
+    distill_lib.check_student_steps(schedule.num_timesteps, steps)
+    if weighting not in distill_lib.WEIGHTINGS:
+        raise ValueError(f"unknown distillation weighting {weighting!r}; choose one of {distill_lib.WEIGHTINGS}")
+
+    def loss_fn(student, frozen, b, key):
+        k_prep, k_loss = jax.random.split(key)
+        teacher = jax.lax.stop_gradient(frozen["teacher"])
+        if prepare is None:
+            x0, cond = b[keys[0]], None
+        else:
+            x0, cond = prepare(frozen.get("aux"), b, k_prep)
+        x0, cond = jax.lax.stop_gradient((x0, cond))
+        return distill_lib.distill_loss(
+            lambda x, t: predict(student, x, t, cond),
+            lambda x, t: predict(teacher, x, t, cond),
+            schedule,
+            x0,
+            k_loss,
+            steps,
+            weighting,
+        )
+
+    return loop.make_loss_step(loss_fn, tx, seed, train_snrs, ema_decay=ema_decay, grad_groups=grad_groups, keys=keys)
