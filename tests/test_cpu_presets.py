@@ -65,7 +65,7 @@ def test_diffsc_cpu_preset_unet():
     model = build_diffsc(c)
     params = jax.eval_shape(model.init, jax.random.key(0))
     assert 1e6 < _count(params["unet"]) < 1.2e6
-    assert loop.stage_batch_size(c.train, "diffsc") == 32 and c.train.diffsc.num_steps == 1000
+    assert loop.stage_batch_size(c.train, "diffsc") == 32 and c.train.diffsc.num_steps == 2800
     assert c.sampler.name == "dpmpp_2m" and c.sampler.steps == 20
 
 
