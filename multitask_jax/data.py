@@ -1,10 +1,11 @@
-"""Data of the multi-task system: DIV2K (reconstruction) and PASCAL VOC 2012 segmentation.
+"""Data of the multi-task system: DIV2K or natural photos (reconstruction), PASCAL VOC 2012 or CamVid
+segmentation.
 
 Batches are numpy dicts, as in casc_jax.data:
 
     reconstruction: dict(image=(B, H, W, 3) float32 in [-1, 1], valid=(B,) bool)
-    segmentation:   dict(image=(B, S, S, 3) float32 in [-1, 1], mask=(B, S, S) int32 in 0..20 or 255,
-                         valid=(B,) bool)
+    segmentation:   dict(image=(B, S, S, 3) float32 in [-1, 1], mask=(B, S, S) int32 in 0..20 (VOC) or 0..10
+                         (CamVid), or 255 (ignored by the loss and the mIoU), valid=(B,) bool)
 
 Sources (`cfg.source` of the `data` config section):
 - reconstruction: 'tfds:div2k' (TFDS `div2k/bicubic_x2`, its 'hr' images; 800 train, 100 validation),
@@ -15,6 +16,21 @@ Sources (`cfg.source` of the `data` config section):
   from `cfg.manual_dir` or downloaded when `cfg.download`), or 'embedded'. Training resizes the shorter side
   to S (image bilinear, mask nearest), takes a random S x S crop and flips; evaluation scales the longer
   side to S and pads to S x S with image 0 and mask 255, so every real pixel is scored exactly once.
+- reconstruction, 'photos:PATH[,eval=A+B | ,holdout=F[,seed=N]][,camvid=DIR]': natural photos of any size
+  from a folder (recursive, PNG / JPEG / ...) or an npz (see `load_photos`). The evaluation photos are those
+  under the top-level sub-folders `eval` (default CSet5+CSet14+CBSD68: 87 of the shared
+  /work/shared/data/photos set; its CSun_Hays80 + CUrban100, 180 photos, train), or, with `holdout`, a
+  seeded fraction F of the sorted list (`photo_split`). `camvid=DIR` adds CamVid's 367 train photos to the
+  training set. Training takes random (H, W) crops with flips (photos smaller than the crop are resized up
+  to cover it first); evaluation ('validation', 'val' or 'test') takes `cover_crop`'s centre view, as DIV2K.
+- segmentation, 'camvid:DIR[,eval=pad|crop]': CamVid (11 classes `CAMVID_CLASSES`, SegNet palette
+  `camvid_colormap`; void 11 read as 255) from DIR/camvid_{train,val,test}.npz (`load_camvid`; splits
+  'train', 'validation' / 'val', 'test'). Training as VOC (shorter side to S, random S x S crop, flips);
+  evaluation 'pad' as VOC (longer side to S, padded with image 0 and mask 255), or 'crop' (centre S x S crop
+  at the training scale). The model needs `model.seg.num_classes = CAMVID_NUM_CLASSES` (11).
+  Both are decoded into memory when the stream is made, so a missing path or corrupt file fails there with
+  one line naming it, and stream as casc_jax.data's array sources (shuffle, shards, padded single pass,
+  exact resume through `start_batch`); training crops are drawn per (seed, batch number, slot).
 - 'embedded' (offline smoke runs): 32 real VOC 2012 val masks shipped in multitask_jax/assets, each paired
   with a synthetic image drawn from the mask (a fixed colour and texture per class plus noise), so the
   segmentation task is learnable offline. The photos are not shipped. Not an experiment.
