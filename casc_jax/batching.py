@@ -81,37 +81,54 @@ def epoch_order(local: np.ndarray, shuffle_seed: int | None, epoch: int) -> np.n
     return np.random.default_rng([shuffle_seed, epoch]).permutation(local)
 
 
-def array_batches(images: np.ndarray, labels: np.ndarray, stream: Stream) -> Iterator[Batch]:
-    """Batches of in-memory uint8 images (N, S, S, 3) read as `stream` says."""
+def index_batches(n: int, stream: Stream) -> Iterator[tuple[int, np.ndarray]]:
+    """The examples of each batch of `stream` over N examples: (b, idx), idx indices into the N.
+
+    Training (``stream.repeat``): b counts the batches from ``stream.start_batch`` on and idx is always
+    full (B,). The global batches (B * process_count) are those of one process, each process taking its
+    contiguous block, so b and the slot ``process_index * B + k`` name an example's place in the stream on
+    any number of processes. Single pass: b = 0, 1, ..., ``num_eval_batches`` - 1 over this process's shard;
+    idx holds at most B indices (the last batches may be short or empty, for the caller to pad).
+    """
     stream = stream.resolved()
     batch_size, shuffle_seed, process_index, process_count = (
         stream.batch_size, stream.shuffle_seed, stream.process_index, stream.process_count
     )
-    n = len(images)
     local = np.arange(n)[process_index::process_count]
     stream.check_shards(n)
 
-    def endless() -> Iterator[Batch]:
-        # The single-process stream of global batches (batch_size * process_count), of which this process
-        # takes its contiguous block: the global batches do not depend on the number of processes.
+    def endless() -> Iterator[tuple[int, np.ndarray]]:
         size = batch_size * process_count
         epoch, offset = divmod(stream.start_batch * size, n)
         pending = epoch_order(np.arange(n), shuffle_seed, epoch)[offset:]
+        b = stream.start_batch
         while True:
             while len(pending) < size:
                 epoch += 1
                 pending = np.concatenate([pending, epoch_order(np.arange(n), shuffle_seed, epoch)])
-            idx = pending[process_index * batch_size : (process_index + 1) * batch_size]
+            yield b, pending[process_index * batch_size : (process_index + 1) * batch_size]
             pending = pending[size:]
-            yield dict(image=image_io.to_float(images[idx]), label=labels[idx], valid=np.ones(batch_size, bool))
+            b += 1
 
-    def single_pass() -> Iterator[Batch]:
+    def single_pass() -> Iterator[tuple[int, np.ndarray]]:
         order = epoch_order(local, shuffle_seed, 0)
         for b in range(num_eval_batches(n, batch_size, process_count)):
-            idx = order[b * batch_size : (b + 1) * batch_size]
-            image = np.zeros((batch_size, *images.shape[1:]), np.float32)
-            label = np.zeros(batch_size, np.int32)
-            image[: len(idx)], label[: len(idx)] = image_io.to_float(images[idx]), labels[idx]
-            yield dict(image=image, label=label, valid=np.arange(batch_size) < len(idx))
+            yield b, order[b * batch_size : (b + 1) * batch_size]
 
     return endless() if stream.repeat else single_pass()
+
+
+def array_batches(images: np.ndarray, labels: np.ndarray, stream: Stream) -> Iterator[Batch]:
+    """Batches of in-memory uint8 images (N, S, S, 3) read as `stream` says (see `index_batches`)."""
+    stream = stream.resolved()
+    batch_size = stream.batch_size
+
+    def batch(idx: np.ndarray) -> Batch:
+        if stream.repeat:
+            return dict(image=image_io.to_float(images[idx]), label=labels[idx], valid=np.ones(batch_size, bool))
+        image = np.zeros((batch_size, *images.shape[1:]), np.float32)
+        label = np.zeros(batch_size, np.int32)
+        image[: len(idx)], label[: len(idx)] = image_io.to_float(images[idx]), labels[idx]
+        return dict(image=image, label=label, valid=np.arange(batch_size) < len(idx))
+
+    return (batch(idx) for _, idx in index_batches(len(images), stream))

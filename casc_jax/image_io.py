@@ -12,6 +12,8 @@ import io
 import math
 import os
 import pathlib
+import zipfile
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -93,6 +95,12 @@ def _open_rgb(path: PathLike):
         raise ValueError(
             f"cannot read image file {path}: {exc}. Use a valid {'/'.join(IMAGE_EXTENSIONS)} image."
         ) from exc
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """One image file as uint8 RGB (H, W, 3), EXIF orientation applied. FileNotFoundError for a missing
+    file, ValueError for an unreadable one; both name the file."""
+    return np.asarray(_open_rgb(path), np.uint8)
 
 
 def _resize(img, width: int, height: int):
@@ -278,19 +286,43 @@ def load_image_folder(folder: PathLike, image_size: int) -> tuple[np.ndarray, np
 # Numpy archives: uint8 images or encoded files plus offsets.
 
 
-def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray, path: str) -> np.ndarray:
+def decode_images(blob: np.ndarray, offsets: np.ndarray, path: PathLike) -> list[np.ndarray]:
+    """Encoded files (JPEG, PNG, ...) concatenated in ``blob`` (uint8), file i at
+    ``blob[offsets[i]:offsets[i + 1]]``: a list of uint8 RGB (H_i, W_i, 3). ValueError naming ``path`` for
+    bad offsets or a file that cannot be decoded."""
     from PIL import Image
 
+    offsets = np.asarray(offsets).astype(np.int64)
+    if offsets.ndim != 1 or len(offsets) < 2 or np.any(np.diff(offsets) <= 0) or offsets[-1] > blob.size:
+        raise ValueError(f"{path}: 'offsets' must be increasing (N + 1,) positions into 'jpeg'")
     images = []
     for i in range(len(offsets) - 1):
         try:
             with Image.open(io.BytesIO(blob[offsets[i] : offsets[i + 1]].tobytes())) as img:
                 images.append(np.asarray(img.convert("RGB"), np.uint8))
-        except (OSError, SyntaxError, ValueError) as exc:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise ValueError(f"{path}: encoded image {i} cannot be decoded ({exc}); the archive is corrupt") from exc
+    return images
+
+
+def _decode_jpegs(blob: np.ndarray, offsets: np.ndarray, path: str) -> np.ndarray:
+    images = decode_images(blob, offsets, path)
     if len({x.shape for x in images}) > 1:
         raise ValueError(f"{path}: the encoded images differ in size; an npz source needs images of one size")
     return np.stack(images)
+
+
+def read_npz(path: PathLike, keys: Sequence[str], what: str = "data.source=npz:...") -> dict[str, np.ndarray]:
+    """The arrays ``keys`` (those present) of an npz archive, read whole. FileNotFoundError for a missing
+    file (naming ``what`` uses it), ValueError for one that is not a readable archive."""
+    file = pathlib.Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"npz archive not found: {file} ({what})")
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files if k in keys}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # truncated or damaged
+        raise ValueError(f"{file} is not a readable npz archive ({exc})") from exc
 
 
 @functools.cache
@@ -300,22 +332,13 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     Accepts ``images`` (N, H, W, 3) uint8, or ``jpeg`` + ``offsets`` (encoded files); ``labels`` optional.
     """
     file = pathlib.Path(path).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(f"npz archive not found: {file} (data.source=npz:...)")
-    try:
-        with np.load(file, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files if k in ("images", "jpeg", "offsets", "labels")}
-    except (OSError, ValueError, EOFError) as exc:
-        raise ValueError(f"{file} is not a readable npz archive ({exc})") from exc
+    arrays = read_npz(file, ("images", "jpeg", "offsets", "labels"))
     if "images" in arrays:
         images = arrays["images"]
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"{file}: 'images' must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
     elif "jpeg" in arrays and "offsets" in arrays:
-        offsets = arrays["offsets"].astype(np.int64)
-        if offsets.ndim != 1 or len(offsets) < 2 or np.any(np.diff(offsets) <= 0) or offsets[-1] > arrays["jpeg"].size:
-            raise ValueError(f"{file}: 'offsets' must be increasing (N + 1,) positions into 'jpeg'")
-        images = _decode_jpegs(arrays["jpeg"], offsets, str(file))
+        images = _decode_jpegs(arrays["jpeg"], arrays["offsets"], str(file))
     else:
         raise ValueError(f"{file} holds neither 'images' nor 'jpeg' + 'offsets' (it has {sorted(arrays) or 'none'})")
     labels = arrays.get("labels", np.zeros(len(images)))

@@ -88,6 +88,9 @@ def make_batches(config, task: str, split: str, stream: Stream, image_size=None)
 def num_examples(config, task: str, split: str) -> int:
     """Examples in `split` of `task`'s data (only needed when a stage counts epochs)."""
     cfg = data_config(config, task)
+    counted = mt_data.num_examples(cfg, split)  # the camvid: and photos: sources
+    if counted is not None:
+        return counted
     kind, arg = casc_data.parse_source(cfg["source"])
     if kind == "embedded":
         return len(mt_data.load_embedded_voc(8)[2])
