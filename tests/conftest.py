@@ -68,3 +68,24 @@ def progress(caplog, monkeypatch):
         caplog.set_level(logging.INFO, logger=name)
         monkeypatch.setattr(logging.getLogger(name), "propagate", True)
     return ProgressLines(caplog)
+
+
+def _scan_lengths(jaxpr):
+    """Lengths of every scan in a (closed) jaxpr, sub-jaxprs included."""
+    out = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            out.append(eqn.params["length"])
+        for v in eqn.params.values():
+            for sub in v if isinstance(v, (list, tuple)) else [v]:
+                if hasattr(sub, "eqns"):  # Jaxpr
+                    out += _scan_lengths(sub)
+                elif hasattr(getattr(sub, "jaxpr", None), "eqns"):  # ClosedJaxpr
+                    out += _scan_lengths(sub.jaxpr)
+    return out
+
+
+@pytest.fixture
+def scan_lengths():
+    """jaxpr -> the lengths of its scans: a sampler compiled as one chain shows exactly one."""
+    return _scan_lengths

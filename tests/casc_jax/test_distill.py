@@ -257,25 +257,12 @@ def test_a_new_sampler_is_one_registered_function(monkeypatch):
         register_sampler("identity")(_identity)
 
 
-def _scan_lengths(jaxpr):
-    out = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "scan":
-            out.append(eqn.params["length"])
-        for v in eqn.params.values():
-            for sub in v if isinstance(v, (list, tuple)) else [v]:
-                sub = getattr(sub, "jaxpr", sub)
-                if hasattr(sub, "eqns"):
-                    out += _scan_lengths(sub)
-    return out
-
-
-def test_distilled_sampler_compiles_once(compile_count):
+def test_distilled_sampler_compiles_once(compile_count, scan_lengths):
     """One jitted function whose chain is one scan: new noise and keys of the same shape do not recompile."""
     sch = make_schedule("ldm_linear", 64)
     spec = SamplerSpec(name="distilled", steps=4)
     fn = jax.jit(lambda x_T, key: sample(_toy_eps, sch, x_T.shape, key, spec, x_T=x_T))
-    assert _scan_lengths(jax.make_jaxpr(fn)(jnp.zeros((4, 3)), jax.random.key(0)).jaxpr) == [4]
+    assert scan_lengths(jax.make_jaxpr(fn)(jnp.zeros((4, 3)), jax.random.key(0)).jaxpr) == [4]
     batches = [jax.random.normal(jax.random.key(i), (4, 3)) for i in range(3)]
     jax.block_until_ready(fn(batches[0], jax.random.key(0)))
     compile_count.reset()

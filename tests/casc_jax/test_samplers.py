@@ -69,21 +69,6 @@ def test_sample_equals_sample_loop(kw):
         np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-5, atol=1e-5)
 
 
-def _scan_lengths(jaxpr):
-    """Lengths of every scan in a (closed) jaxpr, sub-jaxprs included."""
-    out = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "scan":
-            out.append(eqn.params["length"])
-        for v in eqn.params.values():
-            for sub in v if isinstance(v, (list, tuple)) else [v]:
-                if hasattr(sub, "eqns"):  # Jaxpr
-                    out += _scan_lengths(sub)
-                elif hasattr(getattr(sub, "jaxpr", None), "eqns"):  # ClosedJaxpr
-                    out += _scan_lengths(sub.jaxpr)
-    return out
-
-
 @pytest.mark.parametrize(
     "kw,length",
     [
@@ -96,7 +81,7 @@ def _scan_lengths(jaxpr):
         (dict(name="dpmpp_3m", steps=7, corrector=3, final_order=1), 7),
     ],
 )
-def test_jaxpr_has_exactly_one_scan_of_chain_length(kw, length):
+def test_jaxpr_has_exactly_one_scan_of_chain_length(kw, length, scan_lengths):
     sch = make_schedule("ldm_linear", T_SMALL)
     spec = SamplerSpec(**kw)
     if spec.spacing == "uniform" or spec.name == "ddpm":  # the schedule may be traced
@@ -104,7 +89,7 @@ def test_jaxpr_has_exactly_one_scan_of_chain_length(kw, length):
         jaxpr = jax.make_jaxpr(f)(jax.random.key(0), sch)
     else:  # log-SNR grids and the 3M plan need it concrete (closed over)
         jaxpr = jax.make_jaxpr(jax.jit(lambda k: sample(_toy_eps, sch, (2, 3), k, spec)))(jax.random.key(0))
-    assert _scan_lengths(jaxpr.jaxpr) == [length]
+    assert scan_lengths(jaxpr.jaxpr) == [length]
 
 
 def test_ddim_full_steps_eta1_equals_ddpm():
