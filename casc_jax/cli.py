@@ -284,6 +284,11 @@ def check_sampler(config) -> None:
 
     diffusion.check_sampler(diffusion.SamplerSpec.of(config.sampler.to_dict()), config.diffusion.num_timesteps)
     diffusion.check_prediction(config.diffusion.get("prediction", "eps"))
+    if config.sampler.name == "distilled" and "distill" not in config.get("train", {}):
+        raise UserError(
+            f"sampler 'distilled' runs a distilled student, and system '{config.system}' has no distillation stage "
+            "yet (only CASC's train.distill); choose another --config.sampler.name"
+        )
 
 
 def check_data(data_cfg) -> None:

@@ -131,6 +131,8 @@ BAD_INPUTS = [
      "ancestral steps; got steps=10"),
     ("unknown prediction", [DIFFSC, "--config.diffusion.prediction=score"], None, "new", {},
      "unknown prediction target 'score'"),
+    ("distilled without a stage", [DIFFSC, "--config.sampler.name=distilled", "--config.sampler.steps=2"], None,
+     "new", {}, "system 'diffsc' has no distillation stage"),
     ("eval, no workdir", ["--mode=eval"], None, "new", {}, "does not exist; --mode=eval needs a trained model"),
     ("dataset offline", ["--config.data.source=tfds:cifar10"], None, "new", {"TFDS_DATA_DIR": "EMPTY"},
      "is not prepared"),
