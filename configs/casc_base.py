@@ -69,6 +69,7 @@ def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_
     c.sampler = common.sampler("ddpm")
 
     c.train = common.train(batch_size=128)
+    c.train.evaluate = True  # False: --mode=train ends after training (no evaluation sweep)
     c.train.stage1 = common.stage(
         4.5e-6,
         500,
@@ -110,6 +111,9 @@ def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_
             quality_images=256,
             diffsc_config=common.unset(str),  # e.g. configs/diffsc_cr48.py: time DiffSC's receiver beside CASC's
             quality_snr=20.0,
+            # With distilled students in the workdir, --mode=quality also compares them with DDPM and the
+            # equal-quality setting at these SNRs (dB).
+            quality_extra_snrs=(),
             # The setting --mode=quality named as the fastest within tolerance of the 1000-step DDPM on the
             # CIFAR-10-trained CASC (docs/results/cifar10_cpu): timed as its own row against the paper's 145.82.
             equal_quality_sampler=dict(name="ddim", steps=10, eta=1.0, spacing="uniform"),
@@ -165,7 +169,7 @@ def _cpu(c: ml_collections.ConfigDict) -> None:
     # test images, timed once.
     c.benchmark.update(
         quality_images=256, ddim_steps=(5, 10, 20, 50), dpm_steps=(5, 10, 20, 50), ddim_eta1_steps=(10, 20, 50, 100),
-        repeats=1,
+        repeats=1, quality_extra_snrs=(5.0,),
     )
     # --mode=benchmark: the trained receivers at batch 256, CASC beside the CPU DiffSC (the paper's Table I).
     c.benchmark.update(diffsc_config="configs/diffsc_cr48.py:cpu", max_timed_steps=20)

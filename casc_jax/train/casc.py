@@ -332,6 +332,32 @@ def train_casc(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return params
 
 
+def trained_students(config, workdir: str) -> dict[int, dict]:
+    """{N: the EMA student {'can', 'unet'} of N steps} for every distillation round trained in `workdir`
+    (WORKDIR/distill<r>), in round order; empty when it holds none.
+
+    The rounds are `train.distill.rounds`'s or, when that is 0 (a preset that trains none itself, as `cpu`), as
+    many as the workdir holds, from `train.distill.teacher_steps` (the reproduction's distillation job trains
+    them with --config.train.distill.rounds; its `--mode=quality` then finds them without the flag).
+    """
+    found = 0
+    while os.path.isdir(os.path.join(workdir, distill_stage(found + 1), "checkpoints")):
+        found += 1
+    if not found:
+        return {}
+    d = config.train.distill
+    rounds = distill_rounds(config) if d.get("rounds") else distill_lib.round_steps(
+        d.get("teacher_steps") or config.diffusion.num_timesteps, found
+    )
+    model = build_casc(config)
+    abstract = abstract_student(model, config, parallel.make_mesh())
+    students = {}
+    for r, steps in enumerate(rounds[:found], 1):
+        _, state = loop.restore_stage(workdir, distill_stage(r), config.train, abstract)
+        students[steps] = _student(state)
+    return students
+
+
 def stage1_workdir(config, workdir: str) -> str | None:
     """`train.stage1.workdir` as an absolute path, or None when this job trains its own autoencoder."""
     source = config.train.stage1.get("workdir") or ""
