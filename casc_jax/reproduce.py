@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 
 from casc_jax import cli, results
 from casc_jax.results import REPO, git_commit
+from configs import casc_base
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ _AE = {"train.stage1.workdir": "casc_cr48"}  # CR 1/96 and the ablation reuse CR
 # Progressive distillation of the trained casc_cr48 (configs/casc_base.py `_cpu`: an 8-step teacher, students of
 # 4, 2 and 1 steps): a 'train' of its workdir, where stages 1 and 2 are done and resume as they are, so only the
 # rounds train (into WORKDIR/distill<r>); no evaluation sweep (its students are measured by --mode=quality).
-DISTILL_FLAGS = {"train.distill.rounds": 3, "train.evaluate": False}
+DISTILL_FLAGS = {"train.distill.rounds": casc_base.CPU_DISTILL_ROUNDS, "train.evaluate": False}
 # In the order they run: the CR 1/48 comparison, the students, the sampler quality table and speed, then CR 1/96.
 JOBS = (
     Job("deepjscc_mse_cr48", "deepjscc_mse_cr48"),
