@@ -67,8 +67,10 @@ def benchmark(config, workdir, options):
 
     params, source = load(config, workdir, allow_random=True)
     log.info(f"[benchmark] weights: {source}")
-    report = bench.speed(config, params if source != "random weights" else None)
+    trained = params if source != "random weights" else None
+    report = bench.speed(config, trained)
     report["weights"] = source
+    report["unet_step_peer"] = bench.unet_step_vs_torch(config, trained)
     if config.benchmark.diffsc_config:
         diffsc = load_config(config.benchmark.diffsc_config)
         report["rows"].append(bench.diffsc_row(config, diffsc))

@@ -53,7 +53,7 @@ def distilled_variants(students: Mapping[int, dict]) -> list[dict]:
 
 def sampler_label(sampler: Mapping) -> str:
     label = sampler["name"] + (f" eta={sampler['eta']:g}" if sampler.get("eta") else "")
-    label += f" {sampler['steps']} steps" if "steps" in sampler else ""
+    label += f" {sampler['steps']} step{'' if sampler['steps'] == 1 else 's'}" if "steps" in sampler else ""
     return label + (f" ({sampler['spacing']})" if "spacing" in sampler else "")
 
 

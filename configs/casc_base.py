@@ -114,6 +114,10 @@ def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_
             # With distilled students in the workdir, --mode=quality also compares them with DDPM and the
             # equal-quality setting at these SNRs (dB).
             quality_extra_snrs=(),
+            # --mode=benchmark: the distilled receiver ('distilled' sampler, random weights suffice: a student is
+            # its teacher's architecture) at these step counts, at batch_size and at each of small_batches.
+            distilled_steps=(1, 2),
+            small_batches=(8,),
             # The setting --mode=quality named as the fastest within tolerance of the 1000-step DDPM on the
             # CIFAR-10-trained CASC (docs/results/cifar10_cpu): timed as its own row against the paper's 145.82.
             equal_quality_sampler=dict(name="ddim", steps=10, eta=1.0, spacing="uniform"),
