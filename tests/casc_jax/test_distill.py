@@ -324,6 +324,26 @@ def test_casc_distill_stage_runs_resumes_and_loads(tmp_path, progress):
     teacher, _ = casc.load_trained_params(c, str(tmp_path))
     assert not all(np.array_equal(a, b) for a, b in zip(leaves(teacher["unet"]), leaves(params["unet"])))
     np.testing.assert_array_equal(leaves(teacher["cond_encoder"])[0], leaves(params["cond_encoder"])[0])
+    # --mode=quality's students: every round found in the workdir, also by a config that trains none itself
+    # (rounds 0: the cpu preset), from teacher_steps
+    students = casc.trained_students(c, str(tmp_path))
+    assert list(students) == [4, 2] and set(students[2]) == {"can", "unet"}
+    for a, b in zip(leaves(students[2]), leaves({k: params[k] for k in ("can", "unet")}), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert list(casc.trained_students(_casc_tiny(tmp_rounds=0), str(tmp_path))) == [4, 2]
+    assert casc.trained_students(c, str(tmp_path / "elsewhere")) == {}
+    # the reproduction's distillation job: a 'train' of the trained workdir with more rounds and no sweep
+    # trains only the new round
+    from casc_jax import run
+
+    progress.clear()
+    c3 = _casc_tiny(tmp_rounds=3)  # 8 -> 4 -> 2 -> 1
+    c3.train.evaluate = False
+    assert run.train(c3, str(tmp_path), {}) == {}
+    assert any(line.startswith("[stage2] already trained") for line in progress.lines)
+    assert any(line.startswith("[distill2] already trained") for line in progress.lines)
+    assert "[distill3] training steps 0 -> 2" in progress.lines and not (tmp_path / "eval").exists()
+    assert list(casc.trained_students(_casc_tiny(tmp_rounds=0), str(tmp_path))) == [4, 2, 1]
 
 
 def test_casc_distilled_sampler_needs_a_trained_round():
