@@ -358,3 +358,39 @@ def test_casc_distilled_sampler_needs_a_trained_round():
     c.train.update(distill=dict(c.train.distill.to_dict(), rounds=2, teacher_steps=None))
     with pytest.raises(ValueError, match="odd"):  # T = 10 -> 5 -> 2: round 2's teacher would not nest
         casc.distill_rounds(c)
+
+
+# ----------------------------------------------------------------------------- DiffSC's stage (the same toolkit)
+
+
+def test_diffsc_distill_stage_runs_loads_and_samples(tmp_path, progress):
+    """A tiny DiffSC: DeepJSCC, the U-Net, then 2 rounds (4 -> 2 -> 1 steps on T = 4) of 2 steps each through
+    the shared rounds; load_trained_params gives the sampled round's student, which the receiver runs."""
+    from casc_jax.baselines import build_diffsc
+    from casc_jax.train import baselines
+    from configs import deepjscc_base
+
+    c = deepjscc_base.diffsc_config(preset="smoke")
+    c.diffsc.unet.update(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), head_dim=8)
+    c.diffusion.num_timesteps = 4
+    c.deepjscc.filters = (4, 8, 8, 8)
+    c.train.update(batch_size=4, log_every=2, checkpoint_every=2)
+    c.train.deepjscc.update(num_steps=2)
+    c.train.diffsc.update(num_steps=2, warmup_steps=0)
+    c.train.distill.update(rounds=2, num_steps=2)
+    c.sampler.update(name="distilled", steps=1)
+    params = baselines.train_baseline(c, str(tmp_path))
+    for r in (1, 2):
+        assert f"[distill{r}] training steps 0 -> 2" in progress.lines
+    loaded, source = baselines.load_trained_params(c, str(tmp_path))
+    assert "distilled student distill2 step 2" in source
+    leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]  # noqa: E731
+    for a, b in zip(leaves(params), leaves(loaded), strict=True):
+        np.testing.assert_array_equal(a, b)
+    c.sampler.update(name="ddim", steps=2)
+    teacher, _ = baselines.load_trained_params(c, str(tmp_path))
+    assert not all(np.array_equal(a, b) for a, b in zip(leaves(teacher["unet"]), leaves(params["unet"])))
+    model = build_diffsc(c)
+    y = jnp.zeros((2, *model.deepjscc.latent_shape))
+    out = jax.jit(lambda p, k: model.receive(p, y, k, {"name": "distilled", "steps": 1}))(params, jax.random.key(0))
+    assert out.shape == (2, 32, 32, 3) and bool(jnp.all(jnp.isfinite(out)))
