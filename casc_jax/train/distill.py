@@ -90,9 +90,16 @@ def config_rounds(config) -> tuple[int, ...]:
     d = config.train.get("distill")
     if d is None or not d.get("rounds"):
         return ()
-    rounds = distill_lib.round_steps(d.get("teacher_steps") or config.diffusion.num_timesteps, d.rounds)
-    distill_lib.check_student_steps(config.diffusion.num_timesteps, rounds[0])
+    T = num_timesteps(config)
+    rounds = distill_lib.round_steps(d.get("teacher_steps") or T, d.rounds)
+    distill_lib.check_student_steps(T, rounds[0])
     return rounds
+
+
+def num_timesteps(config) -> int:
+    """T of the config's diffusion schedule: `diffusion` (CASC, DiffSC) or `model.diffusion` (multi-task)."""
+    section = config.diffusion if "diffusion" in config else config.model.diffusion
+    return int(section.num_timesteps)
 
 
 def sampled_round(config) -> int | None:

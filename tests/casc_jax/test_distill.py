@@ -394,3 +394,22 @@ def test_diffsc_distill_stage_runs_loads_and_samples(tmp_path, progress):
     y = jnp.zeros((2, *model.deepjscc.latent_shape))
     out = jax.jit(lambda p, k: model.receive(p, y, k, {"name": "distilled", "steps": 1}))(params, jax.random.key(0))
     assert out.shape == (2, 32, 32, 3) and bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_launcher_refuses_distilled_without_a_stage_or_round():
+    import ml_collections
+
+    from casc_jax import cli
+
+    c = ml_collections.ConfigDict(dict(system="toy", sampler=dict(name="distilled", steps=2), train=dict(),
+                                       diffusion=dict(num_timesteps=10)))
+    with pytest.raises(cli.UserError, match="system 'toy' has no distillation stage"):
+        cli.check_distilled(c)
+    c.train.distill = dict(rounds=1, teacher_steps=8)
+    with pytest.raises(cli.UserError, match="2-step student"):
+        cli.check_distilled(c)  # round 1 of an 8-step teacher: a 4-step student
+    c.sampler.steps = 4
+    cli.check_distilled(c)
+    c.sampler.name = "ddim"
+    c.train = dict()
+    cli.check_distilled(c)  # not distilled: nothing to check
