@@ -297,7 +297,8 @@ def check_distilled(config) -> None:
             f"sampler 'distilled' runs a distilled student, and system '{config.system}' has no distillation stage "
             "(no train.distill section); choose another --config.sampler.name"
         )
-    from casc_jax.train.distill import sampled_round
+    with native_stderr_silenced():  # the training toolkit imports TensorFlow (clu), which prints start-up notices
+        from casc_jax.train.distill import sampled_round
 
     try:
         sampled_round(config)
