@@ -126,6 +126,7 @@ def _validate(config, mode: str) -> dict:
             cli.transmit_targets(_IMAGES.value, snrs or tuple(config.channel.eval_snrs), out_dir)
     if "sampler" in config and "diffusion" in config:
         cli.check_sampler(config)
+    cli.check_distilled(config)  # also for systems whose diffusion section lives elsewhere (multitask's model)
     if mode in NEEDS_DATA and config.system not in MULTITASK_DATA:
         cli.check_data(config.data)
     return {"module": module, "workdir": workdir, "uses_workdir": uses_workdir, "out_dir": out_dir, "snrs": snrs}

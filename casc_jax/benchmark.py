@@ -93,6 +93,21 @@ class Variant:
     sampler: Mapping
     can: bool = True
     dispatch: str = "scan"  # 'scan' (one compiled chain) or 'loop' (Python loop over a jitted step)
+    batch: int | None = None  # None: benchmark.batch_size
+
+
+def distilled_variants(config) -> list[Variant]:
+    """The distilled receiver (the 'distilled' sampler: N deterministic DDIM steps of a student, which has the
+    teacher's architecture, so random weights time it) at `benchmark.distilled_steps`, at `benchmark.batch_size`
+    and at each of `benchmark.small_batches`."""
+    b = config.benchmark
+    rows = []
+    for batch in (None, *(b.get("small_batches") or ())):
+        for n in b.get("distilled_steps") or ():
+            tag = f", batch {batch}" if batch else ""
+            rows.append(Variant(f"distilled {n} step{'s' if n > 1 else ''}{tag}", {"name": "distilled", "steps": n},
+                                batch=batch))
+    return rows
 
 
 def default_variants(config) -> list[Variant]:
@@ -102,6 +117,7 @@ def default_variants(config) -> list[Variant]:
     rows += [Variant(f"{n.upper()} {s} steps", {"name": n, "steps": s}) for n, s in fast]
     if config.benchmark.get("equal_quality_sampler"):
         rows += [Variant(EQUAL_QUALITY, dict(config.benchmark.equal_quality_sampler))]
+    rows += distilled_variants(config)
     rows += [Variant(f"DDPM T={T} bf16", {"name": "ddpm", "dtype": "bfloat16"})]
     rows += [Variant(f"DDPM T={T} no CAN", {"name": "ddpm"}, can=False)]
     rows += [Variant(f"DDPM T={T} per-step dispatch", {"name": "ddpm"}, dispatch="loop")]
@@ -169,7 +185,6 @@ def _loop_receiver(model: CASC, sampler: Mapping, params, c_hat, key):
 
 def speed(config, params=None, variants: list[Variant] | None = None) -> dict:
     """Time every variant; returns the report written to benchmark.json."""
-    batch = config.benchmark.batch_size
     repeats = config.benchmark.repeats
     max_steps = config.benchmark.max_timed_steps
     mesh = parallel.make_mesh()
@@ -181,6 +196,7 @@ def speed(config, params=None, variants: list[Variant] | None = None) -> dict:
     log.info(f"[benchmark] device: {device_description()}; f32 matmul peak {peak:.1f} GFLOP/s")
     rows, costs = [], {}
     for v in variants or default_variants(config):
+        batch = v.batch or config.benchmark.batch_size
         sampler, T_used, scale = _truncate(config, v.sampler, max_steps)
         model = _model_for(config, v.can, T_used)
         p = params if params is not None and v.can else model.init(jax.random.key(config.seed))
@@ -199,7 +215,7 @@ def speed(config, params=None, variants: list[Variant] | None = None) -> dict:
             fn = jax.jit(receive)
             first, median, runs = timed(fn, p, c_hat, key, repeats=repeats)
         z = jnp.zeros((batch,) + model.latent_shape)
-        cost_key = (v.can, spec.compute_dtype)
+        cost_key = (v.can, spec.compute_dtype, batch)
         if cost_key not in costs:  # FLOPs depend on the network and dtype only, not on the sampler
             dynamic = jax.jit(can)(p, c_hat)
             t = jnp.zeros((batch,), jnp.int32)
@@ -285,6 +301,77 @@ def diffsc_row(config, diffsc_config) -> dict:
     return row
 
 
+TORCH_PEER = "PyTorch eager peer (diffusers UNet2DModel)"
+
+
+def torch_peer_spec(config) -> dict:
+    """diffusers UNet2DModel kwargs at the size of the config's U-Net: the latent z_t and C_hat concatenated
+    as its input (8x8x5 at CR 1/48), `unet.ch` x `ch_mult` channels, `num_res_blocks` per level, attention
+    blocks at the levels of `attn_resolutions` (downsampling factors), `head_dim` channels per head. It has no
+    condition-aware layers: it is the static U-Net's peer."""
+    model = build_casc(config)
+    u = config.unet
+    levels = range(len(u.ch_mult))
+    attn = [2**i in tuple(u.attn_resolutions) for i in levels]
+    return dict(
+        sample_size=model.latent_shape[0],
+        in_channels=model.latent_shape[-1] + model.condition_shape[-1],
+        out_channels=model.latent_shape[-1],
+        block_out_channels=tuple(u.ch * m for m in u.ch_mult),
+        layers_per_block=u.num_res_blocks,
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+        attention_head_dim=u.head_dim,
+    )
+
+
+def unet_step_vs_torch(config, params=None, threads: int = 2) -> dict:
+    """One U-Net step (ms per image at `benchmark.batch_size`): ours (jitted, with the CAN's weights made
+    beforehand, as inside the sampler) and, where torch and diffusers import, the PyTorch eager peer at the same
+    size on `threads` threads (`torch_peer_spec`); otherwise {'torch': {'skipped': why}}."""
+    batch, repeats = config.benchmark.batch_size, max(1, config.benchmark.repeats)
+    model = build_casc(config)
+    mesh = parallel.make_mesh()
+    p = parallel.replicate(params if params is not None else model.init(jax.random.key(config.seed)), mesh)
+    c_hat = jax.device_put(jax.random.normal(jax.random.key(1), (batch,) + model.condition_shape),
+                           parallel.batch_sharded(mesh))
+    _, one_eps, _, can = receiver_fns(model, {"name": "ddpm"})
+    dynamic = jax.jit(can)(p, c_hat)
+    z = jnp.zeros((batch,) + model.latent_shape)
+    t = jnp.full((batch,), 500, jnp.int32)
+    fn = jax.jit(one_eps)
+    _, median, runs = timed(fn, p, c_hat, dynamic, z, t, repeats=repeats)
+    flops = flops_of(fn, p, c_hat, dynamic, z, t) / batch
+    out = {"batch": batch, "jax": {"ms_per_image": 1e3 * median / batch, "gflop_per_image": flops / 1e9,
+                                   "achieved_gflops": flops * batch / median / 1e9, "runs_s": runs}}
+    try:
+        import diffusers
+        import torch
+    except ImportError as err:  # not a dependency of this project: the peer is optional
+        out["torch"] = {"skipped": f"torch / diffusers do not import here ({err}); install both to time the peer"}
+        log.info(f"[benchmark] {TORCH_PEER}: skipped ({out['torch']['skipped']})")
+        return out
+    torch.set_num_threads(threads)
+    spec = torch_peer_spec(config)
+    net = diffusers.UNet2DModel(**spec).eval()
+    x = torch.zeros((batch, spec["in_channels"], spec["sample_size"], spec["sample_size"]))
+    tt = torch.full((batch,), 500, dtype=torch.long)
+    with torch.no_grad():
+        net(x, tt)  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            net(x, tt)
+            times.append(time.perf_counter() - start)
+    tm = statistics.median(times)
+    out["torch"] = {"ms_per_image": 1e3 * tm / batch, "threads": threads, "spec": spec, "runs_s": times,
+                    "params": sum(q.numel() for q in net.parameters()), "torch": torch.__version__,
+                    "diffusers": diffusers.__version__}
+    log.info(f"[benchmark] U-Net step at batch {batch}: ours {out['jax']['ms_per_image']:.3f} ms/image, "
+             f"{TORCH_PEER} {out['torch']['ms_per_image']:.3f} ms/image ({threads} threads)")
+    return out
+
+
 def _scaled_time(median: float, scale: float, model, params, z, decode) -> float:
     """Scale only the chain: total = decoder + scale * (measured - decoder)."""
     _, dec, _ = timed(jax.jit(decode), params, z, repeats=3)
@@ -340,6 +427,12 @@ def write_report(report: dict, workdir: str) -> str:
     if scan and diffsc:
         ratio = scan["ms_per_image"] / diffsc["ms_per_image"]
         log.info(f"CASC / DiffSC time: {ratio:.3f} ({100 * (1 - ratio):.1f}% lower; paper: 145.82 / 301.80 = 0.483)")
+    peer = report.get("unet_step_peer")
+    if peer:
+        tr = peer["torch"]
+        theirs = tr.get("skipped") or f"{tr['ms_per_image']:.3f} ms/image ({tr['threads']} threads)"
+        log.info(f"U-Net step, batch {peer['batch']}: ours {peer['jax']['ms_per_image']:.3f} ms/image; "
+                 f"{TORCH_PEER}: {theirs}")
     log.info("* timed on fewer steps of the same per-step program and scaled to the full chain")
     log.info(f"wrote {path}")
     return path

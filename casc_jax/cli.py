@@ -284,11 +284,26 @@ def check_sampler(config) -> None:
 
     diffusion.check_sampler(diffusion.SamplerSpec.of(config.sampler.to_dict()), config.diffusion.num_timesteps)
     diffusion.check_prediction(config.diffusion.get("prediction", "eps"))
-    if config.sampler.name == "distilled" and "distill" not in config.get("train", {}):
+    check_distilled(config)
+
+
+def check_distilled(config) -> None:
+    """Sampler 'distilled' needs a system with a distillation stage (`train.distill`) and one of its rounds
+    trained for `sampler.steps` (`casc_jax.train.distill.sampled_round`)."""
+    if config.get("sampler", {}).get("name") != "distilled":
+        return
+    if "distill" not in config.get("train", {}):
         raise UserError(
             f"sampler 'distilled' runs a distilled student, and system '{config.system}' has no distillation stage "
-            "yet (only CASC's train.distill); choose another --config.sampler.name"
+            "(no train.distill section); choose another --config.sampler.name"
         )
+    with native_stderr_silenced():  # the training toolkit imports TensorFlow (clu), which prints start-up notices
+        from casc_jax.train.distill import sampled_round
+
+    try:
+        sampled_round(config)
+    except ValueError as err:
+        raise UserError(one_line(str(err))) from err
 
 
 def check_data(data_cfg) -> None:

@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 
 from casc_jax import cli, results
 from casc_jax.results import REPO, git_commit
+from configs import casc_base
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,19 @@ class Job:
     config: str
     mode: str = "train"
     uses: Mapping[str, str] = dataclasses.field(default_factory=dict)  # config field -> job whose workdir it takes
+    flags: Mapping[str, object] = dataclasses.field(default_factory=dict)  # further --config.FIELD=VALUE overrides
+    record_name: str = ""  # its record's file name in the workdir; default job_<mode>.json
+
+    @property
+    def record(self) -> str:
+        """The record's file name: job_<mode>.json, or `record_name` for a second job of the same config and mode
+        (the distillation job is a 'train' of casc_cr48's workdir beside casc_cr48's own)."""
+        return self.record_name or f"job_{self.mode}.json"
+
+    @property
+    def main(self) -> bool:
+        """Whether this is its config's own job of its mode (the one whose eval/metrics.json the tables read)."""
+        return not self.record_name
 
     def command(self, root: str, source: str) -> list[str]:
         args = [
@@ -56,18 +70,24 @@ class Job:
             f"--mode={self.mode}",
             f"--config.data.source={source}",
         ]
-        return args + [f"--config.{field}={os.path.join(root, job)}" for field, job in self.uses.items()]
+        args += [f"--config.{field}={os.path.join(root, job)}" for field, job in self.uses.items()]
+        return args + [f"--config.{field}={value}" for field, value in self.flags.items()]
 
 
 _AE = {"train.stage1.workdir": "casc_cr48"}  # CR 1/96 and the ablation reuse CR 1/48's autoencoder
-# In the order they run: the CR 1/48 comparison, the sampler quality table and speed on it, then CR 1/96.
+# Progressive distillation of the trained casc_cr48 (configs/casc_base.py `_cpu`: an 8-step teacher, students of
+# 4, 2 and 1 steps): a 'train' of its workdir, where stages 1 and 2 are done and resume as they are, so only the
+# rounds train (into WORKDIR/distill<r>); no evaluation sweep (its students are measured by --mode=quality).
+DISTILL_FLAGS = {"train.distill.rounds": casc_base.CPU_DISTILL_ROUNDS, "train.evaluate": False}
+# In the order they run: the CR 1/48 comparison, the students, the sampler quality table and speed, then CR 1/96.
 JOBS = (
     Job("deepjscc_mse_cr48", "deepjscc_mse_cr48"),
     Job("casc_cr48", "casc_cr48"),
     Job("casc_cr48_nocan", "casc_cr48_nocan", uses=_AE),
     Job("deepjscc_lpips_cr48", "deepjscc_lpips_cr48"),
     Job("diffsc_cr48", "diffsc_cr48", uses={"diffsc.deepjscc_workdir": "deepjscc_mse_cr48"}),
-    Job("quality_casc_cr48", "casc_cr48", mode="quality"),
+    Job("distill_casc_cr48", "casc_cr48", flags=DISTILL_FLAGS, record_name="job_distill.json"),
+    Job("quality_casc_cr48", "casc_cr48", mode="quality"),  # with the students at 1, 2 and 4 steps when trained
     Job("speed_casc_cr48", "casc_cr48", mode="benchmark"),  # beside DiffSC's receiver (benchmark.diffsc_config)
     Job("casc_cr96", "casc_cr96", uses=_AE),
     Job("deepjscc_mse_cr96", "deepjscc_mse_cr96"),
@@ -90,7 +110,7 @@ def data_source(data: str) -> str:
 
 
 def _record_path(root: str, job: Job) -> str:
-    return os.path.join(root, job.config, f"job_{job.mode}.json")
+    return os.path.join(root, job.config, job.record)
 
 
 # A job's outputs kept in OUT/jobs/<config>/ (paths relative to its workdir), by mode.
@@ -105,7 +125,7 @@ def archive_job(job: Job, root: str, archive: str) -> bool:
     """Copy a finished job's record and small outputs from its workdir to ARCHIVE/<config>/; False if unfinished."""
     if not os.path.exists(_record_path(root, job)):
         return False
-    for name in (f"job_{job.mode}.json", *ARCHIVED[job.mode]):
+    for name in (job.record, *ARCHIVED[job.mode]):
         source = os.path.join(root, job.config, name)
         if os.path.exists(source):
             os.makedirs(os.path.dirname(os.path.join(archive, job.config, name)), exist_ok=True)
@@ -114,10 +134,12 @@ def archive_job(job: Job, root: str, archive: str) -> bool:
 
 
 def needs(later: Job, job: Job) -> bool:
-    """Whether `later` reads `job`'s checkpoints (its workdir through `uses`, or the same config trained)."""
-    return job.mode == "train" and (
-        job.config in later.uses.values() or (later.config == job.config and later.mode != "train")
-    )
+    """Whether `later` reads `job`'s checkpoints (its workdir through `uses`, or the same config trained: a second
+    'train' of a workdir, the distillation job, builds on its config's own; its students serve the quality job)."""
+    if not job.main:  # the students: read by --mode=quality of the same workdir only
+        return later.config == job.config and later.mode == "quality"
+    same = later.config == job.config and later != job
+    return job.mode == "train" and (job.config in later.uses.values() or same)
 
 
 def to_run(jobs: Sequence[Job], archive: str) -> list[Job]:

@@ -41,7 +41,7 @@ def eval_records(root: str, jobs: Sequence) -> list[dict]:
     records = []
     for job in jobs:
         path = os.path.join(root, job.config, "eval", "metrics.json")
-        if job.mode == "train" and os.path.exists(path):
+        if job.mode == "train" and getattr(job, "main", True) and os.path.exists(path):
             with open(path) as f:
                 saved = json.load(f)
             records += saved["records"] if isinstance(saved, dict) else saved  # {"records", "unavailable"}
@@ -145,31 +145,46 @@ def _mark(holds: bool | None) -> str:
     return {True: "holds", False: "**does not hold**", None: "not measured"}[holds]
 
 
-def quality_table(report: Mapping) -> str:
-    """The sampler quality rows of `--mode=quality` as Markdown."""
-    lines = [
-        f"{report['num_images']} test images at {report['snr_db']:g} dB, one channel draw shared by all samplers; "
-        f"timed on {report['device']}.",
-        "",
-        "| sampler | ms/image | PSNR vs source (dB) | LPIPS vs source | PSNR vs DDPM (dB) | LPIPS vs DDPM |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in report["rows"]:
+QUALITY_HEADER = [
+    "| sampler | ms/image | PSNR vs source (dB) | LPIPS vs source | PSNR vs DDPM (dB) | LPIPS vs DDPM |",
+    "|---|---|---|---|---|---|",
+]
+
+
+def _quality_rows(rows) -> list[str]:
+    lines = []
+    for r in rows:
         lp_src, lp_ddpm = r.get("lpips_vs_source", float("nan")), r.get("lpips_vs_ddpm", float("nan"))
         lines.append(
             f"| {r['sampler']} | {r['ms_per_image']:.1f} | {r['psnr_vs_source']:.2f} | {lp_src:.4f} "
             f"| {r['psnr_vs_ddpm']:.2f} | {lp_ddpm:.4f} |"
         )
+    return lines
+
+
+def quality_table(report: Mapping) -> str:
+    """The sampler quality rows of `--mode=quality` as Markdown (and, with distilled students, their short
+    tables at the other SNRs: DDPM, the equal-quality setting and the students)."""
+    lines = [
+        f"{report['num_images']} test images at {report['snr_db']:g} dB, one channel draw shared by all samplers; "
+        f"timed on {report['device']}.",
+        "",
+        *QUALITY_HEADER,
+        *_quality_rows(report["rows"]),
+    ]
     best = report.get("fastest_within_tolerance") or report.get("fastest_within_0.3db")
     rows, ddpm = report["rows"][1:], report["rows"][0]
     if best != ddpm["sampler"] or not rows:
         lines += ["", f"Fastest sampler within 0.3 dB PSNR and 0.01 LPIPS of the 1000-step DDPM: **{best}**."]
-        return "\n".join(lines)
-    closest = max(rows, key=lambda r: r["psnr_vs_source"])
-    gap = ddpm["psnr_vs_source"] - closest["psnr_vs_source"]
-    lines += ["", f"**No fast sampler stays within 0.3 dB PSNR and 0.01 LPIPS of the 1000-step DDPM.** The closest "
-              f"in PSNR, {closest['sampler']}, is {gap:.2f} dB below it at {closest['ms_per_image']:.1f} against "
-              f"{ddpm['ms_per_image']:.1f} ms/image."]
+    else:
+        closest = max(rows, key=lambda r: r["psnr_vs_source"])
+        gap = ddpm["psnr_vs_source"] - closest["psnr_vs_source"]
+        lines += ["", f"**No fast sampler stays within 0.3 dB PSNR and 0.01 LPIPS of the 1000-step DDPM.** The "
+                  f"closest in PSNR, {closest['sampler']}, is {gap:.2f} dB below it at {closest['ms_per_image']:.1f} "
+                  f"against {ddpm['ms_per_image']:.1f} ms/image."]
+    for other in report.get("other_snrs", ()):
+        lines += ["", f"The distilled students at {other['snr_db']:g} dB (same images, one channel draw):", "",
+                  *QUALITY_HEADER, *_quality_rows(other["rows"])]
     return "\n".join(lines)
 
 
@@ -178,14 +193,14 @@ def publish(root: str, out: str, jobs, args, source: str) -> str:
     os.makedirs(out, exist_ok=True)
     records = eval_records(root, jobs)
     write_metrics_csv(records, os.path.join(out, "metrics.csv"))
-    workdirs = [os.path.join(root, j.config) for j in jobs if j.mode == "train"]
+    workdirs = [os.path.join(root, j.config) for j in jobs if j.mode == "train" and getattr(j, "main", True)]
     compare.compare([w for w in workdirs if os.path.exists(os.path.join(w, "eval", "metrics.json"))], out)
     for name in os.listdir(out):  # the per-CR CSV duplicates metrics.csv with absolute workdirs in it
         if name.startswith("comparison_") and name.endswith(".csv"):
             os.remove(os.path.join(out, name))
     job_rows, finished = [], 0
     for job in jobs:
-        record = _load(os.path.join(root, job.config, f"job_{job.mode}.json"))
+        record = _load(os.path.join(root, job.config, getattr(job, "record", f"job_{job.mode}.json")))
         finished += record is not None
         minutes = f"{record['seconds'] / 60:.1f}" if record else "not run"
         job_rows.append(f"| {job.name} | {job.mode} | {minutes} | {record.get('commit', '') if record else ''} |")

@@ -11,7 +11,7 @@ from casc_jax.evaluate import casc_reconstructor, config_sweep
 from casc_jax.modes import check_transmit_options, sample_grid, transmit_images
 from casc_jax.system import build_casc
 from casc_jax.train import parallel
-from casc_jax.train.casc import load_trained_params, train_casc
+from casc_jax.train.casc import load_trained_params, train_casc, trained_students
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,12 @@ def _sweep(config, workdir, params):
 
 
 def train(config, workdir, options):
-    """Stage 1, stage 2, then the evaluation sweep (each resumes from WORKDIR)."""
+    """Stage 1, stage 2, any distillation rounds, then the evaluation sweep unless `train.evaluate` is False
+    (each resumes from WORKDIR: on a trained workdir, `--config.train.distill.rounds=R` trains only the rounds)."""
     params = train_casc(config, workdir)
+    if not config.train.get("evaluate", True):
+        log.info("[train] train.evaluate is False: no evaluation sweep")
+        return {}
     return _sweep(config, workdir, params)
 
 
@@ -63,8 +67,10 @@ def benchmark(config, workdir, options):
 
     params, source = load(config, workdir, allow_random=True)
     log.info(f"[benchmark] weights: {source}")
-    report = bench.speed(config, params if source != "random weights" else None)
+    trained = params if source != "random weights" else None
+    report = bench.speed(config, trained)
     report["weights"] = source
+    report["unet_step_peer"] = bench.unet_step_vs_torch(config, trained)
     if config.benchmark.diffsc_config:
         diffsc = load_config(config.benchmark.diffsc_config)
         report["rows"].append(bench.diffsc_row(config, diffsc))
@@ -85,7 +91,10 @@ def quality(config, workdir, options):
     images = batch["image"][batch["valid"]]
     images = images[: len(images) - len(images) % parallel.make_mesh().devices.size]
     lpips_fn, _ = optional_metric(lambda: load_lpips(config.eval.lpips_net), "LPIPS")
-    report = sampler_quality.quality(config, params, images, lpips_fn=lpips_fn)
+    students = trained_students(config, workdir)  # distilled rows only when the workdir holds students
+    if students:
+        log.info(f"[quality] distilled students of {', '.join(map(str, students))} steps in {workdir}")
+    report = sampler_quality.quality(config, params, images, lpips_fn=lpips_fn, students=students)
     report["weights"] = source
     path = os.path.join(workdir, "benchmark_quality.json")
     with open(path, "w") as f:

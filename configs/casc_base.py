@@ -69,6 +69,7 @@ def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_
     c.sampler = common.sampler("ddpm")
 
     c.train = common.train(batch_size=128)
+    c.train.evaluate = True  # False: --mode=train ends after training (no evaluation sweep)
     c.train.stage1 = common.stage(
         4.5e-6,
         500,
@@ -110,6 +111,13 @@ def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_
             quality_images=256,
             diffsc_config=common.unset(str),  # e.g. configs/diffsc_cr48.py: time DiffSC's receiver beside CASC's
             quality_snr=20.0,
+            # With distilled students in the workdir, --mode=quality also compares them with DDPM and the
+            # equal-quality setting at these SNRs (dB).
+            quality_extra_snrs=(),
+            # --mode=benchmark: the distilled receiver ('distilled' sampler, random weights suffice: a student is
+            # its teacher's architecture) at these step counts, at batch_size and at each of small_batches.
+            distilled_steps=(1, 2),
+            small_batches=(8,),
             # The setting --mode=quality named as the fastest within tolerance of the 1000-step DDPM on the
             # CIFAR-10-trained CASC (docs/results/cifar10_cpu): timed as its own row against the paper's 145.82.
             equal_quality_sampler=dict(name="ddim", steps=10, eta=1.0, spacing="uniform"),
@@ -121,6 +129,11 @@ def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_
 
 CPU_EVAL_SAMPLER = dict(name="dpmpp_2m", steps=20, eta=0.0, spacing="logsnr", dtype="float32")
 CPU_EVAL_IMAGES = 2000  # a fixed subset of the 10,000 test images (the npz source's seeded order)
+# Progressive distillation on the cpu preset: an 8-step teacher, so 3 rounds give students of 4, 2 and 1 steps.
+# The preset keeps train.distill.rounds = 0 so that CR 1/96 and the no-CAN ablation (same preset) train none;
+# the reproduction's job distill_casc_cr48 passes --config.train.distill.rounds=CPU_DISTILL_ROUNDS.
+CPU_DISTILL_TEACHER_STEPS = 8
+CPU_DISTILL_ROUNDS = 3
 
 
 def _cpu(c: ml_collections.ConfigDict) -> None:
@@ -150,6 +163,17 @@ def _cpu(c: ml_collections.ConfigDict) -> None:
     steps: the fastest setting that --mode=quality found within tolerance of the 1000-step DDPM on the earlier
     CIFAR-10 CASC, where DPM-Solver++(2M) 20 steps was 1.3 dB under it), on 2000 test images per SNR (the
     paper's 1000-step DDPM would take hours here; `--mode=quality` measures the gap again on 256 images).
+    Distillation (`--config.train.distill.rounds=3`, CPU_DISTILL_ROUNDS; the reproduction's distill_casc_cr48): the
+    first teacher is stage 2's EMA denoiser on an 8-step DDIM grid (`round_steps` needs an even teacher after
+    round 1, so the 1000-step chain cannot halve down to 1; DDIM-10 halves to 5, then odd), students of 4, 2 and
+    1 steps. Step time (2026-12-06, `python -m casc_jax.bench_distill_step`, the same script then in /tmp: the
+    real cpu U-Net + CAN distill step, the teacher's 2 DDIM evaluations and the student's forward and backward,
+    batch 64, random weights, 36 steps after compilation, under load: load average 4.1 on the 2 cores, another
+    session's training job running, ours at nice 19): median 1.40 s, mean 2.29 s, p10 0.92 s, p90 1.83 s;
+    compile and first step 36 s. Chosen: 400 steps x 64 per round (0.5 epoch), 3 rounds = 1200 steps, about
+    28 min at the loaded median (about 14 min on a quiet machine if the step scales like stage 2's 0.42 s with
+    2 extra forwards; not measured quiet). Adam 1e-4 flat, as stage 2; EMA
+    0.99 (a 100-step horizon: 0.999 would leave the 400-step student mostly its teacher's copy).
     """
     c.data.source = "tfds:cifar10"  # the reproduction passes the npz copy: --config.data.source=npz:...
     c.autoencoder.update(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, num_codes=1024, l2_codes=True)
@@ -162,12 +186,16 @@ def _cpu(c: ml_collections.ConfigDict) -> None:
         batch_size=32, base_lr=5e-4, scale_lr=False, num_steps=3000, lpips_weight=0.0, disc_start=-1
     )
     c.train.stage2.update(base_lr=1e-4, scale_lr=False, num_steps=4000, ema_decay=0.999)
+    c.train.distill.update(
+        base_lr=1e-4, scale_lr=False, num_steps=400, batch_size=64, ema_decay=0.99,
+        teacher_steps=CPU_DISTILL_TEACHER_STEPS, weighting="truncated_snr",
+    )  # rounds stays 0: see CPU_DISTILL_ROUNDS
     c.eval.update(batch_size=200, num_images=CPU_EVAL_IMAGES)
     # --mode=quality: every sampler at 5-50 steps (stochastic DDIM 10-100) against the 1000-step DDPM on 256
     # test images, timed once.
     c.benchmark.update(
         quality_images=256, ddim_steps=(5, 10, 20, 50), dpm_steps=(5, 10, 20, 50), ddim_eta1_steps=(10, 20, 50, 100),
-        repeats=1,
+        repeats=1, quality_extra_snrs=(5.0,),
     )
     # --mode=benchmark: the trained receivers at batch 256, CASC beside the CPU DiffSC (the paper's Table I).
     c.benchmark.update(diffsc_config="configs/diffsc_cr48.py:cpu", max_timed_steps=20)

@@ -106,6 +106,11 @@ def diffsc_config(cr: str = "1/48", preset: str = "") -> ml_collections.ConfigDi
         lr_decay_factor=1.0,
         ema_decay=0.9999,
     )
+    # Progressive distillation of the EMA U-Net after stage 'diffsc' (the shared toolkit's rounds, as CASC's
+    # train.distill; configs/casc_base.py describes the fields), off while rounds = 0.
+    c.train.distill = common.stage(
+        1e-4, 50, ema_decay=0.9999, rounds=0, teacher_steps=common.unset(int), weighting="truncated_snr"
+    )
     _preset(c, preset)
     return c
 
@@ -156,5 +161,6 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
         c.diffsc.unet.update(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(2,), head_dim=32, dropout=0.0)
         c.diffusion.num_timesteps = 100
         c.train.diffsc.update(base_lr=1e-3, num_steps=SMOKE_DIFFSC_STEPS, warmup_steps=5, ema_decay=0.9)
+        c.train.distill.update(num_steps=10, ema_decay=0.9)  # rounds stays 0
     c.eval.update(batch_size=16, num_images=16, grid_images=8)
     c.benchmark.update(batch_size=16, repeats=2)

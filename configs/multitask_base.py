@@ -87,6 +87,11 @@ def base_config(task: str, preset: str = "") -> ml_collections.ConfigDict:
     c.train = common.train(batch_size=16)
     c.train.reconstruction = _optim(num_steps=100_000, ema_decay=0.9999)
     c.train.segmentation = _optim(num_steps=20_000, ema_decay=0.0, shared=True)
+    # Progressive distillation of the DiT after the reconstruction stage (the shared toolkit's rounds, as CASC's
+    # train.distill; configs/casc_base.py describes the fields), off while rounds = 0.
+    c.train.distill = _optim(
+        num_steps=1000, ema_decay=0.9999, rounds=0, teacher_steps=common.unset(int), weighting="truncated_snr"
+    )
 
     # grid_snrs: rows of the visual grids (Fig. 6 is at 18 dB)
     c.eval = common.evaluation(batch_size=16, grid_images=6, grid_snrs=(0.0, 9.0, 18.0))
@@ -112,4 +117,5 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
     c.train.checkpoint_every = 500
     c.train.reconstruction.update(num_steps=1500, ema_decay=0.0)
     c.train.segmentation.update(num_steps=3000, shared=False)  # runs on its own (see the module docstring)
+    c.train.distill.update(num_steps=10, ema_decay=0.9)  # rounds stays 0
     c.eval.update(batch_size=8, num_images=16, grid_images=6, grid_snrs=(0.0, 20.0))

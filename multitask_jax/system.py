@@ -124,10 +124,10 @@ class MultiTaskSystem:
             g = self.receiver_features(params, y, RECONSTRUCTION)
         return lambda x_t, t: self.dit.apply({"params": params["dit"]}, x_t, t, y, g)
 
-    def denoiser_fn(self, params: Params, y: jax.Array):
+    def denoiser_fn(self, params: Params, y: jax.Array, g: jax.Array | None = None):
         """eps_fn(x_t, t) for casc_jax.diffusion.sample: the DiT's x0 prediction (clipped to
-        [-clip_x0, clip_x0]) converted to noise by `eps_from_x0`."""
-        x0 = self.x0_fn(params, y)
+        [-clip_x0, clip_x0]) converted to noise by `eps_from_x0` (`g`: g_R when already computed)."""
+        x0 = self.x0_fn(params, y, g)
 
         def eps_fn(x_t, t):
             pred = x0(x_t, t)

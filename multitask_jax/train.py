@@ -19,6 +19,11 @@ it runs on its own); a workdir then holds two transmitters, one per task.
 The step (`make_loss_step`) and the stage runner (`fit_stage`) take any system's loss function: the
 multi-task paper's baselines (multitask_jax.baselines) train with the same loop, SNR draw and optimiser.
 
+Progressive distillation (optional, `train.distill.rounds` > 0, after the reconstruction stage): the shared
+toolkit's rounds (`casc_jax.train.distill`, as CASC's and DiffSC's) distil the DiT (the denoiser; transmitter and
+receiver KB frozen at the reconstruction stage's deployed weights) into students of half the steps each, into
+WORKDIR/distill<r>; `--config.sampler.name=distilled --config.sampler.steps=N` reconstructs with the N-step one.
+
 Each stage checkpoints into WORKDIR/<task>/checkpoints and resumes from there (casc_jax.train.loop).
 A shared segmentation stage records the reconstruction step it was trained on and warns when the
 reconstruction stage has moved on since.
@@ -39,6 +44,7 @@ import optax
 from casc_jax import data as casc_data
 from casc_jax import image_io
 from casc_jax.batching import Stream
+from casc_jax.train import distill as distill_train
 from casc_jax.train import loop, parallel
 from multitask_jax import data as mt_data
 from multitask_jax.system import MultiTaskSystem, build_multitask
@@ -227,13 +233,71 @@ def train_task(config: ml_collections.ConfigDict, workdir: str, task: str | None
         _, previous = loop.restore_stage(workdir, task, config.train, abstract_state(model, config, task, mesh))
         if previous is not None:
             _check_transmitter(previous, recon_step)
+    final_round = distill_train.sampled_round(config) if task == RECONSTRUCTION else None  # fail before training
     state = fit_stage(
         config, workdir, name=task, task=task,
         initial_state_fn=lambda k: initial_state(model, config, task, k, reconstruction_step=recon_step),
         loss_fn=_loss_of(model, task),
         seed=config.seed + _SEED_OFFSET[task], frozen=frozen,
     )
-    return dict(frozen or {}, **deployed(state))
+    params = dict(frozen or {}, **deployed(state))
+    rounds = distill_train.config_rounds(config) if task == RECONSTRUCTION else ()
+    if rounds:
+        students = distill_rounds(model, config, workdir, params, rounds)
+        if final_round is not None:
+            params = dict(params, dit=students[final_round - 1])
+    return params
+
+
+# -- progressive distillation of the DiT ---------------------------------------------------------------
+def distill_predict(model: MultiTaskSystem):
+    """predict(dit, x_t, t, (y, g_R)) -> eps_hat: the DiT's clipped x0 prediction as noise (`denoiser_fn`'s)."""
+
+    def predict(dit, x_t, t, cond):
+        y, g = cond
+        return model.denoiser_fn({"dit": dit}, y, g)(x_t, t)
+
+    return predict
+
+
+def make_distill_step(model: MultiTaskSystem, cfg, train_snrs, steps: int, tx, seed: int, grad_groups: int = 0):
+    """One round's (state, batch, frozen) step (`casc_jax.train.distill.make_distill_step`): x0 = the image,
+    the condition (y, g_R) through the frozen transmitter, channel and receiver KB at a per-example training SNR;
+    `frozen` is {'teacher': DiT params, 'aux': the reconstruction stage's other parts}."""
+
+    def prepare(aux, b, key):
+        y = model.channel(key, model.transmit(aux, b["image"], RECONSTRUCTION), b["snr"])
+        return b["image"], (y, model.receiver_features(aux, y, RECONSTRUCTION))
+
+    return distill_train.make_distill_step(
+        distill_predict(model), model.schedule, steps, tx, seed, weighting=cfg.get("weighting", "truncated_snr"),
+        prepare=prepare, train_snrs=train_snrs, ema_decay=cfg.get("ema_decay") or None, grad_groups=grad_groups,
+    )
+
+
+def _student_state(dit, cfg, tx) -> loop.TrainState:
+    return distill_train.initial_student_state(dit, tx, ema=bool(cfg.get("ema_decay")))
+
+
+def distill_rounds(model: MultiTaskSystem, config, workdir: str, params: dict, rounds) -> list:
+    """Train (or resume) every round on the reconstruction data (`distill_train.run_rounds`); the students' DiTs."""
+    d = config.train.distill
+    mesh = parallel.make_mesh()
+    groups = parallel.check_grad_groups(config.train.get("grad_groups") or 0, config.train.batch_size, mesh.size)
+    tx = optimizer(d, config.train.batch_size)
+    aux = {k: params[k] for k in SHARED_PARTS}
+
+    def make_step(steps, r):
+        log.info(f"[{distill_train.stage_name(r)}] distilling a {2 * steps}-step teacher into a {steps}-step student")
+        return make_distill_step(model, d, config.channel.train_snrs, steps, tx, config.seed + 10 + r, groups)
+
+    def run_round(r, step, teacher, initial):
+        return fit_stage(
+            config, workdir, name=distill_train.stage_name(r), task=RECONSTRUCTION, initial_state_fn=lambda k: initial,
+            loss_fn=None, seed=config.seed + 10 + r, frozen={"teacher": teacher, "aux": aux}, step=step, stage_cfg=d,
+        )
+
+    return distill_train.run_rounds(params["dit"], rounds, make_step, run_round, tx, ema=bool(d.get("ema_decay")))
 
 
 def _loss_of(model: MultiTaskSystem, task: str) -> Callable:
@@ -246,20 +310,22 @@ def _loss_of(model: MultiTaskSystem, task: str) -> Callable:
 
 
 def fit_stage(
-    config, workdir: str, *, name: str, task: str, initial_state_fn: Callable, loss_fn: Callable, seed: int,
-    frozen=None,
+    config, workdir: str, *, name: str, task: str, initial_state_fn: Callable, loss_fn: Callable | None, seed: int,
+    frozen=None, step: Callable | None = None, stage_cfg=None,
 ) -> loop.TrainState:
     """Run (or resume) stage `name` of any system on `task`'s data: `config.train[name]` (AdamW, steps, EMA),
-    `make_loss_step(loss_fn)` data-parallel, checkpoints in WORKDIR/<name>/checkpoints. Returns the final state."""
+    `make_loss_step(loss_fn)` data-parallel, checkpoints in WORKDIR/<name>/checkpoints. Returns the final state.
+    `step` (with `stage_cfg`, its section) replaces the loss step: a distillation round's."""
     mesh = parallel.make_mesh()
     global_batch = config.train.batch_size
     local_batch = parallel.check_batch_size(global_batch, mesh)
-    stage_cfg = config.train[name]
+    stage_cfg = config.train[name] if stage_cfg is None else stage_cfg
     state = parallel.init_replicated(initial_state_fn, jax.random.key(config.seed), mesh)
     steps = stage_cfg.num_steps or loop.num_steps(stage_cfg, num_examples(config, task, "train"), global_batch)
     groups = parallel.check_grad_groups(config.train.get("grad_groups") or 0, global_batch, mesh.size)
-    tx = optimizer(stage_cfg, global_batch)
-    step = make_loss_step(loss_fn, stage_cfg, config.channel.train_snrs, tx, seed, groups, task_keys(task))
+    if step is None:
+        tx = optimizer(stage_cfg, global_batch)
+        step = make_loss_step(loss_fn, stage_cfg, config.channel.train_snrs, tx, seed, groups, task_keys(task))
     writer = loop.make_writer(workdir)
     try:
         return loop.run_stage(
@@ -296,6 +362,18 @@ def load_task_params(config, workdir: str, task: str) -> tuple[dict, str]:
     if state is None:
         raise _missing(workdir, task)
     params, source = dict(deployed(state)), f"trained {task} checkpoint (step {step})"
+    r = distill_train.sampled_round(config) if task == RECONSTRUCTION else None
+    if r is not None:
+        name, d = distill_train.stage_name(r), config.train.distill
+        abstract = abstract_of(lambda k: _student_state(model.init(k)["dit"], d, optimizer(d, 1)), mesh)
+        step_d, state_d = loop.restore_stage(workdir, name, config.train, abstract)
+        if state_d is None:
+            raise FileNotFoundError(
+                f"sampler 'distilled' needs the distilled student of round {r} ({workdir}/{name}/checkpoints). "
+                "Train it first: python launch.py --config=... --workdir=... --mode=train"
+            )
+        params["dit"] = distill_train.student_of(state_d)
+        source += f", distilled student {name} step {step_d}"
     if is_shared(config, task):
         frozen, recon_step = _shared_parts(config, workdir, model, mesh)
         _check_transmitter(state, recon_step)

@@ -39,8 +39,8 @@ def test_casc_cpu_preset_shapes(name, channels, uses, can):
     assert 4e6 < _count(params["unet"]) < 5e6
     assert bool(params["can"]) == can
     assert loop.stage_batch_size(c.train, "stage1") == 32 and loop.stage_batch_size(c.train, "stage2") == 64
-    s1 = c.train.stage1  # the measured stage-1 recipe: L1 only, no GAN, lr 5e-4, 5.8 epochs
-    assert (s1.lpips_weight, s1.disc_start, s1.base_lr, s1.scale_lr, s1.num_steps) == (0.0, -1, 5e-4, False, 9000)
+    s1 = c.train.stage1  # the measured stage-1 recipe: L1 only, no GAN, lr 5e-4, 1.9 epochs
+    assert (s1.lpips_weight, s1.disc_start, s1.base_lr, s1.scale_lr, s1.num_steps) == (0.0, -1, 5e-4, False, 3000)
     assert c.sampler.name == "dpmpp_2m" and c.sampler.steps == 20 and c.sampler.spacing == "logsnr"
     assert c.eval.num_images == 2000 and tuple(c.channel.eval_snrs) == (5.0, 10.0, 15.0, 20.0)
 
@@ -60,6 +60,26 @@ def test_deepjscc_cpu_preset_keeps_the_paper_architecture(name, c_out, steps):
     assert (s.loss, s.lpips_net, s.lpips_weight) == expected_loss and c.eval.lpips_net == "alex"
 
 
+def test_casc_cpu_distillation_setting():
+    """The cpu preset trains no rounds itself (CR 1/96 and the ablation share it); with the reproduction's
+    rounds, an 8-step teacher gives students of 4, 2 and 1 steps, each round 400 steps x 64."""
+    from casc_jax.train import casc
+    from configs import casc_base
+
+    c = _config("casc_cr48")
+    assert casc.distill_rounds(c) == ()
+    d = c.train.distill
+    assert (d.teacher_steps, d.num_steps, d.base_lr, d.scale_lr, d.ema_decay) == (8, 400, 1e-4, False, 0.99)
+    assert loop.stage_batch_size(c.train, "distill") == 64 and c.train.evaluate
+    c.train.distill.rounds = casc_base.CPU_DISTILL_ROUNDS
+    assert casc.distill_rounds(c) == (4, 2, 1)
+    assert c.train.stage2.num_steps == 4000 and c.train.stage2.ema_decay == 0.999  # untouched
+    assert tuple(c.benchmark.quality_extra_snrs) == (5.0,) and c.benchmark.quality_snr == 20.0
+    assert c.benchmark.quality_images == 256
+    for name in ("casc_cr96", "casc_cr48_nocan"):
+        assert casc.distill_rounds(_config(name)) == ()
+
+
 def test_diffsc_cpu_preset_unet():
     c = _config("diffsc_cr48")
     model = build_diffsc(c)
@@ -76,6 +96,13 @@ def test_reproduction_jobs_chain_their_workdirs(tmp_path):
     for job in reproduce.JOBS:  # a job runs after the jobs whose workdirs it uses
         for used in job.uses.values():
             assert order.index(used) < order.index(job.name)
+    # the students: a second 'train' of casc_cr48's workdir (its own record), only the rounds, before quality
+    distill = jobs["distill_casc_cr48"]
+    assert order.index("casc_cr48") < order.index("distill_casc_cr48") < order.index("quality_casc_cr48")
+    assert distill.record == "job_distill.json" and not distill.main and jobs["casc_cr48"].record == "job_train.json"
+    cmd = distill.command(str(tmp_path), "npz:x.npz")
+    assert f"--workdir={tmp_path / 'casc_cr48'}" in cmd and "--mode=train" in cmd
+    assert "--config.train.distill.rounds=3" in cmd and "--config.train.evaluate=False" in cmd
     cmd = jobs["casc_cr96"].command(str(tmp_path), "npz:x.npz")
     assert f"--config.train.stage1.workdir={tmp_path / 'casc_cr48'}" in cmd
     assert any(a.endswith("configs/casc_cr96.py:cpu") for a in cmd)
@@ -93,7 +120,7 @@ def test_reproduction_data_argument(tmp_path):
 
 def _finish(root, job, files=()):
     """Fake a finished job in workdir root: its record and the named outputs."""
-    for name in (f"job_{job.mode}.json", *files):
+    for name in (job.record, *files):
         path = root / job.config / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("{}")
@@ -106,6 +133,10 @@ def test_reproduction_archive_keeps_results_and_reruns_only_needed_checkpoints(t
     assert reproduce.needs(jobs["quality_casc_cr48"], jobs["casc_cr48"])
     assert reproduce.needs(jobs["diffsc_cr48"], jobs["deepjscc_mse_cr48"])
     assert not reproduce.needs(jobs["deepjscc_lpips_cr48"], jobs["deepjscc_mse_cr48"])
+    assert reproduce.needs(jobs["distill_casc_cr48"], jobs["casc_cr48"])  # it resumes casc_cr48's stages
+    assert reproduce.needs(jobs["quality_casc_cr48"], jobs["distill_casc_cr48"])  # the students' rows
+    assert not reproduce.needs(jobs["casc_cr48"], jobs["distill_casc_cr48"])
+    assert not reproduce.needs(jobs["speed_casc_cr48"], jobs["distill_casc_cr48"])  # random-weight students
     assert not reproduce.archive_job(jobs["casc_cr48"], str(root), str(archive))  # unfinished: nothing copied
     assert not archive.exists()
     _finish(root, jobs["casc_cr48"], ("eval/metrics.json", "eval/reconstructions.npz", "checkpoints/big"))

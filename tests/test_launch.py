@@ -21,6 +21,7 @@ from casc_jax import cli
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = "--config=configs/deepjscc_mse_cr48.py:smoke"
 DIFFSC = "--config=configs/diffsc_cr48.py:smoke"
+MULTITASK = "--config=configs/multitask_recon.py:smoke"
 TINY = ["--config.train.deepjscc.num_steps=2", "--config.train.checkpoint_every=1", "--config.eval.num_images=16",
         "--config.channel.eval_snrs=(5.0,20.0)"]
 NOISE = ("Traceback", "I0000", "oneDNN", "INFO:", "WARNING: All log messages")
@@ -131,8 +132,10 @@ BAD_INPUTS = [
      "ancestral steps; got steps=10"),
     ("unknown prediction", [DIFFSC, "--config.diffusion.prediction=score"], None, "new", {},
      "unknown prediction target 'score'"),
-    ("distilled without a stage", [DIFFSC, "--config.sampler.name=distilled", "--config.sampler.steps=2"], None,
-     "new", {}, "system 'diffsc' has no distillation stage"),
+    ("distilled, no round (multitask)", [MULTITASK, "--config.sampler.name=distilled", "--config.sampler.steps=2"],
+     None, "new", {}, "needs a distillation round with a 2-step student"),
+    ("distilled, no such round", [DIFFSC, "--config.sampler.name=distilled", "--config.sampler.steps=2"], None,
+     "new", {}, "needs a distillation round with a 2-step student"),
     ("eval, no workdir", ["--mode=eval"], None, "new", {}, "does not exist; --mode=eval needs a trained model"),
     ("dataset offline", ["--config.data.source=tfds:cifar10"], None, "new", {"TFDS_DATA_DIR": "EMPTY"},
      "is not prepared"),

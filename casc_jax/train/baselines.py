@@ -7,6 +7,10 @@ Stages; each checkpoints into WORKDIR/<stage>/checkpoints and resumes from there
               'mse_lpips' (MSE + `lpips_weight` x LPIPS).
   'diffsc'    (system 'diffsc') the DiffSC U-Net's L_simple on top of the frozen DeepJSCC of stage
               'deepjscc'; only the U-Net is trained, with an EMA of its weights (used for evaluation).
+  'distill<r>' (system 'diffsc', `train.distill.rounds` > 0) progressive distillation of the EMA U-Net,
+              the shared toolkit's rounds (`casc_jax.train.distill`, as CASC's): round r's student learns one
+              DDIM step per two of its teacher's, DeepJSCC frozen; `--config.sampler.name=distilled
+              --config.sampler.steps=N` samples the round whose student has N steps.
 Every step draws one SNR per example, uniformly from `config.channel.train_snrs`.
 
 Where DiffSC's DeepJSCC comes from. By default the DiffSC job trains it itself as its first stage
@@ -36,6 +40,7 @@ from casc_jax import data as data_lib
 from casc_jax.baselines import DeepJSCC, DiffSC, build_deepjscc, build_diffsc
 from casc_jax.baselines.deepjscc import LPIPS_LOSSES
 from casc_jax.metrics.lpips import LPIPS, load_lpips_params
+from casc_jax.train import distill as distill_train
 from casc_jax.train import loop, parallel
 
 log = logging.getLogger(__name__)
@@ -112,6 +117,34 @@ def make_diffsc_step(model: DiffSC, stage_cfg, train_snrs, tx, seed: int, grad_g
     )
 
 
+def make_diffsc_distill_step(model: DiffSC, cfg, train_snrs, steps: int, tx, seed: int, grad_groups: int = 0):
+    """(state, batch, frozen) -> (state, metrics) of one distillation round of DiffSC's U-Net
+    (`distill_train.make_distill_step`): x0 = the image, the condition X_jscc from the frozen DeepJSCC through
+    the channel at a per-example training SNR; `frozen` is {'teacher': U-Net params, 'aux': DeepJSCC params}."""
+
+    def prepare(jscc_params, b, key):
+        frozen = {"deepjscc": jscc_params}
+        return b["image"], model.condition(frozen, model.channel(key, model.transmit(frozen, b["image"]), b["snr"]))
+
+    return distill_train.make_distill_step(
+        lambda unet, x_t, t, x_jscc: model.eps({"unet": unet}, x_t, t, x_jscc), model.schedule, steps, tx, seed,
+        weighting=cfg.get("weighting", "truncated_snr"), prepare=prepare, train_snrs=train_snrs,
+        ema_decay=cfg.get("ema_decay"), grad_groups=grad_groups,
+    )
+
+
+def abstract_student(model: DiffSC, config, mesh) -> loop.TrainState:
+    """The shapes and shardings of a DiffSC distillation round's state (every round's is the same)."""
+    d = config.train.distill
+    tx = optimizer(d, loop.stage_batch_size(config.train, "distill"), 1)
+
+    def init(key):
+        unet = initial_states(model, config, key)["diffsc"].params
+        return distill_train.initial_student_state(unet, tx, ema=d.get("ema_decay") is not None)
+
+    return parallel.abstract_replicated(init, mesh)
+
+
 # -- states ---------------------------------------------------------------------------------------
 def initial_states(model, config, key, total_steps=None) -> dict[str, loop.TrainState]:
     """Fresh states of the system's stages. `total_steps` {stage: n} only sets the lr decay boundary."""
@@ -180,17 +213,25 @@ def train_baseline(config: ml_collections.ConfigDict, workdir: str) -> dict:
     txs = {s: optimizer(config.train[s], batches[s], total[s]) for s in stages}
     writer = loop.make_writer(workdir)
 
-    def run(name, step, const, seed):
+    rounds = distill_train.config_rounds(config) if system == "diffsc" else ()
+    final_round = distill_train.sampled_round(config) if system == "diffsc" else None  # fail before training
+    if rounds:
+        batches["distill"] = loop.stage_batch_size(config.train, "distill")
+        total["distill"] = loop.num_steps(config.train.distill, examples, batches["distill"])
+        local["distill"] = parallel.check_batch_size(batches["distill"], mesh)
+
+    def run(name, step, const, seed, initial_state=None, batch_of=None):
+        batch_of = batch_of or name
         return loop.run_stage(
             name=name,
             workdir=workdir,
             train_cfg=config.train,
-            initial_state=states[name],
+            initial_state=states[name] if initial_state is None else initial_state,
             step_fn=functools.partial(_with_const, parallel.jit_data_parallel(step, mesh), const),
             make_batches=lambda start: data_lib.make_dataset(
-                config.data, "train", data_lib.Stream.training(local[name], seed, start)
+                config.data, "train", data_lib.Stream.training(local[batch_of], seed, start)
             ),
-            total_steps=total[name],
+            total_steps=total[batch_of],
             mesh=mesh,
             writer=writer,
         )
@@ -210,7 +251,28 @@ def train_baseline(config: ml_collections.ConfigDict, workdir: str) -> dict:
             return jscc_params
         step = make_diffsc_step(model, config.train.diffsc, train_snrs, txs["diffsc"], config.seed, groups["diffsc"])
         state = run("diffsc", step, jscc_params, config.seed + 1)
-        return {"deepjscc": jscc_params, "unet": state.ema_params}
+        params = {"deepjscc": jscc_params, "unet": state.ema_params}
+        if rounds:
+            d = config.train.distill
+            groups_d = parallel.check_grad_groups(config.train.get("grad_groups", 0), batches["distill"], mesh.size)
+            tx_d = optimizer(d, batches["distill"], total["distill"])
+
+            def make_step(steps, r):
+                log.info(f"[{distill_train.stage_name(r)}] distilling a {2 * steps}-step teacher into a "
+                         f"{steps}-step student")
+                return make_diffsc_distill_step(model, d, train_snrs, steps, tx_d, config.seed + 1 + r, groups_d)
+
+            def run_round(r, step, teacher, initial):
+                frozen = {"teacher": teacher, "aux": jscc_params}
+                initial = parallel.replicate(initial, mesh)
+                return run(distill_train.stage_name(r), step, frozen, config.seed + 1 + r, initial, "distill")
+
+            students = distill_train.run_rounds(
+                state.ema_params, rounds, make_step, run_round, tx_d, ema=d.get("ema_decay") is not None
+            )
+            if final_round is not None:
+                params["unet"] = students[final_round - 1]
+        return params
     finally:
         writer.close()
 
@@ -241,7 +303,18 @@ def load_trained_params(config, workdir: str, *, allow_random: bool = False) -> 
         if system == "deepjscc":
             return state_j.params, f"trained checkpoint (deepjscc step {step_j})"
         source = f"trained checkpoint (deepjscc step {step_j}{where}, diffsc step {step_u}, EMA U-Net)"
-        return {"deepjscc": state_j.params, "unet": state_u.ema_params}, source
+        r = distill_train.sampled_round(config)
+        if r is None:
+            return {"deepjscc": state_j.params, "unet": state_u.ema_params}, source
+        name = distill_train.stage_name(r)
+        step_d, state_d = loop.restore_stage(workdir, name, config.train, abstract_student(model, config, mesh))
+        if state_d is None:
+            raise FileNotFoundError(
+                f"sampler 'distilled' needs the distilled student of round {r} ({workdir}/{name}/checkpoints). "
+                "Train it first: python launch.py --config=... --workdir=... --mode=train"
+            )
+        source = source.replace("EMA U-Net)", f"distilled student {name} step {step_d})")
+        return {"deepjscc": state_j.params, "unet": distill_train.student_of(state_d)}, source
     if allow_random:
         log.info(f"no trained {system} checkpoint in {workdir}: using random weights")
         return parallel.init_replicated(model.init, jax.random.key(config.seed), mesh), "random weights"

@@ -34,7 +34,6 @@ import optax
 
 from casc_jax import data as data_lib
 from casc_jax.autoencoder import decoder_head
-from casc_jax.diffusion import SamplerSpec
 from casc_jax.diffusion import distill as distill_lib
 from casc_jax.discriminator import PatchGAN, adaptive_weight, hinge_d_loss
 from casc_jax.metrics.lpips import LPIPS, load_lpips_params
@@ -146,36 +145,10 @@ def make_stage2_step(model: CASC, cfg, train_snrs, tx, seed: int, grad_groups: i
 
 
 # -- progressive distillation ----------------------------------------------------------------------
-def distill_rounds(config) -> tuple[int, ...]:
-    """The student step count N of each distillation round (empty: `train.distill.rounds` is 0 or unset)."""
-    d = config.train.get("distill")
-    if d is None or not d.get("rounds"):
-        return ()
-    teacher_steps = d.get("teacher_steps") or config.diffusion.num_timesteps
-    rounds = distill_lib.round_steps(teacher_steps, d.rounds)
-    distill_lib.check_student_steps(config.diffusion.num_timesteps, rounds[0])
-    return rounds
-
-
-def distill_stage(r: int) -> str:
-    """The stage (and checkpoint folder) name of distillation round `r` (1-based)."""
-    return f"distill{r}"
-
-
-def distilled_round(config) -> int | None:
-    """The round whose student the config's sampler runs: None unless `sampler.name` is 'distilled', else the
-    round with `sampler.steps` student steps (ValueError naming the trained step counts if there is none)."""
-    spec = SamplerSpec.of(config.sampler.to_dict())
-    if spec.name != "distilled":
-        return None
-    rounds = distill_rounds(config)
-    if spec.steps not in rounds:
-        raise ValueError(
-            f"sampler 'distilled' with steps={spec.steps} needs a distillation round with a {spec.steps}-step student; "
-            f"train.distill (rounds={config.train.get('distill', {}).get('rounds')}) gives students of "
-            f"{list(rounds) or 'no'} steps. Set --config.train.distill.rounds (and teacher_steps)."
-        )
-    return rounds.index(spec.steps) + 1
+# The config-level pieces are the shared toolkit's (`train.distill`): every system with a distill stage uses them.
+distill_rounds = distill_train.config_rounds
+distilled_round = distill_train.sampled_round
+distill_stage = distill_train.stage_name
 
 
 def distill_predict(model: CASC):
@@ -198,8 +171,7 @@ def make_distill_stage_step(model: CASC, cfg, train_snrs, steps: int, tx, seed: 
     )
 
 
-def _student(state: loop.TrainState) -> dict:
-    return state.ema_params if state.ema_params is not None else state.params
+_student = distill_train.student_of
 
 
 # -- orchestration --------------------------------------------------------------------------------
@@ -313,23 +285,54 @@ def train_casc(config: ml_collections.ConfigDict, workdir: str) -> dict:
     d = config.train.get("distill")
     aux = {"autoencoder": state1.params, "cond_encoder": state2.ema_params["cond_encoder"]}
     teacher = {k: state2.ema_params[k] for k in DISTILL_PARTS}
-    for r, steps in enumerate(rounds, 1):
+    if rounds:
         groups_d = parallel.check_grad_groups(config.train.get("grad_groups", 0), batch["distill"], mesh.size)
         tx_d = _optimizer(d, batch["distill"])
-        step_d = make_distill_stage_step(
-            model, d, tuple(config.channel.train_snrs), steps, tx_d, config.seed + 1 + r, groups_d
+
+        def make_step(steps, r):
+            log.info(f"[{distill_stage(r)}] distilling a {2 * steps}-step teacher into a {steps}-step student")
+            return make_distill_stage_step(
+                model, d, tuple(config.channel.train_snrs), steps, tx_d, config.seed + 1 + r, groups_d
+            )
+
+        def run_round(r, step, teacher, initial):
+            frozen = {"teacher": teacher, "aux": aux}
+            initial = parallel.replicate(initial, mesh)
+            return run(distill_stage(r), step, frozen, d, config.seed + 1 + r, initial, "distill")
+
+        students = distill_train.run_rounds(
+            teacher, rounds, make_step, run_round, tx_d, ema=d.get("ema_decay") is not None
         )
-        log.info(f"[{distill_stage(r)}] distilling a {2 * steps}-step teacher into a {steps}-step student")
-        initial = distill_train.initial_student_state(teacher, tx_d, ema=d.get("ema_decay") is not None)
-        initial = parallel.replicate(initial, mesh)
-        state_d = run(
-            distill_stage(r), step_d, {"teacher": teacher, "aux": aux}, d, config.seed + 1 + r, initial, "distill"
-        )
-        teacher = _student(state_d)
-        if r == final_round:
-            params = dict(params, **teacher)
+        if final_round is not None:
+            params = dict(params, **students[final_round - 1])
     writer.close()
     return params
+
+
+def trained_students(config, workdir: str) -> dict[int, dict]:
+    """{N: the EMA student {'can', 'unet'} of N steps} for every distillation round trained in `workdir`
+    (WORKDIR/distill<r>), in round order; empty when it holds none.
+
+    The rounds are `train.distill.rounds`'s or, when that is 0 (a preset that trains none itself, as `cpu`), as
+    many as the workdir holds, from `train.distill.teacher_steps` (the reproduction's distillation job trains
+    them with --config.train.distill.rounds; its `--mode=quality` then finds them without the flag).
+    """
+    found = 0
+    while os.path.isdir(os.path.join(workdir, distill_stage(found + 1), "checkpoints")):
+        found += 1
+    if not found:
+        return {}
+    d = config.train.distill
+    rounds = distill_rounds(config) if d.get("rounds") else distill_lib.round_steps(
+        d.get("teacher_steps") or config.diffusion.num_timesteps, found
+    )
+    model = build_casc(config)
+    abstract = abstract_student(model, config, parallel.make_mesh())
+    students = {}
+    for r, steps in enumerate(rounds[:found], 1):
+        _, state = loop.restore_stage(workdir, distill_stage(r), config.train, abstract)
+        students[steps] = _student(state)
+    return students
 
 
 def stage1_workdir(config, workdir: str) -> str | None:

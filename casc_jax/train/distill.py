@@ -81,3 +81,75 @@ def make_distill_step(
         )
 
     return loop.make_loss_step(loss_fn, tx, seed, train_snrs, ema_decay=ema_decay, grad_groups=grad_groups, keys=keys)
+
+
+# -- a system's distillation stage (`train.distill` in its config), shared by every system that has one -------
+def config_rounds(config) -> tuple[int, ...]:
+    """The student step count N of each round of `config.train.distill` (empty: `rounds` is 0 or unset).
+    Round 1's teacher runs `teacher_steps` grid steps (None: all T = `diffusion.num_timesteps`)."""
+    d = config.train.get("distill")
+    if d is None or not d.get("rounds"):
+        return ()
+    T = num_timesteps(config)
+    rounds = distill_lib.round_steps(d.get("teacher_steps") or T, d.rounds)
+    distill_lib.check_student_steps(T, rounds[0])
+    return rounds
+
+
+def num_timesteps(config) -> int:
+    """T of the config's diffusion schedule: `diffusion` (CASC, DiffSC) or `model.diffusion` (multi-task)."""
+    section = config.diffusion if "diffusion" in config else config.model.diffusion
+    return int(section.num_timesteps)
+
+
+def sampled_round(config) -> int | None:
+    """The round whose student `config.sampler` runs: None unless its name is 'distilled', else the round with
+    `sampler.steps` student steps (ValueError naming the trained step counts if there is none)."""
+    from casc_jax.diffusion import SamplerSpec
+
+    spec = SamplerSpec.of(config.sampler.to_dict())
+    if spec.name != "distilled":
+        return None
+    rounds = config_rounds(config)
+    if spec.steps not in rounds:
+        raise ValueError(
+            f"sampler 'distilled' with steps={spec.steps} needs a distillation round with a {spec.steps}-step student; "
+            f"train.distill (rounds={config.train.get('distill', {}).get('rounds')}) gives students of "
+            f"{list(rounds) or 'no'} steps. Set --config.train.distill.rounds (and teacher_steps)."
+        )
+    return rounds.index(spec.steps) + 1
+
+
+def stage_name(r: int) -> str:
+    """The stage (and checkpoint folder WORKDIR/distill<r>) name of round `r` (1-based)."""
+    return f"distill{r}"
+
+
+def student_of(state: loop.TrainState):
+    """A round's student: its EMA weights when it keeps them."""
+    return state.ema_params if state.ema_params is not None else state.params
+
+
+def run_rounds(
+    teacher,
+    rounds: tuple[int, ...],
+    make_step: Callable[[int, int], Callable],
+    run_round: Callable[[int, Callable, Any, loop.TrainState], loop.TrainState],
+    tx: optax.GradientTransformation,
+    *,
+    ema: bool = True,
+) -> list:
+    """Train (or resume) every round: round r's student starts as a copy of its teacher (round 1: `teacher`,
+    the trained denoiser; round r: round r-1's student) and learns its `rounds[r-1]`-step grid.
+
+    `make_step(steps, r)` gives the round's (state, batch, frozen) step (:func:`make_distill_step`);
+    `run_round(r, step, teacher, initial_state)` runs it as stage :func:`stage_name` (r) under the system's fit
+    loop and returns its final state. Returns each round's student, in round order.
+    """
+    students = []
+    for r, steps in enumerate(rounds, 1):
+        initial = initial_student_state(teacher, tx, ema=ema)
+        state = run_round(r, make_step(steps, r), teacher, initial)
+        teacher = student_of(state)
+        students.append(teacher)
+    return students

@@ -122,3 +122,68 @@ def test_bench_convs_forms_compute_the_same_convolution():
     np.testing.assert_allclose(reference, direct, atol=1e-4)
     for name, form in bench_convs.FORMS.items():
         np.testing.assert_allclose(np.asarray(form(x, kernel)), direct, atol=1e-4, err_msg=name)
+
+
+def test_quality_rows_of_distilled_students_at_every_snr():
+    """Fake tiny students (the teacher's weights, perturbed): their 'distilled' rows at quality_snr and, with
+    DDPM and the equal-quality setting, at quality_extra_snrs; none without students."""
+    from casc_jax.system import build_casc
+
+    config = _tiny()
+    config.benchmark.update(dpm_steps=(), ddim_steps=(), ddim_eta1_steps=(), quality_extra_snrs=(5.0, 20.0),
+                            equal_quality_sampler=dict(name="ddim", steps=3, eta=1.0, spacing="uniform"))
+    params = build_casc(config).init(jax.random.key(0))
+    student = {k: jax.tree.map(lambda w: w * 1.01, params[k]) for k in ("can", "unet")}
+    images = np.asarray(jax.random.uniform(jax.random.key(1), (2, 32, 32, 3), minval=-1, maxval=1))
+    report = sampler_quality.quality(config, params, images, students={2: student, 1: params})
+    labels = [r["sampler"] for r in report["rows"]]
+    assert labels == ["ddpm", "distilled 2 steps", "distilled 1 step"]
+    assert report["rows"][1]["config"] == {"name": "distilled", "steps": 2} and report["rows"][1]["snr_db"] == 20.0
+    [other] = report["other_snrs"]  # 20 dB is quality_snr: not repeated
+    assert other["snr_db"] == 5.0
+    assert [r["sampler"] for r in other["rows"]] == [
+        "ddpm", "ddim eta=1 3 steps (uniform)", "distilled 2 steps", "distilled 1 step"]
+    assert all(0 < r["psnr_vs_ddpm"] < 100.0 for r in other["rows"][1:]) and other["rows"][0]["psnr_vs_ddpm"] == 100
+    plain = sampler_quality.quality(config, params, images)
+    assert [r["sampler"] for r in plain["rows"]] == ["ddpm"] and "other_snrs" not in plain
+    from casc_jax import results
+
+    table = results.quality_table(report)
+    assert "The distilled students at 5 dB" in table and table.count("| distilled 1 step |") == 2
+
+
+def test_default_variants_time_the_distilled_receiver_at_both_batches():
+    config = casc_base.base_config(preset="cpu")
+    rows = {v.label: v for v in benchmark.default_variants(config)}
+    for n, label in ((1, "distilled 1 step"), (2, "distilled 2 steps")):
+        assert rows[label].sampler == {"name": "distilled", "steps": n} and rows[label].batch is None
+        assert rows[f"{label}, batch 8"].batch == 8
+
+
+def test_speed_row_at_its_own_batch_and_the_unet_step_peer(tmp_path):
+    config = _tiny()
+    config.benchmark.update(distilled_steps=(1,), small_batches=(4,))
+    variants = [v for v in benchmark.default_variants(config) if v.label.startswith("distilled")]
+    report = benchmark.speed(config, variants=variants)
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert rows["distilled 1 step"]["batch"] == 2 and rows["distilled 1 step, batch 4"]["batch"] == 4
+    assert rows["distilled 1 step"]["steps"] == 1 and not rows["distilled 1 step"]["extrapolated"]
+    peer = benchmark.unet_step_vs_torch(config)
+    assert peer["batch"] == 2 and peer["jax"]["ms_per_image"] > 0 and peer["jax"]["gflop_per_image"] > 0
+    try:
+        import diffusers  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        assert "do not import here" in peer["torch"]["skipped"]
+    else:
+        assert peer["torch"]["ms_per_image"] > 0
+    report["unet_step_peer"] = peer
+    assert benchmark.write_report(report, str(tmp_path)).endswith("benchmark.json")
+
+
+def test_torch_peer_is_the_paper_sized_unet():
+    spec = benchmark.torch_peer_spec(casc_base.base_config())
+    assert spec["in_channels"] == 5 and spec["out_channels"] == 3 and spec["sample_size"] == 8
+    assert spec["block_out_channels"] == (128, 256, 256) and spec["layers_per_block"] == 2
+    assert spec["down_block_types"] == ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D")
+    assert spec["up_block_types"] == ("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D")

@@ -324,6 +324,26 @@ def test_casc_distill_stage_runs_resumes_and_loads(tmp_path, progress):
     teacher, _ = casc.load_trained_params(c, str(tmp_path))
     assert not all(np.array_equal(a, b) for a, b in zip(leaves(teacher["unet"]), leaves(params["unet"])))
     np.testing.assert_array_equal(leaves(teacher["cond_encoder"])[0], leaves(params["cond_encoder"])[0])
+    # --mode=quality's students: every round found in the workdir, also by a config that trains none itself
+    # (rounds 0: the cpu preset), from teacher_steps
+    students = casc.trained_students(c, str(tmp_path))
+    assert list(students) == [4, 2] and set(students[2]) == {"can", "unet"}
+    for a, b in zip(leaves(students[2]), leaves({k: params[k] for k in ("can", "unet")}), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert list(casc.trained_students(_casc_tiny(tmp_rounds=0), str(tmp_path))) == [4, 2]
+    assert casc.trained_students(c, str(tmp_path / "elsewhere")) == {}
+    # the reproduction's distillation job: a 'train' of the trained workdir with more rounds and no sweep
+    # trains only the new round
+    from casc_jax import run
+
+    progress.clear()
+    c3 = _casc_tiny(tmp_rounds=3)  # 8 -> 4 -> 2 -> 1
+    c3.train.evaluate = False
+    assert run.train(c3, str(tmp_path), {}) == {}
+    assert any(line.startswith("[stage2] already trained") for line in progress.lines)
+    assert any(line.startswith("[distill2] already trained") for line in progress.lines)
+    assert "[distill3] training steps 0 -> 2" in progress.lines and not (tmp_path / "eval").exists()
+    assert list(casc.trained_students(_casc_tiny(tmp_rounds=0), str(tmp_path))) == [4, 2, 1]
 
 
 def test_casc_distilled_sampler_needs_a_trained_round():
@@ -338,3 +358,58 @@ def test_casc_distilled_sampler_needs_a_trained_round():
     c.train.update(distill=dict(c.train.distill.to_dict(), rounds=2, teacher_steps=None))
     with pytest.raises(ValueError, match="odd"):  # T = 10 -> 5 -> 2: round 2's teacher would not nest
         casc.distill_rounds(c)
+
+
+# ----------------------------------------------------------------------------- DiffSC's stage (the same toolkit)
+
+
+def test_diffsc_distill_stage_runs_loads_and_samples(tmp_path, progress):
+    """A tiny DiffSC: DeepJSCC, the U-Net, then 2 rounds (4 -> 2 -> 1 steps on T = 4) of 2 steps each through
+    the shared rounds; load_trained_params gives the sampled round's student, which the receiver runs."""
+    from casc_jax.baselines import build_diffsc
+    from casc_jax.train import baselines
+    from configs import deepjscc_base
+
+    c = deepjscc_base.diffsc_config(preset="smoke")
+    c.diffsc.unet.update(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), head_dim=8)
+    c.diffusion.num_timesteps = 4
+    c.deepjscc.filters = (4, 8, 8, 8)
+    c.train.update(batch_size=4, log_every=2, checkpoint_every=2)
+    c.train.deepjscc.update(num_steps=2)
+    c.train.diffsc.update(num_steps=2, warmup_steps=0)
+    c.train.distill.update(rounds=2, num_steps=2)
+    c.sampler.update(name="distilled", steps=1)
+    params = baselines.train_baseline(c, str(tmp_path))
+    for r in (1, 2):
+        assert f"[distill{r}] training steps 0 -> 2" in progress.lines
+    loaded, source = baselines.load_trained_params(c, str(tmp_path))
+    assert "distilled student distill2 step 2" in source
+    leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]  # noqa: E731
+    for a, b in zip(leaves(params), leaves(loaded), strict=True):
+        np.testing.assert_array_equal(a, b)
+    c.sampler.update(name="ddim", steps=2)
+    teacher, _ = baselines.load_trained_params(c, str(tmp_path))
+    assert not all(np.array_equal(a, b) for a, b in zip(leaves(teacher["unet"]), leaves(params["unet"])))
+    model = build_diffsc(c)
+    y = jnp.zeros((2, *model.deepjscc.latent_shape))
+    out = jax.jit(lambda p, k: model.receive(p, y, k, {"name": "distilled", "steps": 1}))(params, jax.random.key(0))
+    assert out.shape == (2, 32, 32, 3) and bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_launcher_refuses_distilled_without_a_stage_or_round():
+    import ml_collections
+
+    from casc_jax import cli
+
+    c = ml_collections.ConfigDict(dict(system="toy", sampler=dict(name="distilled", steps=2), train=dict(),
+                                       diffusion=dict(num_timesteps=10)))
+    with pytest.raises(cli.UserError, match="system 'toy' has no distillation stage"):
+        cli.check_distilled(c)
+    c.train.distill = dict(rounds=1, teacher_steps=8)
+    with pytest.raises(cli.UserError, match="2-step student"):
+        cli.check_distilled(c)  # round 1 of an 8-step teacher: a 4-step student
+    c.sampler.steps = 4
+    cli.check_distilled(c)
+    c.sampler.name = "ddim"
+    c.train = dict()
+    cli.check_distilled(c)  # not distilled: nothing to check

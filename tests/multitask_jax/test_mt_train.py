@@ -5,6 +5,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -194,3 +195,30 @@ def test_transmit_rejects_out_of_scope_requests_before_model_work(tmp_path):
         run.transmit(config, empty, opts)
     with pytest.raises(ValueError, match="--image"):
         run.transmit(config, empty, {"task": "segment the image"})
+
+
+def test_reconstruction_distillation_rounds_load_and_sample(tmp_path, progress):
+    """The DiT distilled through the shared toolkit's rounds (8 -> 4 -> 2 steps on the smoke T = 100), 2 steps
+    each; the 'distilled' sampler's config loads and reconstructs with the 2-step student."""
+    from casc_jax.train import distill as distill_train
+
+    c = _tiny("reconstruction", steps=2)
+    c.train.distill.update(rounds=2, teacher_steps=8, num_steps=2)
+    c.sampler.update(name="distilled", steps=2)
+    assert distill_train.config_rounds(c) == (4, 2) and distill_train.sampled_round(c) == 2
+    params = mt_train.train_task(c, str(tmp_path))
+    for r in (1, 2):
+        assert f"[distill{r}] training steps 0 -> 2" in progress.lines
+    loaded, source = mt_train.load_task_params(c, str(tmp_path), "reconstruction")
+    assert "distilled student distill2 step 2" in source
+    for a, b in zip(_leaves(params), _leaves(loaded), strict=True):
+        np.testing.assert_array_equal(a, b)
+    c.sampler.update(name="ddim", steps=4)
+    teacher, _ = mt_train.load_task_params(c, str(tmp_path), "reconstruction")
+    assert not all(np.array_equal(a, b) for a, b in zip(_leaves(teacher["dit"]), _leaves(params["dit"])))
+    np.testing.assert_array_equal(_leaves(teacher["encoder"])[0], _leaves(params["encoder"])[0])
+    model = mt_train.build_model(c)
+    image = jnp.zeros((2,) + model.image_shape)
+    out = jax.jit(lambda p, k: model(p, image, "reconstruction", k, 10.0, {"name": "distilled", "steps": 2}))(
+        params, jax.random.key(0))
+    assert out.shape == image.shape and bool(jnp.all(jnp.isfinite(out)))
