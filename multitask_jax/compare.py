@@ -118,11 +118,13 @@ def _visual_snr(keys) -> float | None:
 
 
 def visual_rows(grids: Mapping[str, np.ndarray], methods: Sequence[str], task: str, size: str, snr: float) -> list:
-    """[(label, uint8 (N, H, W, 3)), ...] for the methods with a grid at `snr` (masks in the VOC palette)."""
+    """[(label, uint8 (N, H, W, 3)), ...] for the methods with a grid at `snr` (masks in the grids' `palette`,
+    VOC's when absent)."""
     if task == RECONSTRUCTION:
         rows, suffix = [("Source", grids.get(f"source_{size}"))], f"_{size}_snr{snr:g}"
     else:
-        rows = [("Image", grids.get("image")), ("Ground truth", _colour(grids.get("ground_truth")))]
+        palette = grids.get("palette")  # the data's palette (CamVid's for CamVid), saved by the evaluation
+        rows = [("Image", grids.get("image")), ("Ground truth", _colour(grids.get("ground_truth"), palette))]
         suffix = f"_snr{snr:g}"
     if rows[0][1] is None:
         return []
@@ -132,13 +134,13 @@ def visual_rows(grids: Mapping[str, np.ndarray], methods: Sequence[str], task: s
             continue
         ok = grids.get(m + suffix + "_ok")
         name = label(m) + (f" ({int((~ok).sum())} failed)" if ok is not None and not ok.all() else "")
-        rows.append((name, images if task == RECONSTRUCTION else _colour(images)))
+        rows.append((name, images if task == RECONSTRUCTION else _colour(images, palette)))
     n = min(len(images) for _, images in rows)
     return [(name, images[:n]) for name, images in rows] if len(rows) > (1 if task == RECONSTRUCTION else 2) else []
 
 
-def _colour(masks):
-    return None if masks is None else colorize_mask(np.asarray(masks))
+def _colour(masks, palette=None):
+    return None if masks is None else colorize_mask(np.asarray(masks), palette)
 
 
 def compare(workdirs: Sequence[str], out_dir: str) -> list[str]:
