@@ -57,8 +57,11 @@ def _style(method: str, _group: str) -> dict:
     return {"label": label(method), **({"linestyle": "--"} if "qam" in method else {})}
 
 
-def load(workdirs: Sequence[str]) -> tuple[dict[str, list[dict]], dict[str, dict[str, np.ndarray]]]:
-    """({task: records with 'workdir'}, {task: merged grids}); FileNotFoundError when a workdir has neither."""
+def load(
+    workdirs: Sequence[str], eval_dirs: Sequence[str] = ("eval",)
+) -> tuple[dict[str, list[dict]], dict[str, dict[str, np.ndarray]]]:
+    """({task: records with 'workdir'}, {task: merged grids}) from WORKDIR/<eval dir>/<task>/ for each of
+    `eval_dirs` (e.g. also 'eval_awgn'); FileNotFoundError when a workdir has none."""
     import json
 
     if not workdirs:
@@ -67,18 +70,19 @@ def load(workdirs: Sequence[str]) -> tuple[dict[str, list[dict]], dict[str, dict
     grids = {t: {} for t in TASKS}
     for workdir in dict.fromkeys(os.path.normpath(w) for w in workdirs):
         found = False
-        for task in TASKS:
-            path = os.path.join(workdir, "eval", task, "metrics.json")
-            if not os.path.isfile(path):
-                continue
-            found = True
-            with open(path) as f:
-                records[task] += [dict(r, workdir=workdir) for r in json.load(f)]
-            npz = os.path.join(workdir, "eval", task, GRIDS_FILE)
-            if os.path.isfile(npz):
-                with np.load(npz) as f:
-                    for key in f.files:
-                        grids[task].setdefault(key, f[key])
+        for eval_dir in eval_dirs:
+            for task in TASKS:
+                path = os.path.join(workdir, eval_dir, task, "metrics.json")
+                if not os.path.isfile(path):
+                    continue
+                found = True
+                with open(path) as f:
+                    records[task] += [dict(r, workdir=workdir) for r in json.load(f)]
+                npz = os.path.join(workdir, eval_dir, task, GRIDS_FILE)
+                if os.path.isfile(npz):
+                    with np.load(npz) as f:
+                        for key in f.files:
+                            grids[task].setdefault(key, f[key])
         if not found:
             raise FileNotFoundError(f"{workdir}/eval/<task>/metrics.json not found: evaluate it first (--mode=eval)")
     return records, grids
@@ -143,9 +147,9 @@ def _colour(masks, palette=None):
     return None if masks is None else colorize_mask(np.asarray(masks), palette)
 
 
-def compare(workdirs: Sequence[str], out_dir: str) -> list[str]:
+def compare(workdirs: Sequence[str], out_dir: str, eval_dirs: Sequence[str] = ("eval",)) -> list[str]:
     """Write the figures, tables and visual rows of every evaluated task; return the written paths."""
-    records, grids = load(workdirs)
+    records, grids = load(workdirs, eval_dirs)
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for task in TASKS:
