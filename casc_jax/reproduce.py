@@ -28,7 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from casc_jax import cli, results
 from casc_jax.results import REPO, git_commit
@@ -41,7 +41,12 @@ NPZ_FILES = {"train": "cifar10_train_50k_jpeg.npz", "test": "cifar10_test_10k_jp
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """One `launch.py` run: a config (':cpu' preset), its mode and the workdirs it builds on."""
+    """One `launch.py` run: a config (':cpu' preset), its mode and the workdirs it builds on.
+
+    The generic parts (`folder`, `record`, `archive_folder`, `outputs`, `reads`, `data_flags`) are what the
+    job machinery below reads; a reproduction of another system (multitask_jax.reproduce) subclasses Job to
+    change them. Here a job's workdir and archive folder are both named after its config.
+    """
 
     name: str
     config: str
@@ -61,14 +66,37 @@ class Job:
         """Whether this is its config's own job of its mode (the one whose eval/metrics.json the tables read)."""
         return not self.record_name
 
-    def command(self, root: str, source: str) -> list[str]:
+    @property
+    def folder(self) -> str:
+        """Its workdir under the reproduction's WORKDIR."""
+        return self.config
+
+    @property
+    def archive_folder(self) -> str:
+        """Where its outputs are kept under OUT/jobs."""
+        return self.config
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """Its small outputs kept in the archive, relative to its workdir."""
+        return ARCHIVED[self.mode]
+
+    @property
+    def reads(self) -> set[str]:
+        """The workdirs (folders) whose checkpoints it reads."""
+        return set(self.uses.values()) | ({self.folder} if self.mode != "train" else set())
+
+    def data_flags(self, source) -> list[str]:
+        return [f"--config.data.source={source}"]
+
+    def command(self, root: str, source) -> list[str]:
         args = [
             sys.executable,
             os.path.join(REPO, "launch.py"),
             f"--config={os.path.join(REPO, 'configs', self.config)}.py:cpu",
-            f"--workdir={os.path.join(root, self.config)}",
+            f"--workdir={os.path.join(root, self.folder)}",
             f"--mode={self.mode}",
-            f"--config.data.source={source}",
+            *self.data_flags(source),
         ]
         args += [f"--config.{field}={os.path.join(root, job)}" for field, job in self.uses.items()]
         return args + [f"--config.{field}={value}" for field, value in self.flags.items()]
@@ -110,7 +138,11 @@ def data_source(data: str) -> str:
 
 
 def _record_path(root: str, job: Job) -> str:
-    return os.path.join(root, job.config, job.record)
+    return os.path.join(root, job.folder, job.record)
+
+
+def _archived_record(archive: str, job: Job) -> str:
+    return os.path.join(archive, job.archive_folder, job.record)
 
 
 # A job's outputs kept in OUT/jobs/<config>/ (paths relative to its workdir), by mode.
@@ -122,34 +154,35 @@ ARCHIVED = {
 
 
 def archive_job(job: Job, root: str, archive: str) -> bool:
-    """Copy a finished job's record and small outputs from its workdir to ARCHIVE/<config>/; False if unfinished."""
+    """Copy a finished job's record and small outputs (`job.outputs`) from its workdir to
+    ARCHIVE/<archive folder>/ (here ARCHIVE/<config>/); False if unfinished."""
     if not os.path.exists(_record_path(root, job)):
         return False
-    for name in (job.record, *ARCHIVED[job.mode]):
-        source = os.path.join(root, job.config, name)
+    for name in (job.record, *job.outputs):
+        source, target = os.path.join(root, job.folder, name), os.path.join(archive, job.archive_folder, name)
         if os.path.exists(source):
-            os.makedirs(os.path.dirname(os.path.join(archive, job.config, name)), exist_ok=True)
-            shutil.copyfile(source, os.path.join(archive, job.config, name))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copyfile(source, target)
     return True
 
 
 def needs(later: Job, job: Job) -> bool:
-    """Whether `later` reads `job`'s checkpoints (its workdir through `uses`, or the same config trained: a second
+    """Whether `later` reads `job`'s checkpoints (its workdir through `uses`, or the same workdir trained: a second
     'train' of a workdir, the distillation job, builds on its config's own; its students serve the quality job)."""
     if not job.main:  # the students: read by --mode=quality of the same workdir only
-        return later.config == job.config and later.mode == "quality"
-    same = later.config == job.config and later != job
-    return job.mode == "train" and (job.config in later.uses.values() or same)
+        return later.folder == job.folder and later.mode == "quality"
+    same = later.config == job.config and later.folder == job.folder and later != job
+    return job.mode == "train" and (job.folder in later.reads or same)
 
 
 def to_run(jobs: Sequence[Job], archive: str) -> list[Job]:
     """The jobs to run: those not archived, and archived ones whose checkpoints a job still to run needs
     (`run_job` skips those whose workdir already holds them)."""
-    pending = [j for j in jobs if not os.path.exists(_record_path(archive, j))]
+    pending = [j for j in jobs if not os.path.exists(_archived_record(archive, j))]
     return [j for j in jobs if j in pending or any(needs(p, j) for p in pending)]
 
 
-def run_job(job: Job, root: str, source: str) -> dict:
+def run_job(job: Job, root: str, source) -> dict:
     """Run `job` unless it finished before; its output goes to WORKDIR/<config>/log.txt. Returns its record."""
     path = _record_path(root, job)
     if os.path.exists(path):
@@ -157,7 +190,7 @@ def run_job(job: Job, root: str, source: str) -> dict:
             record = json.load(f)
         log.info(f"[reproduce] {job.name}: done before ({record['seconds'] / 60:.1f} min), skipped")
         return record
-    workdir = os.path.join(root, job.config)
+    workdir = os.path.join(root, job.folder)
     os.makedirs(workdir, exist_ok=True)
     log.info(f"[reproduce] {job.name}: running, log in {workdir}/log.txt")
     started = time.time()
@@ -188,37 +221,59 @@ def run_job(job: Job, root: str, source: str) -> dict:
     return record
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="folder of the CIFAR-10 npz archives, or 'tfds'")
-    parser.add_argument("--workdir", default=os.path.join("runs", "cifar10_cpu"))
-    parser.add_argument("--out", default=os.path.join("docs", "results", "cifar10_cpu"))
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    jobs: Sequence[Job] = JOBS,
+    source_of: Callable[[str], object] = None,
+    publish: Callable = None,
+    workdir: str = os.path.join("runs", "cifar10_cpu"),
+    out: str = os.path.join("docs", "results", "cifar10_cpu"),
+    description: str | None = None,
+    data_help: str = "folder of the CIFAR-10 npz archives, or 'tfds'",
+) -> int:
+    """The resumable reproduction command over `jobs`: `source_of(--data)` gives what each job's
+    `data_flags` reads (a FileNotFoundError / ValueError is one `error:` line, exit 2), `publish(archive, out,
+    jobs, args, source)` writes OUT. The defaults are CIFAR-10's; multitask_jax.reproduce passes its own."""
+    source_of = source_of or data_source
+    publish = publish or results.publish
+    parser = argparse.ArgumentParser(description=description or __doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help=data_help)
+    parser.add_argument("--workdir", default=workdir)
+    parser.add_argument("--out", default=out)
     parser.add_argument("--jobs", default="", help="comma-separated job names to run (default: all, in order)")
     parser.add_argument("--train_only", action="store_true", help="run the jobs, do not write OUT")
     parser.add_argument("--publish_only", action="store_true", help="write OUT from the jobs finished so far")
     args = parser.parse_args(argv)
     cli.show_progress()
     try:
-        source = data_source(args.data)
-    except FileNotFoundError as err:
+        source = source_of(args.data)
+    except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    names = [n for n in args.jobs.split(",") if n]
+    unknown = [n for n in names if n not in {j.name for j in jobs}]
+    if unknown:
+        print(
+            f"error: unknown job {', '.join(unknown)}; the jobs are {', '.join(j.name for j in jobs)}", file=sys.stderr
+        )
         return 2
     root, out = os.path.abspath(args.workdir), os.path.abspath(args.out)
     archive = os.path.join(out, "jobs")
-    chosen = [j for j in JOBS if not args.jobs or j.name in args.jobs.split(",")] if not args.publish_only else []
+    chosen = [j for j in jobs if not names or j.name in names] if not args.publish_only else []
     started = time.time()
     runs = to_run(chosen, archive)
     for job in chosen:
         if job in runs:
             run_job(job, root, source)
         else:
-            log.info(f"[reproduce] {job.name}: results in {archive}/{job.config}, skipped")
-    for job in JOBS:  # also what an earlier --train_only run finished
+            log.info(f"[reproduce] {job.name}: results in {archive}/{job.archive_folder}, skipped")
+    for job in jobs:  # also what an earlier --train_only run finished
         archive_job(job, root, archive)
     if args.train_only:
         return 0
 
-    results.publish(archive, out, JOBS, args, source)
+    publish(archive, out, jobs, args, source)
     log.info(f"[reproduce] finished in {(time.time() - started) / 60:.1f} min; results in {args.out}")
     return 0
 

@@ -15,7 +15,8 @@ scheme gets `digital.budget_bits` = 20,000 bits (reading 'bits' of casc_jax/digi
 
 Presets: '' (paper sizes; the layer sizes of each baseline's original paper, see its module docstring) and
 'smoke' (embedded data at 64 x 64 with the tiny model's C_out = 4, i.e. 32 channel uses like the multi-task
-smoke run, small widths, a few hundred steps; offline on 2 CPU cores in minutes; not an experiment).
+smoke run, small widths, a few hundred steps; offline on 2 CPU cores in minutes; not an experiment) and
+'cpu' (real photos / CamVid beside our cpu preset, at our channel uses; see `_cpu`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import common, multitask_base
+from multitask_jax.data import CAMVID_NUM_CLASSES
 from multitask_jax.jscc import max_channels_for_budget
 from multitask_jax.system import model_config
 
@@ -55,6 +57,29 @@ SMOKE = {
     "fcn": dict(widths=(8, 16, 16, 32)),
 }
 SMOKE_STEPS = 200
+# The cpu presets' layer sizes (2 CPU cores, 128 x 128 training crops): each baseline's layout, narrowed.
+CPU = {
+    "deepjscc": dict(filters=(16, 32, 32, 32)),  # the paper's sizes are already small
+    "adjscc": dict(filters=(32, 32, 32, 32)),
+    "witt": dict(widths=(32, 48, 64, 96), depths=(1, 1, 2, 1), heads=(2, 2, 4, 4), window=8, mlp_ratio=2.0,
+                 modnet_layers=3),
+    "deeplab": dict(widths=(16, 32, 64, 128), features=64, rates=(1, 2, 3), num_classes=CAMVID_NUM_CLASSES),
+    "fcn": dict(widths=(16, 32, 64, 128), num_classes=CAMVID_NUM_CLASSES),
+}
+# Seconds per batch-16 step at 128 x 128 (CPU sizes), measured 2026-12-06 on this machine (2 cores) while another
+# training job used both cores (load average 3.5-5; ours at nice 19): upper bounds for a quiet machine. Mean of
+# 12 steps after the compile, random data, the jitted step of `multitask_jax.train.make_loss_step`. ADJSCC at
+# 64 filters took 3.876 s (0.67M parameters), hence 32. (trainable parameters in the comments)
+CPU_STEP_SECONDS = {
+    "deepjscc": 0.881,  # 0.14M
+    "adjscc": 1.672,  # 0.17M
+    "witt": 2.971,  # 0.87M
+    "deeplab_jscc": 0.288,  # 0.93M
+    "fcn_digital": 0.249,  # 0.49M (the FCN; trained on clean images, the digital link is evaluation only)
+}
+# Steps: about 35 minutes of training each at those step times (equal wall time, not equal steps):
+# 2400 x 0.881 = 35.2 min, 1250 x 1.672 = 34.8, 700 x 2.971 = 34.7, 7000 x 0.288 = 33.6, 8000 x 0.249 = 33.2.
+CPU_STEPS = {"deepjscc": 2400, "adjscc": 1250, "witt": 700, "deeplab_jscc": 7000, "fcn_digital": 8000}
 
 
 def base_config(baseline: str, preset: str = "") -> ml_collections.ConfigDict:
@@ -78,7 +103,37 @@ def base_config(baseline: str, preset: str = "") -> ml_collections.ConfigDict:
             dict(budget_bits=BUDGET_BITS, modulations=("16qam", "64qam"), code_rate=0.5, iterations=20)
         )
         c.recon_data = multitask_base._data("reconstruction")  # the digital PSNR curve (Figs. 4, 5)
-    return common.apply_preset(c, preset, {"smoke": _smoke})
+    return common.apply_preset(c, preset, {"smoke": _smoke, "cpu": _cpu})
+
+
+def _cpu(c: ml_collections.ConfigDict) -> None:
+    """The real photos / CamVid on 2 CPU cores, beside configs/multitask_base.py's cpu preset: the same data
+    (placeholder sources that `python -m multitask_jax.reproduce` replaces), 128 x 128 training crops, the
+    same evaluation sizes and images, Rayleigh block fading (MMSE) at 0..20 dB step 4, batch 16, AdamW at the
+    same rate, and our C_out = 3 on the same H/16 x W/16 grid: every learned method sends 96 channel uses per
+    128 x 128 image, 294 per 224 x 224 image (our 20 Kbit budget, 18,816 bits) and 2,304 per 768 x 512 image.
+    The digital scheme keeps `digital.budget_bits` = 20,000 bits per image. CamVid: 11 classes in the
+    Deeplab / FCN heads, void ignored.
+
+    Layer sizes: CPU (the original layouts narrowed). Steps: CPU_STEPS, from the step time measured on
+    2026-12-06 under load (another training job on both cores: upper bounds), batch 16 at 128 x 128, about
+    35 minutes each: Deep JSCC 0.881 s/step -> 2,400 steps; ADJSCC (32 filters; 64 took 3.876 s) 1.672 ->
+    1,250; WITT 2.971 -> 700; Deeplab-JSCC 0.288 -> 7,000; the FCN of the digital scheme 0.249 -> 8,000
+    (CPU_STEP_SECONDS). Our stages: configs/multitask_base.py (3.675 s -> 600, 0.445 s -> 4,700).
+    """
+    section = BASELINES[c.baseline][2]
+    c.model.image_size = multitask_base.CPU_IMAGE_SIZE
+    c.model.channels = max_channels_for_budget(multitask_base.CPU_BUDGET_SIZE, BUDGET_BITS, 2)
+    c.model[section].update(CPU[section])
+    c.channel = multitask_base.cpu_channel()
+    c.data = multitask_base.cpu_data(c.task)
+    c.train.update(batch_size=multitask_base.CPU_BATCH, log_every=50, checkpoint_every=250)
+    c.train[c.task].update(num_steps=CPU_STEPS[c.baseline], base_lr=multitask_base.CPU_LR,
+                           ema_decay=0.999 if c.task == "reconstruction" else 0.0)
+    c.eval.update(batch_size=8, num_images=multitask_base.CPU_EVAL_IMAGES if c.task == "reconstruction" else None,
+                  grid_images=6, grid_snrs=(0.0, 8.0, 20.0))
+    if "recon_data" in c:
+        c.recon_data = multitask_base.cpu_data("reconstruction")
 
 
 def _smoke(c: ml_collections.ConfigDict) -> None:

@@ -1,6 +1,6 @@
 """Multi-task baseline: DeepJSCC (Bourtsoulatze et al. 2019), reconstruction: PSNR vs SNR (Figs. 4, 5).
 
-Presets '' (paper) and 'smoke'; see configs/mt_baselines_base.py.
+Presets '' (paper), 'smoke' and 'cpu' (real photos / CamVid on 2 CPU cores); see configs/mt_baselines_base.py.
 """
 
 from configs.mt_baselines_base import base_config

@@ -1,6 +1,6 @@
 """Multi-task baseline: Deeplab-JSCC, atrous conv / ASPP segmentation over the channel: mIoU vs SNR (Fig. 7).
 
-Presets '' (paper) and 'smoke'; see configs/mt_baselines_base.py.
+Presets '' (paper), 'smoke' and 'cpu' (real photos / CamVid on 2 CPU cores); see configs/mt_baselines_base.py.
 """
 
 from configs.mt_baselines_base import base_config

@@ -1,6 +1,6 @@
 """Multi-task system, reconstruction task (DIV2K, PSNR vs SNR: the paper's Figs. 4 and 5).
 
-Presets '' (paper) and 'smoke'; see configs/multitask_base.py.
+Presets '' (paper), 'smoke' and 'cpu' (real photos / CamVid on 2 CPU cores); see configs/multitask_base.py.
 """
 
 from configs.multitask_base import base_config

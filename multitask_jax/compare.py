@@ -57,8 +57,11 @@ def _style(method: str, _group: str) -> dict:
     return {"label": label(method), **({"linestyle": "--"} if "qam" in method else {})}
 
 
-def load(workdirs: Sequence[str]) -> tuple[dict[str, list[dict]], dict[str, dict[str, np.ndarray]]]:
-    """({task: records with 'workdir'}, {task: merged grids}); FileNotFoundError when a workdir has neither."""
+def load(
+    workdirs: Sequence[str], eval_dirs: Sequence[str] = ("eval",)
+) -> tuple[dict[str, list[dict]], dict[str, dict[str, np.ndarray]]]:
+    """({task: records with 'workdir'}, {task: merged grids}) from WORKDIR/<eval dir>/<task>/ for each of
+    `eval_dirs` (e.g. also 'eval_awgn'); FileNotFoundError when a workdir has none."""
     import json
 
     if not workdirs:
@@ -67,18 +70,19 @@ def load(workdirs: Sequence[str]) -> tuple[dict[str, list[dict]], dict[str, dict
     grids = {t: {} for t in TASKS}
     for workdir in dict.fromkeys(os.path.normpath(w) for w in workdirs):
         found = False
-        for task in TASKS:
-            path = os.path.join(workdir, "eval", task, "metrics.json")
-            if not os.path.isfile(path):
-                continue
-            found = True
-            with open(path) as f:
-                records[task] += [dict(r, workdir=workdir) for r in json.load(f)]
-            npz = os.path.join(workdir, "eval", task, GRIDS_FILE)
-            if os.path.isfile(npz):
-                with np.load(npz) as f:
-                    for key in f.files:
-                        grids[task].setdefault(key, f[key])
+        for eval_dir in eval_dirs:
+            for task in TASKS:
+                path = os.path.join(workdir, eval_dir, task, "metrics.json")
+                if not os.path.isfile(path):
+                    continue
+                found = True
+                with open(path) as f:
+                    records[task] += [dict(r, workdir=workdir) for r in json.load(f)]
+                npz = os.path.join(workdir, eval_dir, task, GRIDS_FILE)
+                if os.path.isfile(npz):
+                    with np.load(npz) as f:
+                        for key in f.files:
+                            grids[task].setdefault(key, f[key])
         if not found:
             raise FileNotFoundError(f"{workdir}/eval/<task>/metrics.json not found: evaluate it first (--mode=eval)")
     return records, grids
@@ -118,11 +122,13 @@ def _visual_snr(keys) -> float | None:
 
 
 def visual_rows(grids: Mapping[str, np.ndarray], methods: Sequence[str], task: str, size: str, snr: float) -> list:
-    """[(label, uint8 (N, H, W, 3)), ...] for the methods with a grid at `snr` (masks in the VOC palette)."""
+    """[(label, uint8 (N, H, W, 3)), ...] for the methods with a grid at `snr` (masks in the grids' `palette`,
+    VOC's when absent)."""
     if task == RECONSTRUCTION:
         rows, suffix = [("Source", grids.get(f"source_{size}"))], f"_{size}_snr{snr:g}"
     else:
-        rows = [("Image", grids.get("image")), ("Ground truth", _colour(grids.get("ground_truth")))]
+        palette = grids.get("palette")  # the data's palette (CamVid's for CamVid), saved by the evaluation
+        rows = [("Image", grids.get("image")), ("Ground truth", _colour(grids.get("ground_truth"), palette))]
         suffix = f"_snr{snr:g}"
     if rows[0][1] is None:
         return []
@@ -132,18 +138,18 @@ def visual_rows(grids: Mapping[str, np.ndarray], methods: Sequence[str], task: s
             continue
         ok = grids.get(m + suffix + "_ok")
         name = label(m) + (f" ({int((~ok).sum())} failed)" if ok is not None and not ok.all() else "")
-        rows.append((name, images if task == RECONSTRUCTION else _colour(images)))
+        rows.append((name, images if task == RECONSTRUCTION else _colour(images, palette)))
     n = min(len(images) for _, images in rows)
     return [(name, images[:n]) for name, images in rows] if len(rows) > (1 if task == RECONSTRUCTION else 2) else []
 
 
-def _colour(masks):
-    return None if masks is None else colorize_mask(np.asarray(masks))
+def _colour(masks, palette=None):
+    return None if masks is None else colorize_mask(np.asarray(masks), palette)
 
 
-def compare(workdirs: Sequence[str], out_dir: str) -> list[str]:
+def compare(workdirs: Sequence[str], out_dir: str, eval_dirs: Sequence[str] = ("eval",)) -> list[str]:
     """Write the figures, tables and visual rows of every evaluated task; return the written paths."""
-    records, grids = load(workdirs)
+    records, grids = load(workdirs, eval_dirs)
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for task in TASKS:

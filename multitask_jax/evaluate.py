@@ -10,7 +10,8 @@ WORKDIR/eval/segmentation/
                                 the confusion matrix summed over the whole set (casc_jax.metrics.segmentation,
                                 VOC label 255 not counted), and the per-class IoU (JSON only)
     miou_vs_snr.png             mIoU and pixel accuracy against SNR (Fig. 7, top)
-    masks.png                   images, ground truth and predictions at each grid SNR in the VOC palette
+    masks.png                   images, ground truth and predictions at each grid SNR in the data's palette
+                                (VOC's, or CamVid's for a camvid: source; also in grids.npz)
                                 (Fig. 7, bottom)
 
 Every record also carries the channel, the number of channel uses and the overhead in bits (the
@@ -44,7 +45,7 @@ from casc_jax.evaluate import reconstructor as end_to_end_reconstructor
 from casc_jax.metrics import segmentation as seg_metrics
 from casc_jax.train import parallel
 from multitask_jax import train as mt_train
-from multitask_jax.data import colorize_mask
+from multitask_jax.data import colorize_mask, segmentation_palette
 from multitask_jax.system import MultiTaskSystem
 from multitask_jax.tasks import RECONSTRUCTION, SEGMENTATION, check_task
 
@@ -99,6 +100,17 @@ def _limited_valid(valid: np.ndarray, seen: int, num_images: int) -> np.ndarray:
     return valid
 
 
+def eval_dir(config, workdir: str, task: str) -> str:
+    """WORKDIR/<eval.dir>/<task>: `eval.dir` (default 'eval') lets a second sweep of the same checkpoints
+    (e.g. over AWGN) write beside the first."""
+    return os.path.join(workdir, config.eval.get("dir") or "eval", task)
+
+
+def _method(config, method: str) -> str:
+    """The records' method name: `eval.method` when set (e.g. 'multitask_awgn'), else `method`."""
+    return config.eval.get("method") or method
+
+
 def _size_name(hw: Sequence[int]) -> str:
     return f"{hw[1]}x{hw[0]}"  # W x H, as the paper writes 768x512
 
@@ -114,6 +126,7 @@ def evaluate_reconstruction(
     """PSNR against SNR at every `data.eval_sizes` (H, W); writes WORKDIR/eval/reconstruction/.
 
     `build_model(config, (H, W))` gives the system (ours, or a baseline with the same interface)."""
+    method = _method(config, method)
     mesh = parallel.make_mesh()
     batch_size = parallel.check_batch_size(config.eval.batch_size, mesh)
     sampler = _sampler(config)
@@ -163,7 +176,7 @@ def evaluate_reconstruction(
         figures[_size_name(hw)] = rows
         grids[f"source_{_size_name(hw)}"] = rows[0][1]
         grids.update({f"{method}_{_size_name(hw)}_snr{s:g}": image_io.to_uint8(shown[s][:n]) for s in grid_snrs})
-    out_dir = os.path.join(workdir, "eval", RECONSTRUCTION)
+    out_dir = eval_dir(config, workdir, RECONSTRUCTION)
     if not parallel.is_primary():  # process 0 writes the files
         return records
     write_records(records, out_dir)
@@ -179,6 +192,7 @@ def evaluate_segmentation(
     config, params, workdir: str, *, build_model=mt_train.build_model, method: str = METHOD
 ) -> list[dict]:
     """mIoU and pixel accuracy against SNR over the evaluation split; writes WORKDIR/eval/segmentation/."""
+    method = _method(config, method)
     mesh = parallel.make_mesh()
     batch_size = parallel.check_batch_size(config.eval.batch_size, mesh)
     model = build_model(config)
@@ -219,20 +233,22 @@ def evaluate_segmentation(
             f"[eval] segmentation SNR {snr:g} dB: mIoU {record['miou']:.4f}, pixel accuracy "
             f"{record['pixel_accuracy']:.4f} ({seen} images)"
         )
-    out_dir = os.path.join(workdir, "eval", SEGMENTATION)
+    out_dir = eval_dir(config, workdir, SEGMENTATION)
     if not parallel.is_primary():  # process 0 writes the files
         return records
     write_records(records, out_dir)
     plot_segmentation_vs_snr(records, os.path.join(out_dir, "miou_vs_snr.png"))
     n = config.eval.grid_images
     rows = [("image", image_io.to_uint8(shown["image"][:n]))]
-    rows.append(("ground truth", colorize_mask(shown["ground truth"][:n])))
-    rows += [(f"SNR {s:g} dB", colorize_mask(shown[s][:n])) for s in grid_snrs]
-    grids = {"image": rows[0][1], "ground_truth": np.asarray(shown["ground truth"][:n])}
+    palette = segmentation_palette(config.data.source)
+    rows.append(("ground truth", colorize_mask(shown["ground truth"][:n], palette)))
+    rows += [(f"SNR {s:g} dB", colorize_mask(shown[s][:n], palette)) for s in grid_snrs]
+    grids = {"image": rows[0][1], "ground_truth": np.asarray(shown["ground truth"][:n]), "palette": palette}
     grids.update({f"{method}_snr{s:g}": np.asarray(shown[s][:n]) for s in grid_snrs})
     np.savez_compressed(os.path.join(out_dir, GRIDS_FILE), **grids)
     classes = np.unique(np.concatenate([np.ravel(a[:n]) for k, a in shown.items() if k != "image"]))
-    save_rows_figure(rows, os.path.join(out_dir, "masks.png"), "Segmentation (VOC palette)", legend=classes)
+    save_rows_figure(rows, os.path.join(out_dir, "masks.png"), "Segmentation", legend=classes,
+                     source=config.data.source)
     return records
 
 
@@ -317,11 +333,13 @@ def plot_segmentation_vs_snr(records: Sequence[Mapping], path: str) -> None:
 
 
 def save_rows_figure(
-    rows: Sequence[tuple[str, np.ndarray]], path: str, title: str, legend: Sequence[int] | None = None
+    rows: Sequence[tuple[str, np.ndarray]], path: str, title: str, legend: Sequence[int] | None = None,
+    source: str | None = None,
 ) -> str:
     """A labelled grid: one row per (label, uint8 images (N, H, W, 3)), the label left of each row.
 
-    `legend`: VOC class indices whose palette colours and names are listed under the grid.
+    `legend`: class indices whose palette colours and names are listed under the grid, in the palette and
+    class names of the segmentation data.source `source` (VOC's when None; CamVid's for 'camvid:...').
     """
     plt = _pyplot()
     n = max(len(images) for _, images in rows)
@@ -345,11 +363,11 @@ def save_rows_figure(
     if extra:
         from matplotlib.patches import Patch
 
-        from multitask_jax.data import voc_colormap
-        from multitask_jax.voc_builder import CLASS_NAMES
+        from multitask_jax.data import segmentation_classes
 
-        cmap = voc_colormap()
-        names = lambda c: CLASS_NAMES[c] if c < len(CLASS_NAMES) else "void"  # noqa: E731
+        cmap = segmentation_palette(source) if source else segmentation_palette("embedded")
+        class_names = segmentation_classes(source or "embedded")
+        names = lambda c: class_names[c] if c < len(class_names) else "void"  # noqa: E731
         handles = [Patch(color=cmap[int(c)] / 255.0, label=names(int(c))) for c in legend]
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, extra / (cell * len(rows) + 0.5 + extra), 1, 1))

@@ -25,7 +25,7 @@ from casc_jax import cli, image_io
 from casc_jax.train import parallel
 from multitask_jax import evaluate as mt_eval
 from multitask_jax import train as mt_train
-from multitask_jax.data import colorize_mask, voc_colormap
+from multitask_jax.data import colorize_mask, segmentation_palette, voc_colormap
 from multitask_jax.task_kb import TaskSelection
 from multitask_jax.tasks import RECONSTRUCTION, SEGMENTATION, TASKS
 
@@ -81,13 +81,15 @@ def sample(config, workdir, options, hooks: Hooks = MULTITASK):
     if task == RECONSTRUCTION:
         run = mt_eval.reconstructor(model, params, mesh, hooks.sampler(config))
     else:
-        rows.append(("ground truth", colorize_mask(host["mask"])))
+        palette = segmentation_palette(config.data.source)
+        rows.append(("ground truth", colorize_mask(host["mask"], palette)))
         segment = mt_eval.segmenter(model, params, mesh)
         run = lambda x, key, snr: segment(x, batch["mask"], key, snr)[0]  # noqa: E731
     for i, snr in enumerate(config.channel.eval_snrs):
         key = jax.random.fold_in(jax.random.key(config.seed), i)
         out = parallel.to_host(run(batch["image"], key, float(snr)))
-        rows.append((f"SNR {snr:g} dB", image_io.to_uint8(out) if task == RECONSTRUCTION else colorize_mask(out)))
+        shown = image_io.to_uint8(out) if task == RECONSTRUCTION else colorize_mask(out, palette)
+        rows.append((f"SNR {snr:g} dB", shown))
     path = os.path.join(workdir, f"samples_{task}.png")
     if parallel.is_primary():
         path = mt_eval.save_rows_figure(rows, path, f"{task} ({source})")
@@ -130,12 +132,13 @@ def restore_mask(mask: np.ndarray, original_size: tuple[int, int], *, fit: str =
     return np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
 
 
-def save_mask_png(mask: np.ndarray, path: str) -> str:
-    """A class mask (H, W) as a palette PNG in the VOC colours (the format of VOC's SegmentationClass)."""
+def save_mask_png(mask: np.ndarray, path: str, palette: np.ndarray | None = None) -> str:
+    """A class mask (H, W) as a palette PNG in `palette`'s colours (default VOC's: the format of VOC's
+    SegmentationClass; `segmentation_palette(data.source)` gives CamVid's for CamVid)."""
     from PIL import Image
 
     img = Image.fromarray(np.asarray(mask, np.uint8), mode="P")
-    img.putpalette(voc_colormap().ravel().tolist())
+    img.putpalette((voc_colormap() if palette is None else np.asarray(palette, np.uint8)).ravel().tolist())
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     img.save(path, format="PNG")
     return path
@@ -185,7 +188,8 @@ def transmit_task(config, workdir, options, task: str, hooks: Hooks = MULTITASK,
         out = parallel.to_host(run(batch, jax.random.fold_in(jax.random.key(config.seed), i), float(snr)))
         for target, result, original in zip(row, out[: len(images)], sizes):
             if parallel.is_primary() and task == SEGMENTATION:
-                save_mask_png(restore_mask(result, original, fit=fit), target)
+                save_mask_png(restore_mask(result, original, fit=fit), target,
+                              segmentation_palette(config.data.source))
             elif parallel.is_primary():
                 image_io.save_png(image_io.restore_size(result, original, fit=fit), target)
             written.append(target)

@@ -83,6 +83,7 @@ def segmentation_sweep(model: FCNDigital, params, config) -> tuple[list[dict], d
                 if i == 0:
                     grids.setdefault("image", image_io.to_uint8(batch["image"][valid]))
                     grids.setdefault("ground_truth", np.asarray(batch["mask"])[valid])
+                    grids.setdefault("palette", mt_data.segmentation_palette(config.data.source))
                     grids[f"{method}_snr{snr:g}"] = np.where(ok[valid, None, None], pred[valid], 255)
             scores = seg_metrics.segmentation_metrics(total) if got else dict.fromkeys(
                 ("miou", "pixel_accuracy", "mean_class_accuracy"))

@@ -26,6 +26,7 @@ DIGITAL = "mt_fcn_digital"
 SYSTEMS = (*JSCC, DIGITAL)
 LABELS = {
     "multitask": "Ours (multi-task)",
+    "multitask_awgn": "Ours (multi-task), AWGN",
     "deepjscc": "Deep JSCC",
     "adjscc": "ADJSCC",
     "witt": "WITT",

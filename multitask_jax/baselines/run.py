@@ -22,6 +22,7 @@ from multitask_jax import run as mt_run
 from multitask_jax import train as mt_train
 from multitask_jax.baselines import digital_eval
 from multitask_jax.baselines.models import DIGITAL, build_model
+from multitask_jax.data import segmentation_palette
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def transmit_digital(config, workdir, options):
                     log.info(f"[transmit] {path} at {snr:g} dB over {mod}: decoding failure, nothing received")
                     continue
                 written.append(mt_run.save_mask_png(mt_run.restore_mask(mask, size, fit=options.get("fit", "pad")),
-                                                    target))
+                                                    target, segmentation_palette(config.data.source)))
     log.info(f"[transmit] wrote {len(written)} file(s) to {out_dir}")
     return written
 

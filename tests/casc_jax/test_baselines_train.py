@@ -101,10 +101,9 @@ def test_lr_schedule_warmup_and_decay_closed_form():
 def test_deepjscc_resumes_after_crash_and_eval_modes_read_it(tmp_path, monkeypatch, progress):
     config = _tiny(steps=4, every=2)
     workdir = str(tmp_path)
-    _crash_at(monkeypatch, 4)  # die while fetching step 4's batch
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as crash, pytest.raises(KeyboardInterrupt):  # undoes only the crash, not `progress`
+        _crash_at(crash, 4)  # die while fetching step 4's batch
         tb.train_baseline(config, workdir)
-    monkeypatch.undo()
     ckpt = loop.stage_checkpointer(workdir, "deepjscc", config.train)
     assert ckpt.latest_step == 2
     ckpt.close()
@@ -196,10 +195,9 @@ def test_diffsc_step_trains_only_the_unet_with_ema():
 def test_diffsc_resumes_in_its_unet_stage(tmp_path, monkeypatch, progress):
     config = _tiny("diffsc", steps=2, every=2, unet_steps=4)
     workdir = str(tmp_path)
-    _crash_at(monkeypatch, 2 + 4)  # 2 DeepJSCC batches, then die fetching the U-Net's step 4 batch
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as crash, pytest.raises(KeyboardInterrupt):  # undoes only the crash, not `progress`
+        _crash_at(crash, 2 + 4)  # 2 DeepJSCC batches, then die fetching the U-Net's step 4 batch
         tb.train_baseline(config, workdir)
-    monkeypatch.undo()
     params = tb.train_baseline(config, workdir)
     assert "[deepjscc] already trained: checkpoint at step 2 of 2" in progress.lines
     assert "[diffsc] training steps 2 -> 4" in progress.lines
