@@ -156,9 +156,10 @@ def _cpu(c: ml_collections.ConfigDict) -> None:
     crops (with flips) of the photo set minus Urban100 (BSD68, Set5, Set14, Sun-Hays: 167 photos) plus CamVid's
     367 train photos, and is evaluated on the first CPU_EVAL_IMAGES Urban100 photos (about 1024 x 768) at
     224 x 224 (resized to cover, centre crop: Fig. 4) and 768 x 512 (Fig. 5); segmentation trains on random
-    128 x 128 crops of CamVid train (shorter side resized to 128) and is evaluated on all 101 CamVid val photos
-    (longer side to 128, padded), void (11) ignored by the loss and the mIoU. Channel: Rayleigh block fading,
-    MMSE equaliser, SNR drawn per example from 0..20 dB step 4 (evaluated at the same SNRs).
+    128 x 128 crops of CamVid train (shorter side resized to 128) and is evaluated on the centre 128 x 128
+    crop of all 101 CamVid val photos at that scale (`data.CAMVID_EVAL`), void (11) ignored by loss and mIoU.
+    Channel: Rayleigh block fading, MMSE equaliser, SNR drawn per example from 0..20 dB step 4 (evaluated at
+    the same SNRs).
 
     Model: the 'small' multi-task model (Swin embed 48, depths 2/2/2, window 7; DiT hidden 256, depth 6,
     4 heads, patch 2 on the /8 pixel grid) with C_out = 3 (the budget of CPU_BUDGET_SIZE), the segmentation

@@ -23,11 +23,13 @@ Sources (`cfg.source` of the `data` config section):
   seeded fraction F of the sorted list (`photo_split`). `camvid=DIR` adds CamVid's 367 train photos to the
   training set. Training takes random (H, W) crops with flips (photos smaller than the crop are resized up
   to cover it first); evaluation ('validation', 'val' or 'test') takes `cover_crop`'s centre view, as DIV2K.
-- segmentation, 'camvid:DIR[,eval=pad|crop]': CamVid (11 classes `CAMVID_CLASSES`, SegNet palette
+- segmentation, 'camvid:DIR[,eval=crop|pad]': CamVid (11 classes `CAMVID_CLASSES`, SegNet palette
   `camvid_colormap`; void 11 read as 255) from DIR/camvid_{train,val,test}.npz (`load_camvid`; splits
   'train', 'validation' / 'val', 'test'). Training as VOC (shorter side to S, random S x S crop, flips);
-  evaluation 'pad' as VOC (longer side to S, padded with image 0 and mask 255), or 'crop' (centre S x S crop
-  at the training scale). The model needs `model.seg.num_classes = CAMVID_NUM_CLASSES` (11).
+  evaluation 'crop' (the default: centre S x S crop at the training scale) or 'pad' as VOC (longer side to S,
+  padded with image 0 and mask 255). CamVid's frames share one 3:4 layout, road at the bottom, so 'pad' shows
+  the model the scene at 3/4 of its training scale above a black band it never saw; docs/results/multitask_cpu
+  measures what that costs. The model needs `model.seg.num_classes = CAMVID_NUM_CLASSES` (11).
   Both are decoded into memory when the stream is made, so a missing path or corrupt file fails there with
   one line naming it, and stream as casc_jax.data's array sources (shuffle, shards, padded single pass,
   exact resume through `start_batch`); training crops are drawn per (seed, batch number, slot).
@@ -360,6 +362,7 @@ CAMVID_CLASSES = (
 )
 CAMVID_NUM_CLASSES = len(CAMVID_CLASSES)  # 11
 CAMVID_VOID = 11  # CamVid's "void" label in the archives; read as VOC_IGNORE_INDEX
+CAMVID_EVAL = "crop"  # evaluation view: the training scale and layout (see make_camvid_dataset)
 CAMVID_FILES = {"train": "camvid_train.npz", "validation": "camvid_val.npz", "val": "camvid_val.npz",
                 "test": "camvid_test.npz"}
 # The SegNet CamVid colours (class order of CAMVID_CLASSES); void / ignore is black.
@@ -372,7 +375,7 @@ PHOTO_EVAL_FOLDERS = ("CSet5", "CSet14", "CBSD68")  # the photos that evaluate, 
 PHOTO_EVAL_SPLITS = ("validation", "val", "test")  # split names that read the evaluation photos
 MT_SOURCE_KINDS = {"camvid": ("eval",), "photos": ("eval", "holdout", "seed", "camvid")}
 _MT_USAGE = {
-    "camvid": "camvid:DIR or camvid:DIR,eval=pad (default) | eval=crop",
+    "camvid": "camvid:DIR or camvid:DIR,eval=crop (default) | eval=pad",
     "photos": "photos:PATH (a folder or an .npz), with options ,eval=A+B (evaluating sub-folders, default "
               f"{'+'.join(PHOTO_EVAL_FOLDERS)}) or ,holdout=FRACTION[,seed=N]; and ,camvid=DIR to add CamVid's "
               "train photos to the training set",
@@ -390,7 +393,7 @@ def camvid_colormap() -> np.ndarray:
 def parse_mt_source(source: Any) -> tuple[str, str, dict[str, str]]:
     """A multi-task `data.source` -> (kind, argument, options).
 
-    'camvid:DIR[,eval=pad|crop]' and 'photos:PATH[,eval=A+B | ,holdout=F[,seed=N]][,camvid=DIR]' give their
+    'camvid:DIR[,eval=crop|pad]' and 'photos:PATH[,eval=A+B | ,holdout=F[,seed=N]][,camvid=DIR]' give their
     path and options (paths may not contain commas); everything else is casc_jax.data.parse_source's
     (tfds:NAME, folder:PATH, npz:..., embedded) with no options.
     """
@@ -406,7 +409,7 @@ def parse_mt_source(source: Any) -> tuple[str, str, dict[str, str]]:
         options[key] = value
     if not path.strip():
         raise ValueError(f"data.source={source!r} names no path; use {_MT_USAGE[kind]}")
-    if kind == "camvid" and options.get("eval", "pad") not in ("pad", "crop"):
+    if kind == "camvid" and options.get("eval", CAMVID_EVAL) not in ("pad", "crop"):
         raise ValueError(f"data.source={source!r}: eval must be 'pad' or 'crop'; use {_MT_USAGE[kind]}")
     if kind == "photos" and "eval" in options and "holdout" in options:
         raise ValueError(f"data.source={source!r}: give eval=... (by sub-folder) or holdout=... (seeded), not both")
@@ -529,10 +532,10 @@ def make_camvid_dataset(root: str, options: dict[str, str], size: int, split: st
     """CamVid batches dict(image (B, S, S, 3), mask (B, S, S) int32 in 0..10 or 255, valid).
 
     Training (`stream.repeat`): the shorter side resized to S (image bilinear, mask nearest), a random S x S
-    crop, flipped left-right with probability 1/2, as VOC. Evaluation, one pass in file order: 'pad' (the
-    default, as VOC) scales the longer side to S and pads bottom / right to S x S with image 0 and mask 255,
-    so every pixel is scored exactly once; 'crop' (option eval=crop) takes the centre S x S crop of the
-    training scale.
+    crop, flipped left-right with probability 1/2, as VOC. Evaluation, one pass in file order: 'crop' (the
+    default, `CAMVID_EVAL`) takes the centre S x S crop of the training scale; 'pad' (option eval=pad, as
+    VOC) scales the longer side to S and pads bottom / right to S x S with image 0 and mask 255, so every
+    pixel is scored exactly once, at 3/4 of the training scale.
     """
     images, masks, _ = load_camvid(root, split)
     n = len(images)
@@ -548,7 +551,7 @@ def make_camvid_dataset(root: str, options: dict[str, str], size: int, split: st
         return _example_batches(n, stream, train_example, {}, dict(image=0.0, mask=VOC_IGNORE_INDEX))
     views_image = np.zeros((n, size, size, 3), np.uint8)
     views_mask = np.full((n, size, size), VOC_IGNORE_INDEX, np.uint8)
-    crop = options.get("eval", "pad") == "crop"
+    crop = options.get("eval", CAMVID_EVAL) == "crop"
     for i, (x, m) in enumerate(zip(images, masks, strict=True)):
         image, mask = _scaled_pair(x, m, size, cover=crop)
         if crop:

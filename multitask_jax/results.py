@@ -247,7 +247,8 @@ def publish(archive: str, out: str, jobs: Sequence, args, sources: Mapping[str, 
         f"to {LOW} (Fig. 4) and {HIGH} (Fig. 5). Sources: `{sources.get('photos', '')}`.",
         "- Segmentation: CamVid (11 classes, void ignored by the loss and the mIoU) standing in for PASCAL VOC "
         "2012, whose photos are not available offline; trained on random 128 x 128 crops of the 367 train photos "
-        "(shorter side resized to 128) and evaluated on all 101 val photos (longer side to 128, padded). Source: "
+        "(shorter side resized to 128) and evaluated on the centre 128 x 128 crop of all 101 val photos at that "
+        "scale (findings.md: why not the padded view). Source: "
         f"`{sources.get('camvid', '')}`. The photos are JPEG re-encodings (quality 95) of the SegNet copy.",
         "- Channel: Rayleigh block fading (one gain per image, MMSE equaliser), SNR drawn per example from "
         "0..20 dB step 4 in training, evaluated at the same SNRs; ours is evaluated again over AWGN "

@@ -62,10 +62,9 @@ def test_resume_after_crash_loses_at_most_k_steps_and_ends_where_an_uninterrupte
                 raise KeyboardInterrupt("simulated kill")
             yield batch
 
-    monkeypatch.setattr(data_lib, "make_dataset", crashing)
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as crash, pytest.raises(KeyboardInterrupt):  # undoes only the crash, not `progress`
+        crash.setattr(data_lib, "make_dataset", crashing)
         train_casc(config, str(tmp_path))
-    monkeypatch.undo()
     ckpt = loop.stage_checkpointer(str(tmp_path), "stage1", config.train)
     assert ckpt.latest_step == 2  # saved every 2 steps: at most 2 steps lost
     ckpt.close()

@@ -85,10 +85,10 @@ def test_camvid_training_batches(tmp_path):
     assert mt_data.num_examples(dict(source=f"camvid:{root}"), "train") == 5
 
 
-def test_camvid_eval_is_one_deterministic_padded_pass(tmp_path):
+def test_camvid_eval_is_one_deterministic_pass_cropped_by_default_or_padded(tmp_path):
     root = _fake_camvid(tmp_path / "camvid")
-    one = list(_seg(root, "validation", Stream(2, process_index=0, process_count=1)))
-    two = list(_seg(root, "val", Stream(2, process_index=0, process_count=1)))
+    one = list(_seg(root, "validation", Stream(2, process_index=0, process_count=1), extra=",eval=pad"))
+    two = list(_seg(root, "val", Stream(2, process_index=0, process_count=1), extra=",eval=pad"))
     assert len(one) == 2 and [b["valid"].tolist() for b in one] == [[True, True], [True, False]]
     for a, b in zip(one, two, strict=True):
         _same(a, b)
@@ -99,8 +99,13 @@ def test_camvid_eval_is_one_deterministic_padded_pass(tmp_path):
     assert (first["mask"][0, :12] != IGNORE).sum() == (mt_data._scaled_pair(np.zeros((H0, W0, 3), np.uint8), masks[0],
                                                                               16, cover=False)[1] != IGNORE).sum()
     assert (one[1]["mask"][1] == IGNORE).all()  # the padding example
-    crop = next(_seg(root, "val", Stream(3, process_index=0, process_count=1), extra=",eval=crop"))
+    crop = next(_seg(root, "val", Stream(3, process_index=0, process_count=1)))
+    _same(crop, next(_seg(root, "val", Stream(3, process_index=0, process_count=1), extra=",eval=crop")))
     assert crop["image"].shape == (3, 16, 16, 3) and (crop["image"][:, 12:] != -1.0).any()
+    # 24 x 32 -> shorter side 16: 16 x 22 (rounded up) at the training scale, the centre 16 columns (3..18).
+    image, mask = mt_data._scaled_pair(np.zeros((H0, W0, 3), np.uint8), masks[0], 16, cover=True)
+    assert mask.shape == (16, 22)
+    np.testing.assert_array_equal(crop["mask"][0], mask[:, 3:19])
 
 
 def test_camvid_crops_change_across_epochs_and_resume_exactly(tmp_path):

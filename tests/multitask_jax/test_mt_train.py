@@ -109,10 +109,10 @@ def test_segmentation_smoke_nan_stop_resume_and_artefacts(tmp_path, monkeypatch,
         for i, batch in enumerate(real(config, task, split, stream, *args)):
             yield dict(batch, image=np.full_like(batch["image"], np.nan)) if i == 2 and stream.repeat else batch
 
-    monkeypatch.setattr(mt_train, "make_batches", poisoned)
-    with pytest.raises(loop.TrainingDiverged, match=r"step 3.*last good checkpoint \(step 2\)"):
+    diverged = pytest.raises(loop.TrainingDiverged, match=r"step 3.*last good checkpoint \(step 2\)")
+    with monkeypatch.context() as nan, diverged:
+        nan.setattr(mt_train, "make_batches", poisoned)  # undone on exit, `progress` stays
         run.train(config, workdir, {})
-    monkeypatch.undo()
     records = run.train(config, workdir, {})
     assert "[segmentation] training steps 2 -> 4" in progress.lines
     assert [r["snr_db"] for r in records] == [0.0, 20.0]
