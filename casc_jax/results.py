@@ -194,7 +194,8 @@ def publish(root: str, out: str, jobs, args, source: str) -> str:
     records = eval_records(root, jobs)
     write_metrics_csv(records, os.path.join(out, "metrics.csv"))
     workdirs = [os.path.join(root, j.config) for j in jobs if j.mode == "train" and getattr(j, "main", True)]
-    compare.compare([w for w in workdirs if os.path.exists(os.path.join(w, "eval", "metrics.json"))], out)
+    written = compare.compare([w for w in workdirs if os.path.exists(os.path.join(w, "eval", "metrics.json"))], out)
+    figures = [os.path.basename(p) for p in written if p.endswith(".png")]
     for name in os.listdir(out):  # the per-CR CSV duplicates metrics.csv with absolute workdirs in it
         if name.startswith("comparison_") and name.endswith(".csv"):
             os.remove(os.path.join(out, name))
@@ -243,7 +244,7 @@ def publish(root: str, out: str, jobs, args, source: str) -> str:
     lines += [f"| {c} | {_mark(h)} | {d} |" for c, h, d in claims(records, speed)]
     lines += ["", "## Samplers on the trained CASC (CR 1/48)", ""]
     lines.append(quality_table(quality) if quality else "Not measured yet (job quality_casc_cr48).")
-    lines += ["", "Figures: comparison_cr48.png, comparison_cr96.png, ablation_cr48.png, visual_cr48_snr20.png.",
+    lines += ["", f"Figures: {', '.join(figures) or 'none yet'}.",
               "What the numbers do not show (visual checks, known flaws of a run) is in findings.md.", ""]
     path = os.path.join(out, "results.md")
     with open(path, "w") as f:

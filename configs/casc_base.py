@@ -127,7 +127,9 @@ def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_
     return common.apply_preset(c, preset, {"smoke": _smoke, "cpu": _cpu})
 
 
-CPU_EVAL_SAMPLER = dict(name="dpmpp_2m", steps=20, eta=0.0, spacing="logsnr", dtype="float32")
+# The cpu presets' evaluation sampler (CASC and DiffSC alike): stochastic DDIM, 10 uniform steps, the
+# equal-quality setting --mode=quality found on the CIFAR-10 CASC (benchmark.equal_quality_sampler).
+CPU_EVAL_SAMPLER = dict(name="ddim", steps=10, eta=1.0, spacing="uniform", dtype="float32")
 CPU_EVAL_IMAGES = 2000  # a fixed subset of the 10,000 test images (the npz source's seeded order)
 # Progressive distillation on the cpu preset: an 8-step teacher, so 3 rounds give students of 4, 2 and 1 steps.
 # The preset keeps train.distill.rounds = 0 so that CR 1/96 and the no-CAN ablation (same preset) train none;
@@ -181,7 +183,7 @@ def _cpu(c: ml_collections.ConfigDict) -> None:
     c.data.source = "tfds:cifar10"  # the reproduction passes the npz copy: --config.data.source=npz:...
     c.autoencoder.update(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, num_codes=1024, l2_codes=True)
     c.unet.update(ch=64, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(2, 4), head_dim=32, dropout=0.1)
-    c.sampler.update(c.benchmark.equal_quality_sampler, dtype="float32")
+    c.sampler.update(CPU_EVAL_SAMPLER)
     c.train.batch_size = 64
     c.train.log_every = 50
     c.train.checkpoint_every = 250

@@ -132,8 +132,9 @@ def _cpu(c: ml_collections.ConfigDict) -> None:
     per sample: 2,800 steps of batch 32 (1.8 epochs; the earlier 1,000 steps, 0.6 epoch, gave colour noise at
     11.2 dB) on the reproduction's trained DeepJSCC-MSE (diffsc.deepjscc_workdir); lr 2e-4 with 100 warm-up
     steps, EMA 0.995.
-    Evaluation as CASC's CPU preset: 2000 test images per SNR; DiffSC samples with DPM-Solver++(2M), 20
-    log-SNR steps (as CASC's CPU evaluation), x0 clipped to [-1, 1].
+    Evaluation as CASC's CPU preset: 2000 test images per SNR; DiffSC samples with CASC's CPU_EVAL_SAMPLER
+    (stochastic DDIM, 10 uniform steps; its DPM-Solver++(2M) 20 log-SNR steps before 2026-12-07), x0 clipped
+    to [-1, 1].
     """
     from configs.casc_base import CPU_EVAL_IMAGES, CPU_EVAL_SAMPLER
 

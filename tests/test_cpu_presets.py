@@ -44,6 +44,7 @@ def test_casc_cpu_preset_shapes(name, channels, uses, can):
     # evaluated with the measured equal-quality sampler (stochastic DDIM, 10 uniform steps), in float32
     assert (c.sampler.name, c.sampler.steps, c.sampler.eta, c.sampler.spacing, c.sampler.dtype) == (
         "ddim", 10, 1.0, "uniform", "float32")
+    assert {k: c.sampler[k] for k in c.benchmark.equal_quality_sampler} == c.benchmark.equal_quality_sampler.to_dict()
     assert c.eval.num_images == 2000 and tuple(c.channel.eval_snrs) == (5.0, 10.0, 15.0, 20.0)
 
 
@@ -88,7 +89,7 @@ def test_diffsc_cpu_preset_unet():
     params = jax.eval_shape(model.init, jax.random.key(0))
     assert 1e6 < _count(params["unet"]) < 1.2e6
     assert loop.stage_batch_size(c.train, "diffsc") == 32 and c.train.diffsc.num_steps == 2800
-    assert c.sampler.name == "dpmpp_2m" and c.sampler.steps == 20
+    assert (c.sampler.name, c.sampler.steps, c.sampler.eta, c.sampler.spacing) == ("ddim", 10, 1.0, "uniform")
 
 
 def test_reproduction_jobs_chain_their_workdirs(tmp_path):
