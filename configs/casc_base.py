@@ -200,7 +200,7 @@ def _cpu(c: ml_collections.ConfigDict) -> None:
     # test images, timed once. Stochastic DDIM below 10 steps on the trained CASC (2026-12-07, the quality
     # job's images and channel draw, DDPM 20.53 dB / 0.1397 at 20 dB, 16.99 / 0.1636 at 5 dB): 5 uniform
     # steps 20.53 / 0.1439 and 17.09 / 0.1638, within tolerance at both; 3 steps 15.41 / 0.1695; 1 and 2
-    # steps 11.3 dB (the eps network's x0 read at t = T, divided by alpha_T = 0.068, is noise).
+    # steps 11.3 dB (the eps network's x0 read at t = T, divided by alpha_T = 0.012, is noise).
     c.benchmark.update(
         quality_images=256, ddim_steps=(5, 10, 20, 50), dpm_steps=(5, 10, 20, 50),
         ddim_eta1_steps=(3, 5, 10, 20, 50, 100),
