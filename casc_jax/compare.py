@@ -47,6 +47,7 @@ FAMILIES = {
     "diffsc": ("DiffSC", "tab:green"),
     "casc_nocan": ("CASC w/o CAN", "tab:purple"),
     "casc": ("CASC", "tab:red"),
+    "casc_v": ("CASC (v-prediction)", "tab:brown"),
 }
 ABLATION = ("casc", "casc_nocan")
 LOWER_IS_BETTER = {"psnr": False, "lpips": True, "fid": True}

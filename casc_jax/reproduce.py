@@ -107,7 +107,8 @@ _AE = {"train.stage1.workdir": "casc_cr48"}  # CR 1/96 and the ablation reuse CR
 # 4, 2 and 1 steps): a 'train' of its workdir, where stages 1 and 2 are done and resume as they are, so only the
 # rounds train (into WORKDIR/distill<r>); no evaluation sweep (its students are measured by --mode=quality).
 DISTILL_FLAGS = {"train.distill.rounds": casc_base.CPU_DISTILL_ROUNDS, "train.evaluate": False}
-# In the order they run: the CR 1/48 comparison, the students, the sampler quality table and speed, then CR 1/96.
+# In the order they run: the CR 1/48 comparison, the students, the sampler quality table and speed, CR 1/96,
+# then CASC with a v-prediction denoiser on the same autoencoder, its students and their quality.
 JOBS = (
     Job("deepjscc_mse_cr48", "deepjscc_mse_cr48"),
     Job("casc_cr48", "casc_cr48"),
@@ -120,6 +121,9 @@ JOBS = (
     Job("casc_cr96", "casc_cr96", uses=_AE),
     Job("deepjscc_mse_cr96", "deepjscc_mse_cr96"),
     Job("deepjscc_lpips_cr96", "deepjscc_lpips_cr96"),
+    Job("casc_cr48_v", "casc_cr48_v", uses=_AE),
+    Job("distill_casc_cr48_v", "casc_cr48_v", flags=DISTILL_FLAGS, record_name="job_distill.json"),
+    Job("quality_casc_cr48_v", "casc_cr48_v", mode="quality"),
 )
 
 

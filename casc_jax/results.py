@@ -151,6 +151,10 @@ QUALITY_HEADER = [
 ]
 
 
+# The workdirs whose --mode=quality report gets a section: CASC (eps, the paper's) and its v-prediction variant.
+QUALITY_WORKDIRS = {"casc_cr48": "CASC (CR 1/48)", "casc_cr48_v": "CASC with a v-prediction denoiser (CR 1/48)"}
+
+
 def _quality_rows(rows) -> list[str]:
     lines = []
     for r in rows:
@@ -205,7 +209,7 @@ def publish(root: str, out: str, jobs, args, source: str) -> str:
         finished += record is not None
         minutes = f"{record['seconds'] / 60:.1f}" if record else "not run"
         job_rows.append(f"| {job.name} | {job.mode} | {minutes} | {record.get('commit', '') if record else ''} |")
-    quality = _load(os.path.join(root, "casc_cr48", "benchmark_quality.json"))
+    quality = {w: _load(os.path.join(root, w, "benchmark_quality.json")) for w in QUALITY_WORKDIRS}
     speed = speed_claim(_load(os.path.join(root, "casc_cr48", "benchmark.json")))
     crs = sorted({r["cr"] for r in records}, key=ch.parse_ratio, reverse=True)
     lines = [
@@ -242,8 +246,10 @@ def publish(root: str, out: str, jobs, args, source: str) -> str:
         lines.append("")
     lines += ["## The paper's claims at this scale", "", "| claim | verdict | numbers |", "|---|---|---|"]
     lines += [f"| {c} | {_mark(h)} | {d} |" for c, h, d in claims(records, speed)]
-    lines += ["", "## Samplers on the trained CASC (CR 1/48)", ""]
-    lines.append(quality_table(quality) if quality else "Not measured yet (job quality_casc_cr48).")
+    for workdir, title in QUALITY_WORKDIRS.items():
+        lines += ["", f"## Samplers on the trained {title}", ""]
+        report = quality[workdir]
+        lines.append(quality_table(report) if report else f"Not measured yet (job quality_{workdir}).")
     lines += ["", f"Figures: {', '.join(figures) or 'none yet'}.",
               "What the numbers do not show (visual checks, known flaws of a run) is in findings.md.", ""]
     path = os.path.join(out, "results.md")

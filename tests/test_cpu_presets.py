@@ -111,6 +111,19 @@ def test_reproduction_jobs_chain_their_workdirs(tmp_path):
     assert any(a.endswith("configs/casc_cr96.py:cpu") for a in cmd)
 
 
+def test_v_prediction_variant_is_casc_cr48_but_for_its_target_and_reuses_its_autoencoder(tmp_path):
+    eps, v = _config("casc_cr48"), _config("casc_cr48_v")
+    assert (eps.diffusion.prediction, v.diffusion.prediction) == ("eps", "v")
+    v.diffusion.prediction, v.name = "eps", eps.name
+    assert v.to_dict() == eps.to_dict()
+    jobs = {j.name: j for j in reproduce.JOBS}
+    cmd = jobs["casc_cr48_v"].command(str(tmp_path), "npz:x.npz")
+    assert f"--config.train.stage1.workdir={tmp_path / 'casc_cr48'}" in cmd
+    assert reproduce.needs(jobs["quality_casc_cr48_v"], jobs["distill_casc_cr48_v"])
+    assert reproduce.needs(jobs["distill_casc_cr48_v"], jobs["casc_cr48_v"])
+    assert not reproduce.needs(jobs["quality_casc_cr48"], jobs["distill_casc_cr48_v"])
+
+
 def test_reproduction_data_argument(tmp_path):
     assert reproduce.data_source("tfds") == "tfds:cifar10"
     with pytest.raises(FileNotFoundError, match="cifar10_train_50k_jpeg.npz"):
