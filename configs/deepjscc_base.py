@@ -123,8 +123,9 @@ def _cpu(c: ml_collections.ConfigDict) -> None:
     """CIFAR-10 on 2 CPU cores, sized by measured step time (2026-12-02, this machine, other jobs running).
 
     DeepJSCC (the paper's architecture, unchanged): 0.053 s per batch-64 step with the MSE loss, 0.24 s with
-    AlexNet LPIPS. MSE: 12,000 steps (about 11 min, 15 epochs); LPIPS (MSE + 0.01 VGG LPIPS): 6,000 steps
-    (7.7 epochs);
+    AlexNet LPIPS, about 1.5 s with MSE + VGG LPIPS (2026-12-07, 0.68 steps/s with the cores otherwise idle).
+    MSE: 12,000 steps (about 11 min, 15 epochs); LPIPS (MSE + 0.01 VGG LPIPS): 6,000 steps (7.7 epochs, about
+    2.4 h at that rate);
     lr 1e-3, /10 after half the steps, as the full recipe.
     DiffSC's pixel-space U-Net: ch 32, mult (1, 2, 2), 1 res block, attention in the middle only (1.06M params):
     1.75 s per batch-64 step (37 images/s; the 35.7M DDPM U-Net is out of reach here). Trained for about the
