@@ -44,7 +44,6 @@ def test_casc_cpu_preset_shapes(name, channels, uses, can):
     # evaluated with the measured equal-quality sampler (stochastic DDIM, 10 uniform steps), in float32
     assert (c.sampler.name, c.sampler.steps, c.sampler.eta, c.sampler.spacing, c.sampler.dtype) == (
         "ddim", 10, 1.0, "uniform", "float32")
-    assert {k: c.sampler[k] for k in c.benchmark.equal_quality_sampler} == c.benchmark.equal_quality_sampler.to_dict()
     assert c.eval.num_images == 2000 and tuple(c.channel.eval_snrs) == (5.0, 10.0, 15.0, 20.0)
 
 

@@ -53,17 +53,14 @@ def test_v_target_is_salimans_and_ho_velocity():
 def test_x0_read_at_t_T_amplifies_an_eps_error_not_a_v_error(kind):
     """What a one-step sampler or distilled student reads at t = T, (x_t - sigma eps_hat) / alpha, after an
     output error of 0.01: sigma_T / alpha_T = 84 times that for an eps network, at most that for a v network."""
-    from casc_jax.diffusion import distill as dl
-
     t = jnp.array([999, 999])
     x0, noise = _draw(t)
     x_t = diffusion.q_sample(SCHEDULE, x0, t, noise)
     target = diffusion.prediction_target(SCHEDULE, x0, noise, t, kind)
-    alpha, sigma = dl._alpha_sigma(SCHEDULE, t, x_t)
-    read = lambda pred: (x_t - sigma * diffusion.eps_from_prediction(SCHEDULE, x_t, t, pred, kind)) / alpha  # noqa: E731
+    a64, s64 = (float(c.ravel()[0]) for c in _alpha_sigma64(t))
+    read = lambda pred: (x_t - s64 * diffusion.eps_from_prediction(SCHEDULE, x_t, t, pred, kind)) / a64  # noqa: E731
     np.testing.assert_allclose(read(target), x0, atol=1e-3)
     err = float(jnp.sqrt(jnp.mean(jnp.square(read(target + 0.01) - read(target)))))
-    a64, s64 = (float(c.ravel()[0]) for c in _alpha_sigma64(t))
     expected = 0.01 * (s64 / a64 if kind == "eps" else s64)
     assert s64 / a64 == pytest.approx(83.8, abs=0.1)
     assert err == pytest.approx(expected, rel=2e-2)
