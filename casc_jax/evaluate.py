@@ -315,14 +315,18 @@ def plot_metrics_vs_snr(
         snrs = sorted({r["snr_db"] for r in records})
         if 1 < len(snrs) <= 12:
             ax.set_xticks(snrs)
-    if legend_below:
+    legend_rows = 0
+    if legend_below:  # at most 3 labels per panel's width in a row, so the legend stays inside the figure
         handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=9, frameon=False)
+        ncol = max(1, min(len(labels), 3 * len(axes)))
+        legend_rows = -(-len(labels) // ncol)
+        fig.set_figheight(3.4 + 0.25 * legend_rows)
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=9, frameon=False)
     else:
         axes[0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.08, 1, 1) if legend_below else None)
+    fig.tight_layout(rect=(0, 0.07 * legend_rows + 0.01, 1, 1) if legend_below else None)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
