@@ -121,9 +121,9 @@ JOBS = (
     Job("casc_cr96", "casc_cr96", uses=_AE),
     Job("deepjscc_mse_cr96", "deepjscc_mse_cr96"),
     Job("deepjscc_lpips_cr96", "deepjscc_lpips_cr96"),
-    Job("casc_cr48_v", "casc_cr48_v", uses=_AE),
-    Job("distill_casc_cr48_v", "casc_cr48_v", flags=DISTILL_FLAGS, record_name="job_distill.json"),
-    Job("quality_casc_cr48_v", "casc_cr48_v", mode="quality"),
+    Job("casc_cr48_v", "casc_cr48_v", uses=_AE),  # every job of a config names the workdirs that config reads
+    Job("distill_casc_cr48_v", "casc_cr48_v", uses=_AE, flags=DISTILL_FLAGS, record_name="job_distill.json"),
+    Job("quality_casc_cr48_v", "casc_cr48_v", mode="quality", uses=_AE),
 )
 
 

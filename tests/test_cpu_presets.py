@@ -123,6 +123,14 @@ def test_v_prediction_variant_is_casc_cr48_but_for_its_target_and_reuses_its_aut
     assert not reproduce.needs(jobs["quality_casc_cr48"], jobs["distill_casc_cr48_v"])
 
 
+def test_jobs_of_one_config_read_the_same_workdirs():
+    """A second job of a config (its students, its quality table) must point at the autoencoder the first
+    trained on: without it the distillation of casc_cr48_v began a stage 1 of its own."""
+    uses = {}
+    for job in reproduce.JOBS:
+        assert uses.setdefault(job.config, dict(job.uses)) == dict(job.uses), job.name
+
+
 def test_reproduction_data_argument(tmp_path):
     assert reproduce.data_source("tfds") == "tfds:cifar10"
     with pytest.raises(FileNotFoundError, match="cifar10_train_50k_jpeg.npz"):
