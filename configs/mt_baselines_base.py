@@ -24,9 +24,8 @@ from __future__ import annotations
 import ml_collections
 
 from configs import common, multitask_base
-from multitask_jax.data import CAMVID_NUM_CLASSES
-from multitask_jax.jscc import max_channels_for_budget
-from multitask_jax.system import model_config
+from configs.multitask_models_base import CAMVID_NUM_CLASSES, VOC_NUM_CLASSES, model_config
+from multitask_jax.channel_budget import max_channels_for_budget
 
 # baseline -> (config.system, task, model section)
 BASELINES = {
@@ -45,8 +44,9 @@ PAPER = {
     "witt": dict(widths=(128, 192, 256, 320), depths=(2, 2, 6, 2), heads=(4, 6, 8, 10), window=8, mlp_ratio=4.0,
                  modnet_layers=7),
     # DeepLab's rates (6, 12, 18) are for a 33 x 33 grid (513 crops); scaled by 14/33 for the 14 x 14 grid.
-    "deeplab": dict(widths=(64, 128, 256, 512), features=256, rates=(3, 5, 8), dropout=0.1, num_classes=21),
-    "fcn": dict(widths=(64, 128, 256, 512), dropout=0.1, num_classes=21),
+    "deeplab": dict(widths=(64, 128, 256, 512), features=256, rates=(3, 5, 8), dropout=0.1,
+                    num_classes=VOC_NUM_CLASSES),
+    "fcn": dict(widths=(64, 128, 256, 512), dropout=0.1, num_classes=VOC_NUM_CLASSES),
 }
 SMOKE = {
     "deepjscc": dict(filters=(16, 32, 32, 32)),

@@ -34,9 +34,8 @@ from __future__ import annotations
 import ml_collections
 
 from configs import common
-from multitask_jax.data import CAMVID_NUM_CLASSES
-from multitask_jax.jscc import max_channels_for_budget
-from multitask_jax.system import model_config
+from configs.multitask_models_base import CAMVID_NUM_CLASSES, model_config
+from multitask_jax.channel_budget import max_channels_for_budget
 from multitask_jax.tasks import TASKS
 
 RECON_SNRS = (0.0, 3.0, 6.0, 9.0, 12.0, 15.0, 18.0, 21.0)

@@ -44,7 +44,6 @@ Where this decoder differs from DiT (our conditioning and output, not DiT's clas
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 
 import flax.linen as nn
 import jax
@@ -65,30 +64,16 @@ _t_embed_init = nn.initializers.normal(0.02)  # DiT: timestep-embedder MLP weigh
 
 @dataclasses.dataclass(frozen=True)
 class DiTConfig:
-    """DiT hyper-parameters; see `dit_config` for the presets."""
+    """DiT hyper-parameters; the presets are data in configs/multitask_models_base.py (`dit_preset`)."""
 
-    hidden_size: int = 1152
-    depth: int = 28
-    num_heads: int = 16
-    patch_size: int = 2
-    mlp_ratio: float = 4.0
-    pixel_factor: int = 8
-    refine_hidden: int = 64
-    freq_dim: int = 256
-
-
-DIT_PRESETS: Mapping[str, DiTConfig] = {
-    "paper": DiTConfig(),  # DiT-XL/2: depth 28, hidden 1152, 16 heads, patch 2 (about 675M in DiT)
-    "small": DiTConfig(hidden_size=256, depth=6, num_heads=4, refine_hidden=32, freq_dim=128),
-    "tiny": DiTConfig(hidden_size=32, depth=2, num_heads=2, pixel_factor=4, refine_hidden=8, freq_dim=32),
-}
-
-
-def dit_config(preset: str = "paper", **overrides) -> DiTConfig:
-    """A preset ('paper', 'small', 'tiny') with optional field overrides."""
-    if preset not in DIT_PRESETS:
-        raise ValueError(f"unknown DiT preset {preset!r}; choose one of {tuple(DIT_PRESETS)}")
-    return dataclasses.replace(DIT_PRESETS[preset], **overrides)
+    hidden_size: int
+    depth: int
+    num_heads: int
+    patch_size: int
+    mlp_ratio: float
+    pixel_factor: int
+    refine_hidden: int
+    freq_dim: int
 
 
 def sincos_pos_embed_1d(dim: int, pos: np.ndarray) -> np.ndarray:
@@ -166,7 +151,7 @@ class DiT(nn.Module):
     H and W must be multiples of pixel_factor * patch_size. See the module docstring.
     """
 
-    config: DiTConfig = DiTConfig()
+    config: DiTConfig
 
     @nn.compact
     def __call__(self, x_t, t, y, g):

@@ -23,8 +23,8 @@ import ml_collections
 
 from casc_jax import channel as ch
 from casc_jax import diffusion
-from multitask_jax import jscc
-from multitask_jax.dit import DiT, dit_config, eps_from_x0
+from multitask_jax import channel_budget, jscc
+from multitask_jax.dit import DiT, DiTConfig, eps_from_x0
 from multitask_jax.swin import FeatureSelection, SwinFeatureExtractor
 from multitask_jax.tasks import RECONSTRUCTION, SEGMENTATION, TASKS, check_task
 
@@ -53,21 +53,21 @@ class MultiTaskSystem:
     @property
     def signal_shape(self) -> tuple[int, int, int]:
         """(h, w, C_out) of the channel input x."""
-        return jscc.signal_grid(self.image_shape[:2], self.encoder.downsample) + (self.encoder.channels,)
+        return channel_budget.signal_grid(self.image_shape[:2], self.encoder.downsample) + (self.encoder.channels,)
 
     @property
     def num_channel_uses(self) -> int:
         """k, complex symbols per image (the same for both tasks: the JSCC encoder is shared)."""
-        return jscc.channel_uses(self.image_shape[:2], self.encoder.channels, self.encoder.downsample)
+        return channel_budget.channel_uses(self.image_shape[:2], self.encoder.channels, self.encoder.downsample)
 
     @property
     def num_classes(self) -> int:
         """Segmentation classes (21 VOC classes)."""
         return self.seg_decoder.num_classes
 
-    def overhead_bits(self, bits_per_real: int = jscc.BITS_PER_REAL) -> int:
+    def overhead_bits(self, bits_per_real: int = channel_budget.BITS_PER_REAL) -> int:
         """Bits per image under the stated accounting (see multitask_jax.jscc)."""
-        return jscc.overhead_bits(self.num_channel_uses, bits_per_real)
+        return channel_budget.overhead_bits(self.num_channel_uses, bits_per_real)
 
     # -- parameters ---------------------------------------------------------------------------
     def init(self, key: jax.Array) -> dict:
@@ -76,7 +76,7 @@ class MultiTaskSystem:
         image = jnp.zeros((1,) + self.image_shape)
         feats = jax.eval_shape(self.swin.init_with_output, keys["swin"], image)[0]
         feats = [jnp.zeros(f.shape, f.dtype) for f in feats]
-        fshape = (1,) + jscc.signal_grid(self.image_shape[:2], 1) + (self.selection.features,)
+        fshape = (1,) + channel_budget.signal_grid(self.image_shape[:2], 1) + (self.selection.features,)
         y = jnp.zeros((1,) + self.signal_shape)
         g = jnp.zeros(y.shape[:3] + (self.receiver_kb.hidden,))
         t = jnp.zeros((1,), jnp.int32)
@@ -196,44 +196,6 @@ class MultiTaskSystem:
 # ----------------------------------------------------------------------------------------------
 # Construction.
 
-MODEL_PRESETS = ("paper", "small", "tiny")
-
-
-def model_config(preset: str = "paper") -> ml_collections.ConfigDict:
-    """The model sections of a multi-task config: image_size, swin, selection, jscc, receiver, seg, dit,
-    diffusion, channel. 'paper' follows Table I; 'small' and 'tiny' are CPU-sized."""
-    if preset not in MODEL_PRESETS:
-        raise ValueError(f"unknown model preset {preset!r}; choose one of {MODEL_PRESETS}")
-    paper = preset == "paper"
-    tiny = preset == "tiny"
-    c = ml_collections.ConfigDict()
-    c.image_size = (224, 224) if paper else (64, 64) if not tiny else (32, 32)
-    c.swin = dict(
-        patch_size=4,
-        embed_dim=96 if paper else 48 if not tiny else 12,
-        depths=(2, 2, 6) if paper else (2, 2, 2) if not tiny else (2, 1, 1),
-        num_heads=(3, 6, 12) if paper else (3, 6, 12) if not tiny else (1, 2, 2),
-        window=7 if not tiny else 2,
-        mlp_ratio=4.0,
-        drop_path_rate=0.0,
-    )
-    c.selection = dict(features=96 if paper else 48 if not tiny else 8)
-    c.jscc = dict(hidden=128 if not tiny else 16, channels=8 if not tiny else 4, downsample=2)
-    c.receiver = dict(hidden=128 if not tiny else 16)
-    c.seg = dict(hidden=128 if not tiny else 16, num_classes=21, dropout=0.1)
-    c.dit = dataclasses.asdict(dit_config(preset))
-    steps = 1000 if not tiny else 8
-    # DDPM's 1e-4..0.02 is set for T = 1000; shorter chains scale the betas by 1000 / T so that x_T
-    # is still (nearly) pure noise, as the samplers assume.
-    scale = 1000 / steps
-    c.diffusion = dict(
-        schedule="linear", num_timesteps=steps, beta_start=min(1e-4 * scale, 0.5), beta_end=min(0.02 * scale, 0.999)
-    )
-    c.channel = dict(kind="awgn", equalizer="zf")
-    c.clip_x0 = 1.0
-    return c
-
-
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(size, int):
         return size, size
@@ -242,16 +204,17 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
 
 
 def build_multitask(config: ml_collections.ConfigDict | Mapping) -> MultiTaskSystem:
-    """`MultiTaskSystem` from `model_config(...)`-shaped sections (a ConfigDict or a nested mapping)."""
+    """`MultiTaskSystem` from `configs.multitask_models_base.model_config(...)`-shaped sections (a ConfigDict or a
+    nested mapping)."""
     cfg = ml_collections.ConfigDict(dict(config))
     h, w = _pair(cfg.image_size)
     if h % 8 or w % 8:
         raise ValueError(f"image_size {(h, w)} must be a multiple of 8 (the Swin f1 grid)")
     s = cfg.swin
-    if 2 * s.patch_size != jscc.FEATURE_STRIDE:
+    if 2 * s.patch_size != channel_budget.FEATURE_STRIDE:
         raise ValueError(f"swin.patch_size must be 4 (f1 on the /8 grid), got {s.patch_size}")
     d = cfg.diffusion
-    dit_cfg = dit_config("paper", **dict(cfg.dit))
+    dit_cfg = DiTConfig(**dict(cfg.dit))
     return MultiTaskSystem(
         swin=SwinFeatureExtractor(
             patch_size=s.patch_size,

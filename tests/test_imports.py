@@ -1,4 +1,5 @@
-"""Import layering: no cycle between the modules of casc_jax and multitask_jax.
+"""Import layering: no cycle between the modules of casc_jax and multitask_jax, the shared core never imports
+the multi-task system, and configs are data (loading one loads no jax).
 
 Imports are read with `ast` (nothing is executed); imports inside functions count too, since a lazy
 import only hides a cycle.
@@ -6,7 +7,10 @@ import only hides a cycle.
 
 import ast
 import os
+import pathlib
 import pkgutil
+import subprocess
+import sys
 
 import casc_jax
 import multitask_jax
@@ -96,3 +100,28 @@ def test_every_module_is_found():
 def test_no_import_cycles():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_casc_jax_never_imports_multitask_jax():
+    """multitask_jax builds on casc_jax's shared machinery, never the other way."""
+    upward = {m: sorted(d for d in deps if d.startswith("multitask_jax"))
+              for m, deps in import_graph().items() if m.startswith("casc_jax")}
+    assert not {m: d for m, d in upward.items() if d}
+
+
+def test_loading_any_config_loads_no_model_code():
+    """Configs are data: every configs/*.py imports without jax, flax or optax (only ml_collections, the
+    standard library and the pure name/arithmetic modules multitask_jax.tasks and .channel_budget)."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    names = sorted(p.stem for p in (root / "configs").glob("*.py") if p.stem != "__init__")
+    assert {"casc_cr48", "multitask_base", "multitask_models_base", "mt_baselines_base"} <= set(names)
+    probe = (
+        "import importlib, sys\n"
+        f"for name in {names!r}:\n"
+        "    config = importlib.import_module('configs.' + name)\n"
+        "    if hasattr(config, 'get_config'):\n"
+        "        config.get_config('')\n"
+        "print(sorted(m for m in ('jax', 'flax', 'optax', 'orbax', 'tensorflow') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

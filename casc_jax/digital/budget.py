@@ -4,7 +4,7 @@ The multi-task paper (section V-C) compares methods whose "communication overhea
 20 Kbits". We read this as a bound on the bits that describe what goes over the air, per image:
 
 - analog JSCC: k complex channel uses carry 2k real numbers, each counted as a float32, so
-  bits = 64 k (the accounting of `multitask_jax.jscc.overhead_bits`);
+  bits = 64 k (the accounting of `multitask_jax.channel_budget.overhead_bits`);
 - digital (JPEG + LDPC + QAM): k channel uses carry k * Q_m coded bits (Q_m = log2 M bits per QAM
   symbol), so bits = Q_m k, of which R * Q_m k are source (JPEG) bits at LDPC code rate R.
 
@@ -23,7 +23,7 @@ import math
 
 KBIT = 1000
 PAPER_BUDGET_BITS = 20 * KBIT
-ANALOG_BITS_PER_REAL = 32  # float32, as multitask_jax.jscc.BITS_PER_REAL
+ANALOG_BITS_PER_REAL = 32  # float32, as multitask_jax.channel_budget.BITS_PER_REAL
 QAM_ORDERS = {"qpsk": 2, "16qam": 4, "64qam": 6}
 
 

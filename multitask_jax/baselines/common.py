@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from casc_jax import channel as ch
-from multitask_jax import jscc
+from multitask_jax import channel_budget, jscc
 from multitask_jax.tasks import RECONSTRUCTION, SEGMENTATION, check_task
 
 Params = Mapping[str, Any]
@@ -41,8 +41,8 @@ def latent_hw(image_hw: Sequence[int]) -> tuple[int, int]:
 
 
 def budget_channel_uses(image_hw: Sequence[int], channels: int) -> int:
-    """k of the multi-task system at (H, W) with C_out = `channels` (multitask_jax.jscc.channel_uses)."""
-    return jscc.channel_uses(image_hw, channels, downsample=2)
+    """k of the multi-task system at (H, W) with C_out = `channels` (multitask_jax.channel_budget.channel_uses)."""
+    return channel_budget.channel_uses(image_hw, channels, downsample=2)
 
 
 def output_image(h: jax.Array) -> jax.Array:
@@ -91,8 +91,8 @@ class JSCCBaseline:
     def num_channel_uses(self) -> int:
         return budget_channel_uses(self.image_shape[:2], self.channels)
 
-    def overhead_bits(self, bits_per_real: int = jscc.BITS_PER_REAL) -> int:
-        return jscc.overhead_bits(self.num_channel_uses, bits_per_real)
+    def overhead_bits(self, bits_per_real: int = channel_budget.BITS_PER_REAL) -> int:
+        return channel_budget.overhead_bits(self.num_channel_uses, bits_per_real)
 
     def with_image_size(self, image_hw: Sequence[int]) -> JSCCBaseline:
         """The same system at another (H, W) (the parameters do not depend on it)."""

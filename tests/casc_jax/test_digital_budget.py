@@ -3,12 +3,12 @@
 import pytest
 
 from casc_jax.digital import budget
-from multitask_jax import jscc
+from multitask_jax import channel_budget
 
 
 def test_analog_accounting_matches_jscc():
     for k in (1, 147, 294, 312):
-        assert budget.analog_bits(k) == jscc.overhead_bits(k)
+        assert budget.analog_bits(k) == channel_budget.overhead_bits(k)
     b = budget.Budget()
     assert b.bits == 20_000 and b.reading == "bits"
     assert b.analog_channel_uses() == 312  # 312 * 64 = 19,968 <= 20,000 < 313 * 64

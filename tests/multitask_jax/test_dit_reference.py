@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from casc_jax.nn.layers import timestep_embedding
+from configs.multitask_models_base import dit_preset
 from multitask_jax import dit as dit_lib
 
 # ------------------------------------------------------------------------------- numpy references
@@ -102,7 +103,7 @@ def test_pos_embed_half_order_is_column_first_on_a_non_square_grid():
 def test_model_adds_the_pos_embed_of_its_non_square_token_grid():
     # tiny: pixel_factor 4, patch 2 -> a 24 x 40 image is a 3 x 5 token grid. With a zero patch embedding the
     # first block (the identity at init) returns exactly the positional encoding.
-    cfg = dit_lib.dit_config("tiny")
+    cfg = dit_lib.DiTConfig(**dit_preset("tiny"))
     model = dit_lib.DiT(cfg)
     x_t = jax.random.normal(jax.random.key(0), (2, 24, 40, 3))
     t = jnp.array([3, 7])
@@ -169,7 +170,7 @@ def _uniform_check(w, fan_in, fan_out, rtol=0.1):
 
 
 def test_initialisation_follows_dit_initialize_weights():
-    cfg = dit_lib.dit_config("tiny", hidden_size=64, depth=2, num_heads=2, freq_dim=64)
+    cfg = dit_lib.DiTConfig(**dit_preset("tiny", hidden_size=64, depth=2, num_heads=2, freq_dim=64))
     model = dit_lib.DiT(cfg)
     cy, cg = 40, 24
     x_t = jnp.zeros((1, 16, 16, 3))

@@ -16,8 +16,8 @@ from casc_jax import reproduce as casc_reproduce
 from casc_jax.batching import Stream
 from casc_jax.metrics import segmentation as seg_metrics
 from casc_jax.run import load_config
+from multitask_jax import channel_budget, jscc, reproduce, results
 from multitask_jax import data as mt_data
-from multitask_jax import jscc, reproduce, results
 from multitask_jax import train as mt_train
 from multitask_jax.baselines import models as bl_models
 
@@ -62,7 +62,7 @@ def test_cpu_preset_models_at_equal_channel_uses(name):
         return
     for hw, uses in (((128, 128), 96), ((224, 224), 294), ((512, 768), 2304)):
         assert _model(c, hw).num_channel_uses == uses
-    assert jscc.overhead_bits(294) == 18_816 <= 20_000
+    assert channel_budget.overhead_bits(294) == 18_816 <= 20_000
 
 
 @pytest.mark.parametrize("name", OURS + BASELINES)

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from casc_jax import diffusion
+from configs.multitask_models_base import dit_preset, model_config
+from multitask_jax import channel_budget, jscc
 from multitask_jax import dit as dit_lib
-from multitask_jax import jscc
-from multitask_jax.system import build_multitask, model_config
+from multitask_jax.system import build_multitask
 
 
 def _randomize(params, scale=0.1, seed=3):
@@ -33,15 +34,15 @@ def test_space_to_depth_layout_and_inverse():
 
 def test_channel_use_count_closed_form():
     # 224 x 224: f1 grid 28 x 28, stride 2 -> 14 x 14; C_out = 3 -> 588 reals = 294 complex symbols
-    assert jscc.signal_grid((224, 224)) == (14, 14)
-    assert jscc.channel_uses((224, 224), 3) == 294
-    assert jscc.overhead_bits(294) == 294 * 64 == 18_816
-    assert jscc.max_channels_for_budget((224, 224), 20_000) == 3  # the paper's 20 Kbit budget
-    assert jscc.signal_grid((512, 768)) == (32, 48)
-    assert jscc.channel_uses((512, 768), 8) == 32 * 48 * 4
-    assert jscc.signal_grid((500, 375), downsample=4) == (16, 12)  # ceil(ceil(500 / 8) / 4), ceil(47 / 4)
+    assert channel_budget.signal_grid((224, 224)) == (14, 14)
+    assert channel_budget.channel_uses((224, 224), 3) == 294
+    assert channel_budget.overhead_bits(294) == 294 * 64 == 18_816
+    assert channel_budget.max_channels_for_budget((224, 224), 20_000) == 3  # the paper's 20 Kbit budget
+    assert channel_budget.signal_grid((512, 768)) == (32, 48)
+    assert channel_budget.channel_uses((512, 768), 8) == 32 * 48 * 4
+    assert channel_budget.signal_grid((500, 375), downsample=4) == (16, 12)  # ceil(ceil(500 / 8) / 4), ceil(47 / 4)
     with pytest.raises(ValueError, match="even"):
-        jscc.channel_uses((8, 8), 1)
+        channel_budget.channel_uses((8, 8), 1)
 
 
 def _np_cross_entropy(logits, labels, ignore=255):
@@ -182,7 +183,7 @@ def test_dit_block_is_identity_at_init_and_model_output_zero():
     out, _ = block.init_with_output(jax.random.key(2), x, c)
     np.testing.assert_array_equal(out, x)  # adaLN-Zero: all gates start at 0
 
-    cfg = dit_lib.dit_config("tiny")
+    cfg = dit_lib.DiTConfig(**dit_preset("tiny"))
     model = dit_lib.DiT(cfg)
     x_t = jax.random.normal(jax.random.key(3), (2, 16, 24, 3))
     t = jnp.array([0, 5], jnp.int32)
@@ -201,11 +202,13 @@ def test_dit_block_is_identity_at_init_and_model_output_zero():
 
 
 def test_dit_presets():
-    paper = dit_lib.dit_config("paper")
-    assert (paper.depth, paper.hidden_size, paper.patch_size, paper.num_heads) == (28, 1152, 2, 16)
-    assert dit_lib.dit_config("small", depth=3).depth == 3
+    paper = dit_lib.DiTConfig(**dit_preset("paper"))
+    assert (paper.depth, paper.hidden_size, paper.patch_size, paper.num_heads) == (28, 1152, 2, 16)  # DiT-XL/2
+    assert dit_preset("small", depth=3)["depth"] == 3
     with pytest.raises(ValueError, match="paper"):
-        dit_lib.dit_config("huge")
+        dit_preset("huge")
+    with pytest.raises(ValueError, match="unknown DiT field"):
+        dit_preset("tiny", width=3)
 
 
 def test_eps_from_x0_inverts_predict_x0():
