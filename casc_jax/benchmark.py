@@ -146,7 +146,9 @@ def _model_for(config, can: bool, timesteps: int) -> CASC:
 
 
 def receiver_fns(model: CASC, sampler: Mapping):
-    """(whole receiver, denoiser-only step, decoder-only, CAN-only) as jittable functions."""
+    """(whole receiver, denoiser-only step, decoder-only, CAN-only) as jittable functions. The decoder runs
+    in the model's chunks (`receiver.decode_batch`); count its FLOPs on `unchunked(model)`, since XLA's cost
+    analysis counts a loop body once."""
     dtype = diffusion.SamplerSpec.of(sampler).compute_dtype
 
     def receive(params, c_hat, key):
@@ -162,6 +164,11 @@ def receiver_fns(model: CASC, sampler: Mapping):
         return model.dynamic_weights(params, c_hat)
 
     return receive, one_eps, decode, can
+
+
+def unchunked(model: CASC) -> CASC:
+    """The same receiver with the decoder over the whole batch at once (`decode_batch` 0)."""
+    return dataclasses.replace(model, decode_batch=0)
 
 
 def _loop_receiver(model: CASC, sampler: Mapping, params, c_hat, key):
@@ -219,9 +226,10 @@ def speed(config, params=None, variants: list[Variant] | None = None) -> dict:
         if cost_key not in costs:  # FLOPs depend on the network and dtype only, not on the sampler
             dynamic = jax.jit(can)(p, c_hat)
             t = jnp.zeros((batch,), jnp.int32)
+            whole_decode = jax.jit(unchunked(model).decode)
             costs[cost_key] = (
                 flops_of(jax.jit(one_eps), p, c_hat, dynamic, z, t) / batch,
-                flops_of(jax.jit(decode), p, z) / batch + flops_of(jax.jit(can), p, c_hat) / batch,
+                flops_of(whole_decode, p, z) / batch + flops_of(jax.jit(can), p, c_hat) / batch,
             )
         eps_flops, fixed_flops = costs[cost_key]
         steps_full = int(round(steps_timed * scale))
@@ -243,6 +251,40 @@ def speed(config, params=None, variants: list[Variant] | None = None) -> dict:
     log.info(f"[benchmark] f32 matmul peak (best of start and end): {peak:.1f} GFLOP/s")
     return {"device": device_description(), "matmul_peak_gflops": peak, "paper_ms_per_image": PAPER_MS_PER_IMAGE,
             "load_at_start": load, "load_at_end": machine_load(), "small_map_convs": small_map_convs(), "rows": rows}
+
+
+def receiver_parts(config, params=None, peak: float | None = None) -> list[dict]:
+    """Each part of the receiver on its own at `benchmark.batch_size`: the CAN's weights, one U-Net step,
+    and the decoder over the whole batch and in chunks of `receiver.decode_batch` (when set). Rows of
+    ms/image, GFLOP/image, GFLOP/s and the fraction of `peak` (the same run's matmul peak)."""
+    batch, repeats = config.benchmark.batch_size, max(1, config.benchmark.repeats)
+    model, mesh = build_casc(config), parallel.make_mesh()
+    p = parallel.replicate(params if params is not None else model.init(jax.random.key(config.seed)), mesh)
+    c_hat = jax.device_put(jax.random.normal(jax.random.key(1), (batch,) + model.condition_shape),
+                           parallel.batch_sharded(mesh))
+    _, one_eps, _, can = receiver_fns(model, {"name": "ddpm"})
+    dynamic = jax.jit(can)(p, c_hat)
+    z = jax.random.normal(jax.random.key(3), (batch,) + model.latent_shape)
+    t = jnp.full((batch,), 500, jnp.int32)
+    whole = jax.jit(unchunked(model).decode)
+    decode_flops = flops_of(whole, p, z)
+    parts = [("CAN (per-sample weights)", jax.jit(can), (p, c_hat), None),
+             ("U-Net step", jax.jit(one_eps), (p, c_hat, dynamic, z, t), None),
+             ("decoder, whole batch", whole, (p, z), decode_flops)]
+    if model.decode_batch and model.decode_batch < batch:
+        parts.append((f"decoder, chunks of {model.decode_batch}", jax.jit(model.decode), (p, z), decode_flops))
+    peak = peak or matmul_peak()
+    rows = []
+    for label, fn, args, flops in parts:
+        _, median, runs = timed(fn, *args, repeats=repeats)
+        flops = flops_of(fn, *args) if flops is None else flops
+        gflops = flops / median / 1e9
+        rows.append({"part": label, "batch": batch, "ms_per_image": 1e3 * median / batch,
+                     "gflop_per_image": flops / batch / 1e9, "achieved_gflops": gflops,
+                     "fraction_of_matmul_peak": gflops / peak, "runs_s": runs})
+        log.info(f"[benchmark] part: {label:<28} {rows[-1]['ms_per_image']:8.2f} ms/image  "
+                 f"{flops / batch / 1e9:6.2f} GFLOP/image  {gflops:6.1f} GFLOP/s ({100 * gflops / peak:.0f}% of peak)")
+    return rows
 
 
 def small_map_convs() -> dict:
@@ -411,6 +453,9 @@ def write_report(report: dict, workdir: str) -> str:
         )
     for name, ms in report["paper_ms_per_image"].items():
         log.info(f"{'paper: ' + name:<34}{ms:>10.2f}")
+    for r in report.get("parts", ()):
+        log.info(f"{'part: ' + r['part']:<34}{r['ms_per_image']:>10.2f}{r['gflop_per_image']:>11.2f}"
+                 f"{r['achieved_gflops']:>9.1f}{100 * r['achieved_gflops'] / peak:>7.0f}%")
     scan = next((r for r in rows if "dispatch" not in r["variant"] and "CAN" not in r["variant"]), None)
     loop = next((r for r in rows if "dispatch" in r["variant"]), None)
     nocan = next((r for r in rows if "no CAN" in r["variant"]), None)
@@ -423,6 +468,13 @@ def write_report(report: dict, workdir: str) -> str:
         paper = report["paper_ms_per_image"]["CASC (RTX A6000)"]
         log.info(f"equal-quality fast sampler {fast['sampler']}: {fast['ms_per_image']:.2f} ms/image, "
                  f"{fast['ms_per_image'] / paper:.3f} x the paper's {paper} (RTX A6000)")
+    distilled = [r for r in rows if r["variant"].startswith("distilled")]
+    if distilled:  # at the largest timed batch (the paper's 256)
+        batch = max(r["batch"] for r in distilled)
+        best = min((r for r in distilled if r["batch"] == batch), key=lambda r: r["ms_per_image"])
+        half = report["paper_ms_per_image"]["CASC (RTX A6000)"] / 2
+        log.info(f"{best['variant']} at batch {best['batch']}: {best['ms_per_image']:.2f} ms/image against half the "
+                 f"paper's time, {half:.2f} ({best['ms_per_image'] / half:.3f} x)")
     diffsc = next((r for r in rows if r["variant"].startswith("DiffSC")), None)
     if scan and diffsc:
         ratio = scan["ms_per_image"] / diffsc["ms_per_image"]

@@ -71,6 +71,7 @@ def benchmark(config, workdir, options):
     report = bench.speed(config, trained)
     report["weights"] = source
     report["unet_step_peer"] = bench.unet_step_vs_torch(config, trained)
+    report["parts"] = bench.receiver_parts(config, trained, report["matmul_peak_gflops"])
     if config.benchmark.diffsc_config:
         diffsc = load_config(config.benchmark.diffsc_config)
         report["rows"].append(bench.diffsc_row(config, diffsc))

@@ -53,6 +53,7 @@ class CASC:
     channel_kind: str = "awgn"
     equalizer: str = "zf"
     prediction: str = "eps"  # what the U-Net outputs: 'eps', 'x0' or 'v' (diffusion.prediction)
+    decode_batch: int = 0  # the decoder runs in chunks of this many images (0: the whole batch at once)
 
     @property
     def condition_shape(self) -> tuple[int, int, int]:
@@ -135,8 +136,19 @@ class CASC:
         return diffusion.sample(self.denoiser_fn(params, c_hat, spec.compute_dtype), self.schedule, shape, key, spec)
 
     def decode(self, params: Params, z: jax.Array) -> jax.Array:
-        """Z_tilde -> X_hat (quantise, then D), eq. (6)."""
-        return self.autoencoder.apply({"params": params["autoencoder"]}, z, method=VQAutoencoder.decode)
+        """Z_tilde -> X_hat (quantise, then D), eq. (6); in chunks of `decode_batch` images (a `lax.map`,
+        the rest of an uneven batch as one more call), which keeps each chunk's activations in cache."""
+
+        def decode_all(zz):
+            return self.autoencoder.apply({"params": params["autoencoder"]}, zz, method=VQAutoencoder.decode)
+
+        b, n = self.decode_batch, z.shape[0]
+        if not b or n <= b:
+            return decode_all(z)
+        whole = n // b * b
+        chunks = jax.lax.map(decode_all, z[:whole].reshape((whole // b, b) + z.shape[1:]))
+        x_hat = chunks.reshape((whole,) + chunks.shape[2:])
+        return x_hat if whole == n else jnp.concatenate([x_hat, decode_all(z[whole:])])
 
     def receive(self, params: Params, c_hat: jax.Array, key: jax.Array, sampler: Mapping | None = None):
         """Receiver: C_hat (B, h, w, L) -> X_hat (B, H, W, 3)."""
@@ -208,4 +220,13 @@ def build_casc(config: ml_collections.ConfigDict) -> CASC:
         channel_kind=config.channel.kind,
         equalizer=config.channel.equalizer,
         prediction=diffusion.check_prediction(config.diffusion.get("prediction", "eps")),
+        decode_batch=_decode_batch(config),
     )
+
+
+def _decode_batch(config) -> int:
+    """`receiver.decode_batch` (0 when the config has no receiver section), checked to be >= 0."""
+    b = int(config.get("receiver", {}).get("decode_batch", 0) or 0)
+    if b < 0:
+        raise ValueError(f"receiver.decode_batch must be 0 (the whole batch) or a positive chunk size, got {b}")
+    return b

@@ -131,7 +131,7 @@ def _cpu(c: ml_collections.ConfigDict) -> None:
     c.train[c.task].update(num_steps=CPU_STEPS[c.baseline], base_lr=multitask_base.CPU_LR,
                            ema_decay=0.999 if c.task == "reconstruction" else 0.0)
     c.eval.update(batch_size=8, num_images=multitask_base.CPU_EVAL_IMAGES if c.task == "reconstruction" else None,
-                  grid_images=6, grid_snrs=(0.0, 8.0, 20.0))
+                  grid_images=6, grid_snrs=multitask_base.CPU_GRID_SNRS[c.task])
     if "recon_data" in c:
         c.recon_data = multitask_base.cpu_data("reconstruction")
 

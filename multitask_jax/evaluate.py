@@ -4,7 +4,8 @@ WORKDIR/eval/reconstruction/
     metrics.json, metrics.csv   one record per (validation size, SNR): PSNR (eq. 2, mean over images of the
                                 per-image PSNR on [-1, 1], capped at casc_jax.evaluate.PSNR_CAP_DB)
     psnr_vs_snr.png             one panel per validation size: Fig. 4 (224x224) and Fig. 5 (768x512)
-    samples_<W>x<H>.png         originals over their reconstructions at each `eval.grid_snrs`
+    samples_<W>x<H>.png         originals over their reconstructions at each `eval.grid_snrs` (one outside
+                                the sweep is run on the first batch only)
 WORKDIR/eval/segmentation/
     metrics.json, metrics.csv   one record per SNR: mIoU, pixel accuracy and mean class accuracy read off
                                 the confusion matrix summed over the whole set (casc_jax.metrics.segmentation,
@@ -115,6 +116,14 @@ def _size_name(hw: Sequence[int]) -> str:
     return f"{hw[1]}x{hw[0]}"  # W x H, as the paper writes 768x512
 
 
+def eval_and_grid_snrs(config) -> tuple[list[float], list[float], list[float]]:
+    """(sweep SNRs, grid SNRs, grid SNRs outside the sweep): a grid SNR the sweep does not evaluate (Fig. 6's
+    18 dB on a 0..20 step 4 sweep) is run on the first batch only, for its visual row, and makes no record."""
+    snrs = [float(s) for s in config.channel.eval_snrs]
+    grid_snrs = [float(g) for g in config.eval.grid_snrs]
+    return snrs, grid_snrs, [s for s in grid_snrs if s not in snrs]
+
+
 # -- reconstruction ------------------------------------------------------------------------------
 def _sampler(config) -> dict:
     return config.sampler.to_dict() if "sampler" in config else {}
@@ -130,19 +139,18 @@ def evaluate_reconstruction(
     mesh = parallel.make_mesh()
     batch_size = parallel.check_batch_size(config.eval.batch_size, mesh)
     sampler = _sampler(config)
-    snrs = [float(s) for s in config.channel.eval_snrs]
-    grid_snrs = [s for s in (float(g) for g in config.eval.grid_snrs) if s in snrs]
+    snrs, grid_snrs, visual_only = eval_and_grid_snrs(config)
     records, figures, grids = [], {}, {}
     for hw in config.data.get("eval_sizes") or (mt_train.image_hw(config),):
         hw = tuple(int(s) for s in hw)
         model = build_model(config, hw)
         run = reconstructor(model, params, mesh, sampler)
         shown = {}
-        for snr in snrs:
+        for snr in snrs + visual_only:
             started, seen, totals = time.perf_counter(), 0, MetricTotals({"psnr": capped_psnr})
             batches = mt_train.batches_for_eval(config, RECONSTRUCTION, batch_size=batch_size, image_size=hw)
             for i, batch in enumerate(batches):
-                if config.eval.num_images and seen >= config.eval.num_images:
+                if (config.eval.num_images and seen >= config.eval.num_images) or (i and snr in visual_only):
                     break
                 arrays, host = _global(batch, mesh, "image", "valid")
                 valid = _limited_valid(host["valid"], seen, config.eval.num_images)
@@ -153,6 +161,8 @@ def evaluate_reconstruction(
                 if i == 0:
                     shown.setdefault("original", host["image"][valid])
                     shown[snr] = parallel.to_host(x_hat)[valid]
+            if snr in visual_only:
+                continue
             record = {
                 "task": RECONSTRUCTION,
                 "method": method,
@@ -197,14 +207,13 @@ def evaluate_segmentation(
     batch_size = parallel.check_batch_size(config.eval.batch_size, mesh)
     model = build_model(config)
     run = segmenter(model, params, mesh)
-    snrs = [float(s) for s in config.channel.eval_snrs]
-    grid_snrs = [s for s in (float(g) for g in config.eval.grid_snrs) if s in snrs]
+    snrs, grid_snrs, visual_only = eval_and_grid_snrs(config)
     records, shown = [], {}
-    for snr in snrs:
+    for snr in snrs + visual_only:
         started, seen = time.perf_counter(), 0
         total = np.zeros((model.num_classes,) * 2, np.int64)
         for i, batch in enumerate(mt_train.batches_for_eval(config, SEGMENTATION, batch_size=batch_size)):
-            if config.eval.num_images and seen >= config.eval.num_images:
+            if (config.eval.num_images and seen >= config.eval.num_images) or (i and snr in visual_only):
                 break
             arrays, host = _global(batch, mesh, "image", "mask", "valid")
             valid = _limited_valid(host["valid"], seen, config.eval.num_images)
@@ -216,6 +225,8 @@ def evaluate_segmentation(
                 shown.setdefault("image", host["image"][valid])
                 shown.setdefault("ground truth", mask[valid])
                 shown[snr] = parallel.to_host(pred)[valid]
+        if snr in visual_only:
+            continue
         iou = np.asarray(seg_metrics.per_class_iou(total), np.float64)
         record = {
             "task": SEGMENTATION,

@@ -31,7 +31,6 @@ reconstruction stage has moved on since.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Iterator, Mapping
 
@@ -333,7 +332,7 @@ def fit_stage(
             workdir=workdir,
             train_cfg=config.train,
             initial_state=state,
-            step_fn=functools.partial(_with_const, parallel.jit_data_parallel(step, mesh), frozen),
+            step_fn=parallel.jit_step_with(step, frozen, mesh),
             make_batches=lambda start: loop.skip_batches(
                 make_batches(config, task, "train", Stream.training(local_batch, seed)), start
             ),
@@ -343,10 +342,6 @@ def fit_stage(
         )
     finally:
         writer.close()
-
-
-def _with_const(jitted, const, state, batch):
-    return jitted(state, batch, const)
 
 
 def load_task_params(config, workdir: str, task: str) -> tuple[dict, str]:
@@ -364,15 +359,9 @@ def load_task_params(config, workdir: str, task: str) -> tuple[dict, str]:
     params, source = dict(deployed(state)), f"trained {task} checkpoint (step {step})"
     r = distill_train.sampled_round(config) if task == RECONSTRUCTION else None
     if r is not None:
-        name, d = distill_train.stage_name(r), config.train.distill
+        d = config.train.distill
         abstract = abstract_of(lambda k: _student_state(model.init(k)["dit"], d, optimizer(d, 1)), mesh)
-        step_d, state_d = loop.restore_stage(workdir, name, config.train, abstract)
-        if state_d is None:
-            raise FileNotFoundError(
-                f"sampler 'distilled' needs the distilled student of round {r} ({workdir}/{name}/checkpoints). "
-                "Train it first: python launch.py --config=... --workdir=... --mode=train"
-            )
-        params["dit"] = distill_train.student_of(state_d)
+        name, step_d, params["dit"] = distill_train.restore_student(workdir, config.train, r, abstract)
         source += f", distilled student {name} step {step_d}"
     if is_shared(config, task):
         frozen, recon_step = _shared_parts(config, workdir, model, mesh)

@@ -227,7 +227,7 @@ def train_baseline(config: ml_collections.ConfigDict, workdir: str) -> dict:
             workdir=workdir,
             train_cfg=config.train,
             initial_state=states[name] if initial_state is None else initial_state,
-            step_fn=functools.partial(_with_const, parallel.jit_data_parallel(step, mesh), const),
+            step_fn=parallel.jit_step_with(step, const, mesh),
             make_batches=lambda start: data_lib.make_dataset(
                 config.data, "train", data_lib.Stream.training(local[batch_of], seed, start)
             ),
@@ -277,10 +277,6 @@ def train_baseline(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.close()
 
 
-def _with_const(jitted, const, state, batch):
-    return jitted(state, batch, const)
-
-
 def load_trained_params(config, workdir: str, *, allow_random: bool = False) -> tuple[dict, str]:
     """The trained parameters in `workdir` (DiffSC: EMA U-Net) and a description of where they came from.
 
@@ -306,15 +302,11 @@ def load_trained_params(config, workdir: str, *, allow_random: bool = False) -> 
         r = distill_train.sampled_round(config)
         if r is None:
             return {"deepjscc": state_j.params, "unet": state_u.ema_params}, source
-        name = distill_train.stage_name(r)
-        step_d, state_d = loop.restore_stage(workdir, name, config.train, abstract_student(model, config, mesh))
-        if state_d is None:
-            raise FileNotFoundError(
-                f"sampler 'distilled' needs the distilled student of round {r} ({workdir}/{name}/checkpoints). "
-                "Train it first: python launch.py --config=... --workdir=... --mode=train"
-            )
+        name, step_d, student = distill_train.restore_student(
+            workdir, config.train, r, abstract_student(model, config, mesh)
+        )
         source = source.replace("EMA U-Net)", f"distilled student {name} step {step_d})")
-        return {"deepjscc": state_j.params, "unet": distill_train.student_of(state_d)}, source
+        return {"deepjscc": state_j.params, "unet": student}, source
     if allow_random:
         log.info(f"no trained {system} checkpoint in {workdir}: using random weights")
         return parallel.init_replicated(model.init, jax.random.key(config.seed), mesh), "random weights"

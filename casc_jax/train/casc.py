@@ -22,7 +22,6 @@ autoencoder of CR 1/48 in the CPU reproduction); that config's `autoencoder` sec
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from collections.abc import Callable
@@ -171,9 +170,6 @@ def make_distill_stage_step(model: CASC, cfg, train_snrs, steps: int, tx, seed: 
     )
 
 
-_student = distill_train.student_of
-
-
 # -- orchestration --------------------------------------------------------------------------------
 def _optimizer(stage_cfg, global_batch: int):
     """Adam (stage 1, as LDM's autoencoder) or AdamW when `weight_decay` is set (stage 2, as LDM's denoiser)."""
@@ -238,14 +234,13 @@ def train_casc(config: ml_collections.ConfigDict, workdir: str) -> dict:
         local_batch["distill"] = parallel.check_batch_size(batch["distill"], mesh)
 
     def run(name, step, const, stage_cfg, seed, initial_state=None, batch_of=None):
-        jitted = parallel.jit_data_parallel(step, mesh)
         batch_of = batch_of or name
         return loop.run_stage(
             name=name,
             workdir=workdir,
             train_cfg=config.train,
             initial_state=states[name] if initial_state is None else initial_state,
-            step_fn=functools.partial(_with_const, jitted, const),
+            step_fn=parallel.jit_step_with(step, const, mesh),
             make_batches=lambda start: data_lib.make_dataset(
                 config.data, "train", data_lib.Stream.training(local_batch[batch_of], seed, start)
             ),
@@ -330,8 +325,7 @@ def trained_students(config, workdir: str) -> dict[int, dict]:
     abstract = abstract_student(model, config, parallel.make_mesh())
     students = {}
     for r, steps in enumerate(rounds[:found], 1):
-        _, state = loop.restore_stage(workdir, distill_stage(r), config.train, abstract)
-        students[steps] = _student(state)
+        students[steps] = distill_train.restore_student(workdir, config.train, r, abstract)[2]
     return students
 
 
@@ -341,10 +335,6 @@ def stage1_workdir(config, workdir: str) -> str | None:
     if not source or os.path.abspath(source) == os.path.abspath(workdir):
         return None
     return os.path.abspath(source)
-
-
-def _with_const(jitted, const, state, batch):
-    return jitted(state, batch, const)
 
 
 def load_trained_params(config, workdir: str, *, allow_random: bool = False) -> tuple[dict, str]:
@@ -361,14 +351,10 @@ def load_trained_params(config, workdir: str, *, allow_random: bool = False) -> 
     step2, state2 = loop.restore_stage(workdir, "stage2", config.train, abstract["stage2"])
     r = distilled_round(config)
     if state1 is not None and state2 is not None and r is not None:
-        name = distill_stage(r)
-        step_d, state_d = loop.restore_stage(workdir, name, config.train, abstract_student(model, config, mesh))
-        if state_d is None:
-            raise FileNotFoundError(
-                f"sampler 'distilled' needs the distilled student of round {r} ({workdir}/{name}/checkpoints). "
-                "Train it first: python launch.py --config=... --workdir=... --mode=train"
-            )
-        params = dict(state2.ema_params, autoencoder=state1.params, **_student(state_d))
+        name, step_d, student = distill_train.restore_student(
+            workdir, config.train, r, abstract_student(model, config, mesh)
+        )
+        params = dict(state2.ema_params, autoencoder=state1.params, **student)
         return params, f"distilled student (stage 1 step {step1}, stage 2 step {step2}, {name} step {step_d})"
     if state1 is not None and state2 is not None:
         params = dict(state2.ema_params, autoencoder=state1.params)

@@ -130,6 +130,19 @@ def student_of(state: loop.TrainState):
     return state.ema_params if state.ema_params is not None else state.params
 
 
+def restore_student(workdir: str, train_cfg, r: int, abstract_state) -> tuple[str, int, Any]:
+    """(stage name, step, student weights) of round `r` restored from WORKDIR/distill<r>; FileNotFoundError
+    saying how to train it when that round has no checkpoint."""
+    name = stage_name(r)
+    step, state = loop.restore_stage(workdir, name, train_cfg, abstract_state)
+    if state is None:
+        raise FileNotFoundError(
+            f"sampler 'distilled' needs the distilled student of round {r} ({workdir}/{name}/checkpoints). "
+            "Train it first: python launch.py --config=... --workdir=... --mode=train"
+        )
+    return name, step, student_of(state)
+
+
 def run_rounds(
     teacher,
     rounds: tuple[int, ...],

@@ -207,6 +207,16 @@ def jit_data_parallel(fn: Callable, mesh: jax.sharding.Mesh, batch_argnums=(1,),
     return wrapped
 
 
+def jit_step_with(step: Callable, const, mesh: jax.sharding.Mesh) -> Callable:
+    """`step(state, batch, const)` jitted data-parallel with `const` bound: (state, batch) -> (state, metrics).
+
+    `const` (frozen parameters, LPIPS weights, a teacher) stays an argument of the compiled step, so it is
+    never baked into the executable as a constant.
+    """
+    jitted = jit_data_parallel(step, mesh)
+    return lambda state, batch: jitted(state, batch, const)
+
+
 # -- a gradient whose bits do not depend on the device count --------------------------------------
 def check_grad_groups(groups: int, global_batch: int, num_devices: int) -> int:
     """`train.grad_groups` checked against the batch and the mesh (0 = off)."""

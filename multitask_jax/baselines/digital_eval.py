@@ -63,14 +63,15 @@ def segmentation_sweep(model: FCNDigital, params, config) -> tuple[list[dict], d
     segment = jax.jit(lambda p, x: jnp.argmax(model.segment(p, x), -1).astype(jnp.int32))
     k = model.num_classes
     records, grids = [], {}
+    snrs, _, visual_only = mt_eval.eval_and_grid_snrs(config)
     for mod in model.modulations:
         link, method = model.link(mod), f"fcn_digital_{mod}"
-        for snr in (float(s) for s in config.channel.eval_snrs):
+        for snr in snrs + visual_only:
             started, seen, got = time.perf_counter(), 0, 0
             total = np.zeros((k, k), np.int64)
             batches = mt_train.batches_for_eval(config, SEGMENTATION, batch_size=config.eval.batch_size)
             for i, batch in enumerate(batches):
-                if config.eval.num_images and seen >= config.eval.num_images:
+                if (config.eval.num_images and seen >= config.eval.num_images) or (i and snr in visual_only):
                     break
                 valid = mt_eval._limited_valid(batch["valid"], seen, config.eval.num_images)
                 key = jax.random.fold_in(jax.random.key(config.seed), i)
@@ -85,6 +86,8 @@ def segmentation_sweep(model: FCNDigital, params, config) -> tuple[list[dict], d
                     grids.setdefault("ground_truth", np.asarray(batch["mask"])[valid])
                     grids.setdefault("palette", mt_data.segmentation_palette(config.data.source))
                     grids[f"{method}_snr{snr:g}"] = np.where(ok[valid, None, None], pred[valid], 255)
+            if snr in visual_only:
+                continue
             scores = seg_metrics.segmentation_metrics(total) if got else dict.fromkeys(
                 ("miou", "pixel_accuracy", "mean_class_accuracy"))
             iou = np.asarray(seg_metrics.per_class_iou(total), np.float64)
@@ -109,14 +112,15 @@ def recon_batches(config, hw):
 def reconstruction_sweep(model: FCNDigital, config) -> tuple[list[dict], dict]:
     """The digital reconstruction curve: PSNR of the delivered images per (size, modulation, SNR)."""
     records, grids = [], {}
+    snrs, _, visual_only = mt_eval.eval_and_grid_snrs(config)
     for hw in (tuple(int(s) for s in hw) for hw in config.recon_data.eval_sizes):
         size = mt_eval._size_name(hw)
         for mod in model.modulations:
             link, method = model.link(mod), f"jpeg_ldpc_{mod}"
-            for snr in (float(s) for s in config.channel.eval_snrs):
+            for snr in snrs + visual_only:
                 started, seen, scores = time.perf_counter(), 0, []
                 for i, batch in enumerate(recon_batches(config, hw)):
-                    if config.eval.num_images and seen >= config.eval.num_images:
+                    if (config.eval.num_images and seen >= config.eval.num_images) or (i and snr in visual_only):
                         break
                     valid = mt_eval._limited_valid(batch["valid"], seen, config.eval.num_images)
                     key = jax.random.fold_in(jax.random.key(config.seed), i)
@@ -130,6 +134,8 @@ def reconstruction_sweep(model: FCNDigital, config) -> tuple[list[dict], dict]:
                         shown = np.where(ok[:, None, None, None], image_io.to_uint8(images), 0)  # failed: black
                         grids[f"{method}_{size}_snr{snr:g}"] = shown[valid]
                         grids[f"{method}_{size}_snr{snr:g}_ok"] = ok[valid]
+                if snr in visual_only:
+                    continue
                 got = np.concatenate(scores)
                 record = {
                     "task": RECONSTRUCTION, "method": method, "size": size, "height": hw[0], "width": hw[1],

@@ -187,3 +187,21 @@ def test_torch_peer_is_the_paper_sized_unet():
     assert spec["block_out_channels"] == (128, 256, 256) and spec["layers_per_block"] == 2
     assert spec["down_block_types"] == ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D")
     assert spec["up_block_types"] == ("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D")
+
+
+def test_receiver_parts_and_flops_do_not_depend_on_the_decoders_chunks():
+    """XLA counts a loop body once: the FLOPs of a chunked decoder are those of the whole one, in the speed
+    rows and in the per-part rows, whose decoder is timed both ways."""
+    config = _tiny()
+    config.benchmark.update(distilled_steps=(1,), small_batches=())
+    variants = [v for v in benchmark.default_variants(config) if v.label == "distilled 1 step"]
+    flops = {}
+    for b in (0, 1):
+        config.receiver.decode_batch = b
+        flops[b] = benchmark.speed(config, variants=variants)["rows"][0]["gflop_per_image"]
+    np.testing.assert_allclose(flops[1], flops[0], rtol=1e-6)
+    parts = {r["part"]: r for r in benchmark.receiver_parts(config, peak=100.0)}
+    assert list(parts) == ["CAN (per-sample weights)", "U-Net step", "decoder, whole batch", "decoder, chunks of 1"]
+    assert parts["decoder, chunks of 1"]["gflop_per_image"] == parts["decoder, whole batch"]["gflop_per_image"] > 0
+    for r in parts.values():
+        assert r["ms_per_image"] > 0 and r["fraction_of_matmul_peak"] == r["achieved_gflops"] / 100.0

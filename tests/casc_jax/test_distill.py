@@ -332,6 +332,11 @@ def test_casc_distill_stage_runs_resumes_and_loads(tmp_path, progress):
         np.testing.assert_array_equal(a, b)
     assert list(casc.trained_students(_casc_tiny(tmp_rounds=0), str(tmp_path))) == [4, 2]
     assert casc.trained_students(c, str(tmp_path / "elsewhere")) == {}
+    # a round not trained yet is a clear FileNotFoundError, not random or teacher weights
+    c1 = _casc_tiny(tmp_rounds=3)
+    c1.sampler.update(name="distilled", steps=1)
+    with pytest.raises(FileNotFoundError, match=r"student of round 3 .*distill3/checkpoints.*Train it first"):
+        casc.load_trained_params(c1, str(tmp_path))
     # the reproduction's distillation job: a 'train' of the trained workdir with more rounds and no sweep
     # trains only the new round
     from casc_jax import run

@@ -67,3 +67,19 @@ def test_async_saves_are_all_on_disk_after_fit(tmp_path):
     assert sorted(reopened._manager.all_steps()) == [2, 4, 6]
     assert float(reopened.restore(loop.TrainState(jnp.int32(0), jnp.float32(0.0), None)).params) == 12.0
     reopened.close()
+
+
+def test_jit_step_with_binds_the_constant_as_an_argument():
+    """(state, batch) -> step(state, batch, const): the bound constant reaches the step and, unlike the state,
+    is not donated (it stays readable after the call)."""
+
+    def step(state, batch, const):
+        return state + batch["x"].sum() * const["w"], {}
+
+    mesh = parallel.make_mesh()
+    batch = {"x": np.ones((2 * mesh.size,), np.float32)}
+    w = {"w": jnp.float32(3.0)}
+    out, _ = parallel.jit_step_with(step, w, mesh)(jnp.float32(1.0), batch)
+    assert float(out) == 1.0 + 3.0 * batch["x"].size and float(w["w"]) == 3.0
+    out, _ = parallel.jit_step_with(step, {"w": jnp.float32(-1.0)}, mesh)(jnp.float32(1.0), batch)
+    assert float(out) == 1.0 - batch["x"].size

@@ -123,3 +123,21 @@ def test_bfloat16_denoiser_stays_close_to_float32():
     assert z16.dtype == jnp.float32
     rel = float(jnp.linalg.norm(z16 - z32) / jnp.linalg.norm(z32))
     assert rel < 0.05
+
+
+def test_decoder_in_chunks_equals_the_whole_batch():
+    """receiver.decode_batch splits the decoder's batch (an uneven rest as one more call): the same images."""
+    import dataclasses
+
+    model, params = _model()
+    z = jax.random.normal(jax.random.key(3), (5,) + model.latent_shape)
+    whole = jax.jit(dataclasses.replace(model, decode_batch=0).decode)(params, z)
+    for b in (1, 2, 5, 8):
+        chunked = jax.jit(dataclasses.replace(model, decode_batch=b).decode)(params, z)
+        assert chunked.shape == (5,) + model.image_shape
+        np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), atol=1e-5)
+    config = _tiny_config()
+    assert build_casc(config).decode_batch == config.receiver.decode_batch == 16
+    config.receiver.decode_batch = -1
+    with pytest.raises(ValueError, match="decode_batch must be 0"):
+        build_casc(config)

@@ -79,11 +79,14 @@ def test_digital_fcn_reports_failures_and_never_invents_images(tmp_path):
     c = _tiny("fcn_digital")
     c.digital.update(modulations=("16qam",), budget_bits=8000)
     c.channel.eval_snrs = (-5.0, 20.0)
+    c.eval.grid_snrs = (18.0,)  # outside the sweep: a visual row, no record
     c.recon_data.eval_sizes = ((32, 32),)
     model = models.build_model(c)
     params = jax.jit(model.init)(jax.random.key(0))
     records = digital_eval.evaluate(c, params, str(tmp_path))
     by = {(r["task"], r["snr_db"]): r for r in records}
+    assert sorted(by) == [("reconstruction", -5.0), ("reconstruction", 20.0), ("segmentation", -5.0),
+                          ("segmentation", 20.0)]
     for task in ("segmentation", "reconstruction"):
         bad, good = by[(task, -5.0)], by[(task, 20.0)]
         assert bad["failures"] == bad["num_images"] == 4 and bad["delivered"] == 0 and bad["failure_rate"] == 1.0
@@ -95,8 +98,10 @@ def test_digital_fcn_reports_failures_and_never_invents_images(tmp_path):
     with np.load(os.path.join(tmp_path, "eval", "reconstruction", GRIDS_FILE)) as g:
         assert not g["jpeg_ldpc_16qam_32x32_snr-5_ok"].any()
         assert (g["jpeg_ldpc_16qam_32x32_snr-5"] == 0).all()  # nothing shown for a failed image
+        assert g["jpeg_ldpc_16qam_32x32_snr18_ok"].all() and g["jpeg_ldpc_16qam_32x32_snr18"].shape == (4, 32, 32, 3)
     with np.load(os.path.join(tmp_path, "eval", "segmentation", GRIDS_FILE)) as g:
         assert (g["fcn_digital_16qam_snr-5"] == 255).all()  # failed: void, not a prediction
+        assert g["fcn_digital_16qam_snr18"].shape == (4, 32, 32) and (g["fcn_digital_16qam_snr18"] != 255).any()
     with open(os.path.join(tmp_path, "eval", "segmentation", "metrics.json")) as f:
         assert json.load(f)[0]["miou"] is None
 

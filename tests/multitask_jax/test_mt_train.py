@@ -103,6 +103,7 @@ def test_segmentation_smoke_nan_stop_resume_and_artefacts(tmp_path, monkeypatch,
     """The segmentation smoke job (shrunk): NaN at step 3 stops it, a rerun resumes from step 2 and evaluates."""
     config, workdir = _tiny("segmentation"), str(tmp_path)
     config.channel.kind = "rayleigh"  # block fading here, AWGN in the reconstruction test
+    config.eval.grid_snrs = (0.0, 10.0)  # 10 dB is outside the sweep: a visual row on the first batch, no record
     real = mt_train.make_batches
 
     def poisoned(config, task, split, stream, *args):
@@ -130,6 +131,8 @@ def test_segmentation_smoke_nan_stop_resume_and_artefacts(tmp_path, monkeypatch,
     assert header[:4] == ["task", "method", "size", "snr_db"] and "miou" in header and "per_class_iou" not in header
     assert _png(os.path.join(out, "miou_vs_snr.png")).size[0] > 400
     assert _png(os.path.join(out, "masks.png")).size[0] > 200
+    with np.load(os.path.join(out, "grids.npz")) as g:
+        assert g["multitask_snr10"].shape == (3, 32, 32) and "multitask_snr20" not in g
     assert run.evaluate(config, workdir, {})[1]["miou"] == pytest.approx(records[1]["miou"])
 
 
