@@ -16,8 +16,8 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from casc_jax.benchmark import device_description, machine_load, matmul_peak, print_and_save, timed
 from casc_jax.nn.dynamic import conv_taps, shifted_views
+from casc_jax.timing import device_description, machine_load, matmul_peak, print_and_save, timed
 
 # (map side, Cin, Cout): U-Net levels, then the decoder's levels
 SHAPES = ((8, 128, 128), (8, 256, 128), (4, 256, 256), (2, 256, 256), (8, 512, 512), (16, 256, 256),

@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from casc_jax.benchmark import device_description, machine_load, print_and_save
 from casc_jax.cli import load_config
 from casc_jax.discriminator import adaptive_weight
 from casc_jax.system import build_casc
+from casc_jax.timing import device_description, machine_load, print_and_save
 from casc_jax.train import casc, loop, parallel
 from casc_jax.train.checkpoint import Checkpointer
 

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from casc_jax import diffusion
-from casc_jax.benchmark import device_description
 from casc_jax.system import build_casc
+from casc_jax.timing import device_description
 from casc_jax.train import parallel
 
 log = logging.getLogger(__name__)

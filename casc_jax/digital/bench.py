@@ -3,7 +3,7 @@
     PYTHONPATH=. python -m casc_jax.digital.bench [--out digital_bench.json] [--quick]
 
 Throughput: decoded information bits per second of the jitted min-sum decoder (`decoder.decoder`),
-at batch 1 and a large batch, median of repeats, compile excluded (casc_jax.benchmark.timed), for
+at batch 1 and a large batch, median of repeats, compile excluded (casc_jax.timing.timed), for
 the waterfall code and for the 20-Kbit link's code block, both with a fixed 20 iterations and with
 early stopping at an operating point.
 Waterfall: BLER of K' = 500, E = 1000 (BG2, Z = 64) with QPSK on AWGN against Eb/N0, and the Eb/N0
@@ -26,11 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from casc_jax import cli
-from casc_jax.benchmark import device_description, timed
 from casc_jax.digital import ldpc, qam
 from casc_jax.digital.budget import Budget, bits_per_symbol
 from casc_jax.digital.decoder import decoder
 from casc_jax.digital.link import DigitalLink
+from casc_jax.timing import device_description, timed
 
 log = logging.getLogger(__name__)
 

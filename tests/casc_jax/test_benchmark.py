@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from casc_jax import benchmark, sampler_quality
+from casc_jax import benchmark, sampler_quality, timing
 from configs import casc_base
 
 
@@ -21,7 +21,7 @@ def _tiny():
 def test_flops_of_matmul_matches_closed_form():
     a = jnp.ones((64, 32))
     b = jnp.ones((32, 16))
-    assert benchmark.flops_of(jax.jit(lambda a, b: a @ b), a, b) == 2 * 64 * 32 * 16
+    assert timing.flops_of(jax.jit(lambda a, b: a @ b), a, b) == 2 * 64 * 32 * 16
 
 
 def test_speed_report_rows_and_extrapolation(tmp_path):
@@ -61,11 +61,11 @@ def test_default_variants_time_the_equal_quality_sampler():
 
 
 def test_machine_load_is_busy_when_other_work_holds_half_the_cores(monkeypatch):
-    monkeypatch.setattr(benchmark.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(benchmark.os, "getloadavg", lambda: (0.3, 1.0, 1.0))
-    assert benchmark.machine_load() == {"load_average": [0.3, 1.0, 1.0], "cores": 2, "quiet": True}
-    monkeypatch.setattr(benchmark.os, "getloadavg", lambda: (2.1, 2.0, 2.0))
-    assert not benchmark.machine_load()["quiet"]
+    monkeypatch.setattr(timing.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(timing.os, "getloadavg", lambda: (0.3, 1.0, 1.0))
+    assert timing.machine_load() == {"load_average": [0.3, 1.0, 1.0], "cores": 2, "quiet": True}
+    monkeypatch.setattr(timing.os, "getloadavg", lambda: (2.1, 2.0, 2.0))
+    assert not timing.machine_load()["quiet"]
 
 
 def test_quality_compares_every_sampler_with_ddpm():
