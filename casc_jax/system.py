@@ -27,6 +27,7 @@ from casc_jax.unet import UNet
 
 Params = Mapping[str, Any]
 STAGE2_PARTS = ("cond_encoder", "can", "unet")
+CPU_DECODE_BATCH = 16  # the decoder's chunk on CPU: keeps its activations in cache (configs/casc_base.py)
 
 
 class ConditionEncoder(nn.Module):
@@ -225,8 +226,12 @@ def build_casc(config: ml_collections.ConfigDict) -> CASC:
 
 
 def _decode_batch(config) -> int:
-    """`receiver.decode_batch` (0 when the config has no receiver section), checked to be >= 0."""
-    b = int(config.get("receiver", {}).get("decode_batch", 0) or 0)
+    """`receiver.decode_batch`, checked to be >= 0; unset (or no receiver section): CPU_DECODE_BATCH on CPU,
+    else 0 (the whole batch)."""
+    b = config.get("receiver", {}).get("decode_batch")
+    if b is None:
+        return CPU_DECODE_BATCH if jax.default_backend() == "cpu" else 0
+    b = int(b)
     if b < 0:
         raise ValueError(f"receiver.decode_batch must be 0 (the whole batch) or a positive chunk size, got {b}")
     return b

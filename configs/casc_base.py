@@ -41,8 +41,10 @@ def base_config(cr: str = "1/48", use_can: bool = True, preset: str = "") -> ml_
     )
     # The receiver's VQ decoder runs over a batch in chunks of decode_batch images (a lax.map; 0 = all at
     # once): the same images, but each chunk's activations stay in cache. Paper-size decoder at batch 256 on
-    # 2 CPU cores (2026-12-07, quiet): 72.27 ms/image whole, 58.28 / 58.27 / 58.17 in chunks of 8 / 16 / 32.
-    c.receiver = ml_collections.ConfigDict(dict(decode_batch=16))
+    # 2 CPU cores (2026-12-07, training paused): 72.27 ms/image whole, 58.28 / 58.27 / 58.17 in chunks of
+    # 8 / 16 / 32. Unset: 16 on CPU, 0 on GPU / TPU (a chunked loop would serialise an accelerator's batch
+    # and split a sharded one); system.CPU_DECODE_BATCH.
+    c.receiver = ml_collections.ConfigDict(dict(decode_batch=common.unset(int)))
     # LDM-sized denoiser on the 8x8 latent: attention at 4x4 and 2x2 (downsampling factors 2, 4).
     c.unet = ml_collections.ConfigDict(
         dict(

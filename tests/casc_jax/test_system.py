@@ -137,7 +137,9 @@ def test_decoder_in_chunks_equals_the_whole_batch():
         assert chunked.shape == (5,) + model.image_shape
         np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), atol=1e-5)
     config = _tiny_config()
-    assert build_casc(config).decode_batch == config.receiver.decode_batch == 16
+    assert config.receiver.decode_batch is None and build_casc(config).decode_batch == 16  # unset: 16 on CPU
+    config.receiver.decode_batch = 0
+    assert build_casc(config).decode_batch == 0
     config.receiver.decode_batch = -1
     with pytest.raises(ValueError, match="decode_batch must be 0"):
         build_casc(config)
