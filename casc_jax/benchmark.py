@@ -208,19 +208,26 @@ def speed(config, params=None, variants: list[Variant] | None = None) -> dict:
             "load_at_start": load, "load_at_end": machine_load(), "small_map_convs": small_map_convs(), "rows": rows}
 
 
-def receiver_parts(config, params=None, peak: float | None = None) -> list[dict]:
-    """Each part of the receiver on its own at `benchmark.batch_size`: the CAN's weights, one U-Net step,
-    and the decoder over the whole batch and in chunks of `receiver.decode_batch` (when set). Rows of
-    ms/image, GFLOP/image, GFLOP/s and the fraction of `peak` (the same run's matmul peak)."""
-    batch, repeats = config.benchmark.batch_size, max(1, config.benchmark.repeats)
+def _step_inputs(config, params=None):
+    """(model, replicated params, C_hat, one_eps, can, the CAN's weights, z_t, t) at `benchmark.batch_size`:
+    the inputs of one U-Net step and of the decoder, as the sampler sees them (random weights without `params`)."""
+    batch = config.benchmark.batch_size
     model, mesh = build_casc(config), parallel.make_mesh()
     p = parallel.replicate(params if params is not None else model.init(jax.random.key(config.seed)), mesh)
     c_hat = jax.device_put(jax.random.normal(jax.random.key(1), (batch,) + model.condition_shape),
                            parallel.batch_sharded(mesh))
     _, one_eps, _, can = receiver_fns(model, {"name": "ddpm"})
-    dynamic = jax.jit(can)(p, c_hat)
     z = jax.random.normal(jax.random.key(3), (batch,) + model.latent_shape)
     t = jnp.full((batch,), 500, jnp.int32)
+    return model, p, c_hat, one_eps, can, jax.jit(can)(p, c_hat), z, t
+
+
+def receiver_parts(config, params=None, peak: float | None = None) -> list[dict]:
+    """Each part of the receiver on its own at `benchmark.batch_size`: the CAN's weights, one U-Net step,
+    and the decoder over the whole batch and in chunks of `receiver.decode_batch` (when set). Rows of
+    ms/image, GFLOP/image, GFLOP/s and the fraction of `peak` (the same run's matmul peak)."""
+    batch, repeats = config.benchmark.batch_size, max(1, config.benchmark.repeats)
+    model, p, c_hat, one_eps, can, dynamic, z, t = _step_inputs(config, params)
     whole = jax.jit(unchunked(model).decode)
     decode_flops = flops_of(whole, p, z)
     parts = [("CAN (per-sample weights)", jax.jit(can), (p, c_hat), None),
@@ -327,15 +334,7 @@ def unet_step_vs_torch(config, params=None, threads: int = 2) -> dict:
     beforehand, as inside the sampler) and, where torch and diffusers import, the PyTorch eager peer at the same
     size on `threads` threads (`torch_peer_spec`); otherwise {'torch': {'skipped': why}}."""
     batch, repeats = config.benchmark.batch_size, max(1, config.benchmark.repeats)
-    model = build_casc(config)
-    mesh = parallel.make_mesh()
-    p = parallel.replicate(params if params is not None else model.init(jax.random.key(config.seed)), mesh)
-    c_hat = jax.device_put(jax.random.normal(jax.random.key(1), (batch,) + model.condition_shape),
-                           parallel.batch_sharded(mesh))
-    _, one_eps, _, can = receiver_fns(model, {"name": "ddpm"})
-    dynamic = jax.jit(can)(p, c_hat)
-    z = jnp.zeros((batch,) + model.latent_shape)
-    t = jnp.full((batch,), 500, jnp.int32)
+    _, p, c_hat, one_eps, _, dynamic, z, t = _step_inputs(config, params)
     fn = jax.jit(one_eps)
     _, median, runs = timed(fn, p, c_hat, dynamic, z, t, repeats=repeats)
     flops = flops_of(fn, p, c_hat, dynamic, z, t) / batch
