@@ -26,8 +26,9 @@ from casc_jax.cli import UserError
 
 log = logging.getLogger("casc_jax.launch")  # printed by cli.show_progress, like the packages' lines
 
-# system -> (the module of its modes, its modes). The modes are listed here so that a wrong --mode is
-# refused before the module (and JAX) is imported; tests/test_launch.py checks them against module.MODES.
+# system -> (the module holding its System, `casc_jax.modes`, and MODES, the driver's modes bound to it; its
+# modes). The modes are listed here so that a wrong --mode is refused before the module (and JAX) is
+# imported; tests/test_launch.py checks them against module.MODES.
 SYSTEMS = {
     "casc": ("casc_jax.run", ("train", "eval", "sample", "transmit", "benchmark", "quality")),
     "deepjscc": ("casc_jax.baselines_run", ("train", "eval", "sample", "transmit")),
@@ -174,7 +175,7 @@ def launch(argv, verbose: bool = False) -> int:
     with cli.native_stderr_silenced(not verbose):  # TensorFlow's start-up notices
         runner = importlib.import_module(plan["module"])
     try:
-        runner.build_model(config)  # catches impossible model settings (CR, sizes) before any work
+        runner.SYSTEM.build_model(config)  # catches impossible model settings (CR, sizes) before any work
     except (ValueError, TypeError) as err:
         raise UserError(f"the config gives no valid {config.system} model: {cli.one_line(err)}") from err
 

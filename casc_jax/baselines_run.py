@@ -1,8 +1,8 @@
-"""The baselines' launcher modes (systems 'deepjscc' and 'diffsc'): train, eval, sample, transmit.
+"""The CASC paper's baselines (systems 'deepjscc' and 'diffsc') as a System (`casc_jax.modes`): train, eval,
+sample and transmit from the driver.
 
-Each mode is `mode(config, workdir, options)`, as in `casc_jax.run`; launch.py dispatches on
-`config.system`. Evaluation is `casc_jax.evaluate.sweep`, so the baselines' WORKDIR/eval/metrics.json has
-the same records as CASC's and `casc_jax.compare` can put them side by side.
+Evaluation is `casc_jax.evaluate.sweep`, so the baselines' WORKDIR/eval/metrics.json has the same records
+as CASC's and `casc_jax.compare` can put them side by side.
 
 `diffsc_receiver_for_benchmark(config)` gives the DiffSC receiver as a pure function for the benchmark,
 to be timed beside CASC's receiver on the same batch, T and device.
@@ -15,10 +15,11 @@ from collections.abc import Callable, Mapping
 
 import jax
 
-from casc_jax import diffusion, modes
+from casc_jax import diffusion
 from casc_jax.baselines import DiffSC, build_diffsc
 from casc_jax.evaluate import config_sweep
 from casc_jax.evaluate import reconstructor as end_to_end_reconstructor
+from casc_jax.modes import System, modes_of
 from casc_jax.train import parallel
 from casc_jax.train.baselines import build_model, load_trained_params, train_baseline
 
@@ -37,48 +38,19 @@ def reconstructor(model, params, mesh, sampler: Mapping | None = None) -> Callab
     return end_to_end_reconstructor(lambda p, x, key, snr: model(p, x, key, snr), params, mesh)
 
 
-def _sweep(config, workdir, params):
+def _reconstructor(config, params, mesh) -> Callable:
+    return reconstructor(build_model(config), params, mesh, sampler_of(config))
+
+
+def evaluate(config, workdir, params):
     mesh = parallel.make_mesh()
-    sampler = sampler_of(config)
-    return config_sweep(config, workdir, reconstructor(build_model(config), params, mesh, sampler), mesh, sampler)
+    return config_sweep(config, workdir, _reconstructor(config, params, mesh), mesh, sampler_of(config))
 
 
-def _params(config, workdir):
-    params, source = load_trained_params(config, workdir)
-    log.info(f"[{config.system}] {source}")
-    return params, source
-
-
-def train(config, workdir, options):
-    """The system's training stages, then the evaluation sweep (each resumes from WORKDIR)."""
-    params = train_baseline(config, workdir)
-    return _sweep(config, workdir, params)
-
-
-def evaluate(config, workdir, options):
-    params, _ = _params(config, workdir)
-    return _sweep(config, workdir, params)
-
-
-def sample(config, workdir, options):
-    """A grid of test images and their reconstructions at each evaluation SNR -> WORKDIR/samples.png."""
-    params, _ = _params(config, workdir)
-    reconstruct = reconstructor(build_model(config), params, parallel.make_mesh(), sampler_of(config))
-    return modes.sample_grid(config, workdir, reconstruct)
-
-
-def transmit(config, workdir, options):
-    """A user's own images -> reconstructed PNGs at each SNR in `--snr` (default: the eval SNRs)."""
-    modes.check_transmit_options(options)
-    model = build_model(config)
-    mesh = parallel.make_mesh()
-    params, _ = _params(config, workdir)
-    log.info(f"[transmit] {model.num_channel_uses} channel uses per image")
-    reconstruct = reconstructor(model, params, mesh, sampler_of(config))
-    return modes.transmit_images(config, workdir, options, reconstruct, mesh.devices.size)
-
-
-MODES = {"train": train, "eval": evaluate, "sample": sample, "transmit": transmit}
+# One System for both: `build_model` and the stages follow the config's system.
+SYSTEM = System(build_model=build_model, train=train_baseline, load=load_trained_params, evaluate=evaluate,
+                reconstructor=_reconstructor)
+MODES = modes_of(SYSTEM)
 
 
 def _diffsc_for_benchmark(config, timesteps: int | None) -> DiffSC:

@@ -1,13 +1,19 @@
-"""Launcher modes shared by every system: the sample grid and user-image transmission.
+"""The System interface and the one driver of the launcher's modes, shared by every system.
 
-Each takes a `reconstruct(x, key, snr) -> x_hat` built by the system's own mode module (`casc_jax.run`,
-`casc_jax.baselines_run`, `multitask_jax.run`), so this module imports none of them.
+A system is a :class:`System`: how to build its model, train it (every stage, each resumed from WORKDIR),
+restore its deployed parameters, evaluate them, and reconstruct with them, plus any modes of its own. The
+driver's modes (:func:`modes_of`: train, eval, sample, transmit) are written once over any System; each
+system's module (`casc_jax.run`, `casc_jax.baselines_run`, `multitask_jax.run`, `multitask_jax.baselines.run`)
+defines its SYSTEM and `MODES = modes_of(SYSTEM)`, so this module imports none of them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
+from collections.abc import Callable, Mapping
 
 import jax
 import numpy as np
@@ -17,6 +23,79 @@ from casc_jax import data as data_lib
 from casc_jax.train import parallel
 
 log = logging.getLogger(__name__)
+
+Mode = Callable  # (system, config, workdir, options) -> result; `modes_of` binds the system
+
+
+@dataclasses.dataclass(frozen=True)
+class System:
+    """What the driver needs of a system; every field a function of the config.
+
+    build_model(config) -> the model (ValueError / TypeError on impossible settings: the launcher calls it
+      before any work);
+    train(config, workdir) -> the deployed parameters, after every training stage (each resumed from WORKDIR);
+    load(config, workdir) -> (deployed parameters, where they came from), FileNotFoundError saying how to train;
+    evaluate(config, workdir, params) -> the evaluation sweep's records (WORKDIR/eval);
+    reconstructor(config, params, mesh) -> reconstruct(x, key, snr_db) -> x_hat, for sample and transmit
+      (None when the system's own `modes` replace them);
+    modes: the system's own modes `mode(system, config, workdir, options)`, added to or replacing the
+      driver's (e.g. CASC's benchmark); None removes one of the driver's (a system without it).
+    """
+
+    build_model: Callable
+    train: Callable
+    load: Callable
+    evaluate: Callable
+    reconstructor: Callable | None = None
+    modes: Mapping[str, Mode] = dataclasses.field(default_factory=dict)
+
+
+def train(system: System, config, workdir, options):
+    """Every training stage (each resumes from WORKDIR), then the evaluation sweep unless `train.evaluate` is
+    False."""
+    params = system.train(config, workdir)
+    if not config.train.get("evaluate", True):
+        log.info("[train] train.evaluate is False: no evaluation sweep")
+        return {}
+    return system.evaluate(config, workdir, params)
+
+
+def load(system: System, config, workdir, mode: str):
+    """The deployed parameters in WORKDIR, their source logged under `mode`."""
+    params, source = system.load(config, workdir)
+    log.info(f"[{mode}] {source}")
+    return params
+
+
+def evaluate(system: System, config, workdir, options):
+    """The evaluation sweep of the trained model in WORKDIR."""
+    return system.evaluate(config, workdir, load(system, config, workdir, "eval"))
+
+
+def sample(system: System, config, workdir, options):
+    """A grid of test images and their reconstructions at each evaluation SNR -> WORKDIR/samples.png."""
+    params = load(system, config, workdir, "sample")
+    return sample_grid(config, workdir, system.reconstructor(config, params, parallel.make_mesh()))
+
+
+def transmit(system: System, config, workdir, options):
+    """A user's own images -> reconstructed PNGs at each SNR in `--snr` (default: the eval SNRs)."""
+    check_transmit_options(options)
+    mesh = parallel.make_mesh()
+    params = load(system, config, workdir, "transmit")
+    log.info(f"[transmit] {system.build_model(config).num_channel_uses} channel uses per image")
+    reconstruct = system.reconstructor(config, params, mesh)
+    return transmit_images(config, workdir, options, reconstruct, mesh.devices.size)
+
+
+DRIVER_MODES = {"train": train, "eval": evaluate, "sample": sample, "transmit": transmit}
+
+
+def modes_of(system: System) -> dict[str, Mode]:
+    """The launcher's modes of `system`, each `mode(config, workdir, options)`: the driver's, then the
+    system's own, bound to it."""
+    modes = {**DRIVER_MODES, **system.modes}
+    return {name: functools.partial(mode, system) for name, mode in modes.items() if mode is not None}
 
 
 def sample_grid(config, workdir, reconstruct) -> str:

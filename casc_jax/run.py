@@ -1,4 +1,5 @@
-"""CASC's launcher modes: train, eval, sample, transmit. Each is `mode(config, workdir, options)`."""
+"""CASC as a System (`casc_jax.modes`): train, eval, sample and transmit from the driver, and its own
+benchmark and quality modes. Each mode is `mode(config, workdir, options)`."""
 
 from __future__ import annotations
 
@@ -8,64 +9,29 @@ import os
 from casc_jax import data as data_lib
 from casc_jax.cli import load_config
 from casc_jax.evaluate import casc_reconstructor, config_sweep
-from casc_jax.modes import check_transmit_options, sample_grid, transmit_images
+from casc_jax.modes import System, modes_of
 from casc_jax.system import build_casc
 from casc_jax.train import parallel
 from casc_jax.train.casc import load_trained_params, train_casc, trained_students
 
 log = logging.getLogger(__name__)
 
-build_model = build_casc  # launch.py's check that the config gives a model
+
+def reconstructor(config, params, mesh):
+    """CASC's end-to-end (x, key, snr) -> x_hat, decoding with the config's sampler."""
+    return casc_reconstructor(build_casc(config), params, mesh, config.sampler.to_dict())
 
 
-def _sweep(config, workdir, params):
+def evaluate(config, workdir, params):
     mesh = parallel.make_mesh()
-    sampler = config.sampler.to_dict()
-    reconstruct = casc_reconstructor(build_casc(config), params, mesh, sampler)
-    return config_sweep(config, workdir, reconstruct, mesh, sampler)
+    return config_sweep(config, workdir, reconstructor(config, params, mesh), mesh, config.sampler.to_dict())
 
 
-def train(config, workdir, options):
-    """Stage 1, stage 2, any distillation rounds, then the evaluation sweep unless `train.evaluate` is False
-    (each resumes from WORKDIR: on a trained workdir, `--config.train.distill.rounds=R` trains only the rounds)."""
-    params = train_casc(config, workdir)
-    if not config.train.get("evaluate", True):
-        log.info("[train] train.evaluate is False: no evaluation sweep")
-        return {}
-    return _sweep(config, workdir, params)
-
-
-def evaluate(config, workdir, options):
-    params, source = load_trained_params(config, workdir)
-    log.info(f"[eval] {source}")
-    return _sweep(config, workdir, params)
-
-
-def sample(config, workdir, options):
-    """A grid of test images and their reconstructions at each evaluation SNR -> WORKDIR/samples.png."""
-    params, source = load_trained_params(config, workdir)
-    log.info(f"[sample] {source}")
-    reconstruct = casc_reconstructor(build_casc(config), params, parallel.make_mesh(), config.sampler.to_dict())
-    return sample_grid(config, workdir, reconstruct)
-
-
-def transmit(config, workdir, options):
-    """A user's own images -> reconstructed PNGs at each SNR in `--snr` (default: the eval SNRs)."""
-    check_transmit_options(options)
-    model = build_casc(config)
-    mesh = parallel.make_mesh()
-    params, source = load_trained_params(config, workdir)
-    log.info(f"[transmit] {source}; {model.num_channel_uses} channel uses per image")
-    reconstruct = casc_reconstructor(model, params, mesh, config.sampler.to_dict())
-    return transmit_images(config, workdir, options, reconstruct, mesh.devices.size)
-
-
-def benchmark(config, workdir, options):
+def benchmark(system, config, workdir, options):
     """Speed of the receiver per sampler (random weights when WORKDIR holds no trained model)."""
     from casc_jax import benchmark as bench
-    from casc_jax.train.casc import load_trained_params as load
 
-    params, source = load(config, workdir, allow_random=True)
+    params, source = load_trained_params(config, workdir, allow_random=True)
     log.info(f"[benchmark] weights: {source}")
     trained = params if source != "random weights" else None
     report = bench.speed(config, trained)
@@ -78,7 +44,7 @@ def benchmark(config, workdir, options):
     return bench.write_report(report, workdir)
 
 
-def quality(config, workdir, options):
+def quality(system, config, workdir, options):
     """Quality versus speed of the samplers on a trained model -> WORKDIR/benchmark_quality.json."""
     import json
 
@@ -86,7 +52,7 @@ def quality(config, workdir, options):
     from casc_jax.evaluate import optional_metric
     from casc_jax.metrics.lpips import load_lpips
 
-    params, source = load_trained_params(config, workdir)
+    params, source = system.load(config, workdir)
     n = config.benchmark.quality_images
     batch = next(data_lib.make_dataset(config.data, config.data.eval_split, data_lib.Stream.single_pass(n)))
     images = batch["image"][batch["valid"]]
@@ -104,11 +70,14 @@ def quality(config, workdir, options):
     return report
 
 
-MODES = {
-    "train": train,
-    "eval": evaluate,
-    "sample": sample,
-    "transmit": transmit,
-    "benchmark": benchmark,
-    "quality": quality,
-}
+# train: stage 1, stage 2, any distillation rounds (on a trained workdir, `--config.train.distill.rounds=R`
+# trains only the rounds), then the sweep unless `train.evaluate` is False.
+SYSTEM = System(
+    build_model=build_casc,
+    train=train_casc,
+    load=load_trained_params,
+    evaluate=evaluate,
+    reconstructor=reconstructor,
+    modes={"benchmark": benchmark, "quality": quality},
+)
+MODES = modes_of(SYSTEM)

@@ -1,4 +1,5 @@
-"""The multi-task system's launcher modes: train, eval, sample, transmit. Each is `mode(config, workdir, options)`.
+"""The multi-task system as a System (`casc_jax.modes`): train and eval from the driver, its own sample and
+transmit (masks as well as images), which its baselines (multitask_jax.baselines.run) share.
 
 train and eval work on `config.task` (configs/multitask_recon.py or configs/multitask_seg.py). transmit takes
 its task from free text, `--task="<what the receiver should do>"`, through the task KB (paper section III-A),
@@ -13,15 +14,14 @@ colour and reads back as labels) or photo_reconstruction_snr<S>.png, at the orig
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-from collections.abc import Callable
 
 import jax
 import numpy as np
 
 from casc_jax import cli, image_io
+from casc_jax.modes import System, modes_of
 from casc_jax.train import parallel
 from multitask_jax import evaluate as mt_eval
 from multitask_jax import train as mt_train
@@ -31,59 +31,39 @@ from multitask_jax.tasks import RECONSTRUCTION, SEGMENTATION, TASKS
 
 log = logging.getLogger(__name__)
 
-build_model = mt_train.build_model  # launch.py's check that the config gives a model
+
+def with_task(config, task: str):
+    """`config` serving `task` (transmit picks its task from the user's text, not from config.task)."""
+    if config.task == task:
+        return config
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.task = task
+    return config
 
 
-@dataclasses.dataclass(frozen=True)
-class Hooks:
-    """What sample and transmit need of a system: ours, or a baseline of multitask_jax.baselines.
-
-    load_params(config, workdir, task) -> (params, source); build_model(config, (H, W) or None);
-    sampler(config) -> the reverse-chain options or None.
-    """
-
-    load_params: Callable
-    build_model: Callable
-    sampler: Callable
+def reconstructor(config, params, mesh):
+    """The reconstruction path, DiT decoding with the config's sampler: (x, key, snr) -> x_hat."""
+    return mt_eval.reconstructor(mt_train.build_model(config), params, mesh, config.sampler.to_dict())
 
 
-MULTITASK = Hooks(
-    load_params=mt_train.load_task_params,
-    build_model=mt_train.build_model,
-    sampler=lambda config: config.sampler.to_dict(),
-)
-
-
-def train(config, workdir, options):
-    """Train (or resume) the stage of `config.task`, then its evaluation sweep."""
-    params = mt_train.train_task(config, workdir, config.task)
-    return mt_eval.evaluate(config, params, workdir, config.task)
-
-
-def evaluate(config, workdir, options):
-    params, source = mt_train.load_task_params(config, workdir, config.task)
-    log.info(f"[eval] {source}")
-    return mt_eval.evaluate(config, params, workdir, config.task)
-
-
-def sample(config, workdir, options, hooks: Hooks = MULTITASK):
+def sample(system: System, config, workdir, options):
     """The first evaluation images and the task's outputs at every evaluation SNR -> WORKDIR/samples_<task>.png."""
     task = config.task
-    params, source = hooks.load_params(config, workdir, task)
+    params, source = system.load(config, workdir)
     mesh = parallel.make_mesh()
     n = parallel.check_batch_size(config.eval.grid_images, mesh)
     local = next(mt_train.batches_for_eval(config, task, batch_size=n))  # this process's share of the grid
     keys = ("image", "mask") if task == SEGMENTATION else ("image",)
     batch = parallel.shard_batch({k: local[k] for k in keys}, mesh)
     host = {k: parallel.to_host(v) for k, v in batch.items()}
-    model = hooks.build_model(config)
     rows = [("image", image_io.to_uint8(host["image"]))]
     if task == RECONSTRUCTION:
-        run = mt_eval.reconstructor(model, params, mesh, hooks.sampler(config))
+        run = system.reconstructor(config, params, mesh)
     else:
         palette = segmentation_palette(config.data.source)
         rows.append(("ground truth", colorize_mask(host["mask"], palette)))
-        segment = mt_eval.segmenter(model, params, mesh)
+        segment = mt_eval.segmenter(system.build_model(config), params, mesh)
         run = lambda x, key, snr: segment(x, batch["mask"], key, snr)[0]  # noqa: E731
     for i, snr in enumerate(config.channel.eval_snrs):
         key = jax.random.fold_in(jax.random.key(config.seed), i)
@@ -144,7 +124,7 @@ def save_mask_png(mask: np.ndarray, path: str, palette: np.ndarray | None = None
     return path
 
 
-def transmit(config, workdir, options):
+def transmit(system: System, config, workdir, options):
     """A user's images -> the task chosen by `--task` text -> reconstruction or coloured mask PNGs per SNR."""
     text = options.get("task")
     if not text:
@@ -156,12 +136,13 @@ def transmit(config, workdir, options):
     if not paths:
         raise ValueError("--mode=transmit needs --image=PATH (repeat the flag for several images)")
     task = select_task(text).task  # before any model work: an out-of-scope request stops here
-    return transmit_task(config, workdir, options, task)
+    return transmit_task(system, with_task(config, task), workdir, options)
 
 
-def transmit_task(config, workdir, options, task: str, hooks: Hooks = MULTITASK, tag: str | None = None):
-    """`options['images']` through the system of `hooks` for `task` at each SNR -> PNGs (named with `tag`,
-    default '_<task>')."""
+def transmit_task(system: System, config, workdir, options, tag: str | None = None):
+    """`options['images']` through `system` for `config.task` at each SNR -> PNGs (named with `tag`, default
+    '_<task>')."""
+    task = config.task
     paths = options.get("images") or []
     cli.check_images(paths)
     snrs = options.get("snrs") or tuple(config.channel.eval_snrs)
@@ -172,13 +153,13 @@ def transmit_task(config, workdir, options, task: str, hooks: Hooks = MULTITASK,
         raise ValueError(f"transmit letterboxes into a square model input; model.image_size is {(h, w)}")
     fit = options.get("fit", "pad")
     images, sizes = image_io.load_images_for_transmit(paths, h, fit=fit)
-    params, source = hooks.load_params(config, workdir, task)
-    model = hooks.build_model(config)
+    params, source = system.load(config, workdir)
+    model = system.build_model(config)
     mesh = parallel.make_mesh()
     log.info(f"[transmit] {source}; {len(paths)} image(s), {model.num_channel_uses} channel uses "
              f"({model.overhead_bits()} bits) each, {config.channel.kind} channel")
     if task == RECONSTRUCTION:
-        run = mt_eval.reconstructor(model, params, mesh, hooks.sampler(config))
+        run = system.reconstructor(config, params, mesh)
     else:
         segment = mt_eval.segmenter(model, params, mesh)
         run = lambda x, key, snr: segment(x, np.zeros(x.shape[:3], np.int32), key, snr)[0]  # noqa: E731
@@ -197,4 +178,22 @@ def transmit_task(config, workdir, options, task: str, hooks: Hooks = MULTITASK,
     return written
 
 
-MODES = {"train": train, "eval": evaluate, "sample": sample, "transmit": transmit}
+def _load(config, workdir):
+    return mt_train.load_task_params(config, workdir, config.task)
+
+
+def _evaluate(config, workdir, params):
+    return mt_eval.evaluate(config, params, workdir, config.task)
+
+
+# train and eval: the stage of `config.task` (configs/multitask_recon.py or multitask_seg.py), from the driver;
+# sample and transmit: the task's own outputs (masks as well as images; transmit's task from the task KB).
+SYSTEM = System(
+    build_model=mt_train.build_model,
+    train=mt_train.train_task,
+    load=_load,
+    evaluate=_evaluate,
+    reconstructor=reconstructor,
+    modes={"sample": sample, "transmit": transmit},
+)
+MODES = modes_of(SYSTEM)

@@ -258,7 +258,36 @@ def test_cli_helpers(progress):
 
 
 def test_registry_lists_each_systems_modes():
+    from casc_jax.modes import System, modes_of
+
     for module, modes in launch.SYSTEMS.values():
         runner = importlib.import_module(module)
-        assert tuple(runner.MODES) == modes
-        assert callable(runner.build_model)
+        assert isinstance(runner.SYSTEM, System) and callable(runner.SYSTEM.build_model)
+        assert tuple(runner.MODES) == modes == tuple(modes_of(runner.SYSTEM))
+
+
+def test_driver_modes_over_a_system():
+    """The driver's modes call the System's parts in order; a system's own mode is added or replaces the
+    driver's, and None removes one."""
+    import ml_collections
+
+    from casc_jax.modes import System, modes_of
+
+    calls = []
+    system = System(
+        build_model=lambda c: calls.append("build") or "model",
+        train=lambda c, w: calls.append(("train", w)) or {"w": 1.0},
+        load=lambda c, w: (calls.append(("load", w)) or {"w": 2.0}, "trained checkpoint (step 7)"),
+        evaluate=lambda c, w, p: calls.append(("evaluate", p["w"])) or [{"psnr": p["w"]}],
+        modes={"sample": None, "own": lambda s, c, w, o: (s.load(c, w)[1], o["x"])},
+    )
+    modes = modes_of(system)
+    assert tuple(modes) == ("train", "eval", "transmit", "own")
+    config = ml_collections.ConfigDict({"train": {}})
+    assert modes["train"](config, "wd", {}) == [{"psnr": 1.0}]
+    assert modes["eval"](config, "wd", {}) == [{"psnr": 2.0}]
+    assert calls == [("train", "wd"), ("evaluate", 1.0), ("load", "wd"), ("evaluate", 2.0)]
+    config.train.evaluate = False  # train only
+    calls.clear()
+    assert modes["train"](config, "wd", {}) == {} and calls == [("train", "wd")]
+    assert modes["own"](config, "wd", {"x": 3}) == ("trained checkpoint (step 7)", 3)

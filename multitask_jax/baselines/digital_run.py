@@ -2,6 +2,6 @@
 JPEG + LDPC + QAM, and the digital PSNR curve), transmit; see multitask_jax.baselines.run."""
 
 from multitask_jax.baselines.run import DIGITAL_MODES as MODES
-from multitask_jax.baselines.run import build_model
+from multitask_jax.baselines.run import DIGITAL_SYSTEM as SYSTEM
 
-__all__ = ["MODES", "build_model"]
+__all__ = ["MODES", "SYSTEM"]

@@ -1,4 +1,4 @@
-"""Launcher modes of the multi-task baselines (configs/mt_*.py): train, eval, sample, transmit.
+"""The multi-task baselines (configs/mt_*.py) as Systems (`casc_jax.modes`): train, eval, sample, transmit.
 
 Training is `multitask_jax.train.fit_stage`, the loop our system's stages use (same SNR sampling, AdamW,
 checkpoints in WORKDIR/<task>/checkpoints, resume, NaN stop), with each baseline's own loss. Evaluation of
@@ -10,6 +10,7 @@ baseline's transmit sends each image through its link and writes a mask only for
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -17,6 +18,7 @@ import jax
 import numpy as np
 
 from casc_jax import cli, image_io
+from casc_jax.modes import System, modes_of
 from multitask_jax import evaluate as mt_eval
 from multitask_jax import run as mt_run
 from multitask_jax import train as mt_train
@@ -45,7 +47,7 @@ def train_params(config, workdir: str) -> dict:
     return mt_train.deployed(state)
 
 
-def load_params(config, workdir: str, task: str | None = None) -> tuple[dict, str]:
+def load_params(config, workdir: str) -> tuple[dict, str]:
     """(deployed parameters, where they came from); FileNotFoundError naming the config to train."""
     model = build_model(config)
     step, state = mt_train.restore(config, workdir, model.task, _state_fn(config, model))
@@ -58,37 +60,24 @@ def load_params(config, workdir: str, task: str | None = None) -> tuple[dict, st
     return mt_train.deployed(state), f"trained {config.name} checkpoint (step {step})"
 
 
-def _evaluate(config, params, workdir):
+def evaluate(config, workdir, params):
     if config.system == DIGITAL:
         return digital_eval.evaluate(config, params, workdir)
     return mt_eval.evaluate(config, params, workdir, config.task, build_model=build_model,
                             method=config.baseline)
 
 
-def train(config, workdir, options):
-    """Train (or resume) the baseline, then its evaluation sweep."""
-    return _evaluate(config, train_params(config, workdir), workdir)
+def reconstructor(config, params, mesh):
+    """A JSCC baseline's reconstruction (x, key, snr) -> x_hat (no reverse chain)."""
+    return mt_eval.reconstructor(build_model(config), params, mesh, {})
 
 
-def evaluate(config, workdir, options):
-    params, source = load_params(config, workdir)
-    log.info(f"[eval] {source}")
-    return _evaluate(config, params, workdir)
-
-
-HOOKS = mt_run.Hooks(load_params=load_params, build_model=build_model, sampler=lambda config: {})
-
-
-def sample(config, workdir, options):
-    return mt_run.sample(config, workdir, options, hooks=HOOKS)
-
-
-def transmit(config, workdir, options):
+def transmit(system, config, workdir, options):
     """The user's images through the baseline at each SNR (its own task) -> PNGs in WORKDIR/transmit."""
-    return mt_run.transmit_task(config, workdir, options, config.task, hooks=HOOKS, tag="")
+    return mt_run.transmit_task(system, config, workdir, options, tag="")
 
 
-def transmit_digital(config, workdir, options):
+def transmit_digital(system, config, workdir, options):
     """The user's images through JPEG + LDPC + QAM at each SNR; the FCN's mask for each delivered image,
     a line naming each failed one (no file is written for it)."""
     paths = options.get("images") or []
@@ -125,5 +114,10 @@ def models_hw(config) -> tuple[int, int]:
     return h, w
 
 
-MODES = {"train": train, "eval": evaluate, "sample": sample, "transmit": transmit}
-DIGITAL_MODES = {"train": train, "eval": evaluate, "transmit": transmit_digital}
+# The JSCC baselines: train and eval from the driver, sample and transmit the multi-task system's (one task).
+SYSTEM = System(build_model=build_model, train=train_params, load=load_params, evaluate=evaluate,
+                reconstructor=reconstructor, modes={"sample": mt_run.sample, "transmit": transmit})
+MODES = modes_of(SYSTEM)
+# The digital baseline: no sample grid (a failed decoding delivers no image); its transmit writes masks only.
+DIGITAL_SYSTEM = dataclasses.replace(SYSTEM, modes={"sample": None, "transmit": transmit_digital})
+DIGITAL_MODES = modes_of(DIGITAL_SYSTEM)

@@ -65,7 +65,7 @@ def deepjscc_workdir(tmp_path_factory):
     """A DeepJSCC-MSE trained 2 steps and evaluated: (config, workdir, records)."""
     config = _tiny(steps=2)
     workdir = str(tmp_path_factory.mktemp("deepjscc"))
-    records = baselines_run.train(config, workdir, {})
+    records = baselines_run.MODES["train"](config, workdir, {})
     return config, workdir, records
 
 
@@ -107,7 +107,7 @@ def test_deepjscc_resumes_after_crash_and_eval_modes_read_it(tmp_path, monkeypat
     ckpt = loop.stage_checkpointer(workdir, "deepjscc", config.train)
     assert ckpt.latest_step == 2
     ckpt.close()
-    records = baselines_run.train(config, workdir, {})
+    records = baselines_run.MODES["train"](config, workdir, {})
     assert "[deepjscc] training steps 2 -> 4" in progress.lines
     again = tb.train_baseline(config, workdir)
     assert "[deepjscc] already trained: checkpoint at step 4 of 4" in progress.lines
@@ -116,14 +116,14 @@ def test_deepjscc_resumes_after_crash_and_eval_modes_read_it(tmp_path, monkeypat
     for a, b in zip(_leaves(params), _leaves(again)):
         np.testing.assert_array_equal(a, b)
     # eval reproduces the train-mode sweep; sample and transmit read the same checkpoint.
-    evaluated = baselines_run.evaluate(config, workdir, {})
+    evaluated = baselines_run.MODES["eval"](config, workdir, {})
     assert [r["psnr"] for r in evaluated] == pytest.approx([r["psnr"] for r in records])
-    assert os.path.getsize(baselines_run.sample(config, workdir, {})) > 0
+    assert os.path.getsize(baselines_run.MODES["sample"](config, workdir, {})) > 0
     from PIL import Image
 
     src = tmp_path / "mine.png"
     Image.fromarray(np.random.RandomState(0).randint(0, 255, (20, 30, 3), np.uint8)).save(src)
-    written = baselines_run.transmit(config, workdir, {"images": [str(src)], "snrs": (10.0,)})
+    written = baselines_run.MODES["transmit"](config, workdir, {"images": [str(src)], "snrs": (10.0,)})
     assert len(written) == 1 and Image.open(written[0]).size == (30, 20)
 
 
@@ -256,9 +256,9 @@ def test_diffsc_receiver_for_benchmark():
 
 def test_modes_without_training_explain_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="Train first"):
-        baselines_run.evaluate(_tiny("diffsc"), str(tmp_path), {})
+        baselines_run.MODES["eval"](_tiny("diffsc"), str(tmp_path), {})
     with pytest.raises(ValueError, match="--image"):
-        baselines_run.transmit(_tiny(), str(tmp_path), {})
+        baselines_run.MODES["transmit"](_tiny(), str(tmp_path), {})
     wrong = _tiny()
     wrong.system = "casc"
     with pytest.raises(ValueError, match="not a baseline"):

@@ -344,7 +344,7 @@ def test_casc_distill_stage_runs_resumes_and_loads(tmp_path, progress):
     progress.clear()
     c3 = _casc_tiny(tmp_rounds=3)  # 8 -> 4 -> 2 -> 1
     c3.train.evaluate = False
-    assert run.train(c3, str(tmp_path), {}) == {}
+    assert run.MODES["train"](c3, str(tmp_path), {}) == {}
     assert any(line.startswith("[stage2] already trained") for line in progress.lines)
     assert any(line.startswith("[distill2] already trained") for line in progress.lines)
     assert "[distill3] training steps 0 -> 2" in progress.lines and not (tmp_path / "eval").exists()

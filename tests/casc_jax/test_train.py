@@ -207,7 +207,7 @@ def test_smoke_job_produces_every_artefact_and_resumes(tmp_path):
     """The smoke preset's whole job (LPIPS + discriminator stage 1, stage 2, eval), shrunk further."""
     config = _tiny(steps=2, every=2, lpips=True, disc=True)
     workdir = str(tmp_path)
-    records = run.train(config, workdir, {})
+    records = run.MODES["train"](config, workdir, {})
     assert [r["snr_db"] for r in records] == [5.0, 20.0]
     for r in records:
         assert r["num_images"] == 4 and np.isfinite(r["psnr"]) and r["lpips"] is not None
@@ -218,21 +218,21 @@ def test_smoke_job_produces_every_artefact_and_resumes(tmp_path):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
 
     # eval / sample / transmit modes read the trained workdir.
-    assert run.evaluate(config, workdir, {})[0]["psnr"] == pytest.approx(records[0]["psnr"])
-    assert os.path.exists(run.sample(config, workdir, {}))
+    assert run.MODES["eval"](config, workdir, {})[0]["psnr"] == pytest.approx(records[0]["psnr"])
+    assert os.path.exists(run.MODES["sample"](config, workdir, {}))
     from PIL import Image
 
     src = tmp_path / "mine.png"
     Image.fromarray(np.random.RandomState(0).randint(0, 255, (50, 70, 3), np.uint8)).save(src)
-    written = run.transmit(config, workdir, {"images": [str(src)], "snrs": (10.0,)})
+    written = run.MODES["transmit"](config, workdir, {"images": [str(src)], "snrs": (10.0,)})
     assert len(written) == 1 and Image.open(written[0]).size == (70, 50)
 
 
 def test_modes_without_training_explain_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="Train first"):
-        run.evaluate(_tiny(), str(tmp_path), {})
+        run.MODES["eval"](_tiny(), str(tmp_path), {})
     with pytest.raises(ValueError, match="--image"):
-        run.transmit(_tiny(), str(tmp_path), {})
+        run.MODES["transmit"](_tiny(), str(tmp_path), {})
 
 
 def test_ema_warms_up_like_ldm_litema():

@@ -109,7 +109,7 @@ def test_digital_fcn_reports_failures_and_never_invents_images(tmp_path):
 def test_train_eval_through_the_shared_loop_and_the_comparison(tmp_path):
     workdir = str(tmp_path / "deepjscc")
     c = _tiny("deepjscc", steps=2)
-    records = bl_run.train(c, workdir, {})
+    records = bl_run.MODES["train"](c, workdir, {})
     assert [r["size"] for r in records] == ["32x32", "32x32", "48x32", "48x32"]
     assert [r["channel_uses"] for r in records] == [8, 8, 12, 12] and records[0]["method"] == "deepjscc"
     assert os.path.isdir(os.path.join(workdir, "reconstruction", "checkpoints"))

@@ -96,7 +96,7 @@ def test_shared_segmentation_needs_the_reconstruction_stage(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"(?s)no trained reconstruction.*multitask_recon\.py"):
         mt_train.train_task(_tiny("segmentation", shared=True), str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"Train first.*multitask_seg\.py"):
-        run.evaluate(_tiny("segmentation"), str(tmp_path), {})
+        run.MODES["eval"](_tiny("segmentation"), str(tmp_path), {})
 
 
 def test_segmentation_smoke_nan_stop_resume_and_artefacts(tmp_path, monkeypatch, progress):
@@ -113,8 +113,8 @@ def test_segmentation_smoke_nan_stop_resume_and_artefacts(tmp_path, monkeypatch,
     diverged = pytest.raises(loop.TrainingDiverged, match=r"step 3.*last good checkpoint \(step 2\)")
     with monkeypatch.context() as nan, diverged:
         nan.setattr(mt_train, "make_batches", poisoned)  # undone on exit, `progress` stays
-        run.train(config, workdir, {})
-    records = run.train(config, workdir, {})
+        run.MODES["train"](config, workdir, {})
+    records = run.MODES["train"](config, workdir, {})
     assert "[segmentation] training steps 2 -> 4" in progress.lines
     assert [r["snr_db"] for r in records] == [0.0, 20.0]
     out = os.path.join(workdir, "eval", "segmentation")
@@ -133,7 +133,7 @@ def test_segmentation_smoke_nan_stop_resume_and_artefacts(tmp_path, monkeypatch,
     assert _png(os.path.join(out, "masks.png")).size[0] > 200
     with np.load(os.path.join(out, "grids.npz")) as g:
         assert g["multitask_snr10"].shape == (3, 32, 32) and "multitask_snr20" not in g
-    assert run.evaluate(config, workdir, {})[1]["miou"] == pytest.approx(records[1]["miou"])
+    assert run.MODES["eval"](config, workdir, {})[1]["miou"] == pytest.approx(records[1]["miou"])
 
 
 def test_reconstruction_smoke_shared_segmentation_and_transmit(tmp_path, progress):
@@ -141,7 +141,7 @@ def test_reconstruction_smoke_shared_segmentation_and_transmit(tmp_path, progres
     tasks from free text (one test, so the trained workdir is built once per xdist worker)."""
     workdir = str(tmp_path / "run")
     recon = _tiny("reconstruction")
-    records = run.train(recon, workdir, {})
+    records = run.MODES["train"](recon, workdir, {})
     assert [(r["size"], r["snr_db"]) for r in records] == [
         ("32x32", 0.0), ("32x32", 20.0), ("48x32", 0.0), ("48x32", 20.0)
     ]
@@ -175,14 +175,14 @@ def test_reconstruction_smoke_shared_segmentation_and_transmit(tmp_path, progres
     src = tmp_path / "mine.png"
     Image.fromarray(np.random.RandomState(0).randint(0, 255, (50, 70, 3), np.uint8)).save(src)
     opts = {"images": [str(src)], "snrs": (10.0,), "out_dir": str(tmp_path / "out")}
-    written = run.transmit(seg, workdir, dict(opts, task="Please outline the objects in this photo"))
+    written = run.MODES["transmit"](seg, workdir, dict(opts, task="Please outline the objects in this photo"))
     assert any("-> segmentation" in line for line in progress.lines)
     assert [os.path.basename(p) for p in written] == ["mine_segmentation_snr10.png"]
     mask = _png(written[0])
     assert mask.mode == "P" and mask.size == (70, 50)
     np.testing.assert_array_equal(np.asarray(mask.getpalette(), np.uint8).reshape(-1, 3), voc_colormap())
     assert np.asarray(mask).max() < 21
-    written = run.transmit(seg, workdir, dict(opts, task="I want to recover the original image"))
+    written = run.MODES["transmit"](seg, workdir, dict(opts, task="I want to recover the original image"))
     assert [os.path.basename(p) for p in written] == ["mine_reconstruction_snr10.png"]
     image = _png(written[0])
     assert image.mode == "RGB" and image.size == (70, 50)
@@ -193,11 +193,11 @@ def test_transmit_rejects_out_of_scope_requests_before_model_work(tmp_path):
     config, empty = _tiny("segmentation"), str(tmp_path)  # no checkpoint: any model work would fail otherwise
     opts = {"images": [str(tmp_path / "absent.png")]}
     with pytest.raises(ValueError, match="Known tasks: reconstruction, segmentation"):
-        run.transmit(config, empty, dict(opts, task="what is the weather tomorrow in Paris"))
+        run.MODES["transmit"](config, empty, dict(opts, task="what is the weather tomorrow in Paris"))
     with pytest.raises(ValueError, match="--task"):
-        run.transmit(config, empty, opts)
+        run.MODES["transmit"](config, empty, opts)
     with pytest.raises(ValueError, match="--image"):
-        run.transmit(config, empty, {"task": "segment the image"})
+        run.MODES["transmit"](config, empty, {"task": "segment the image"})
 
 
 def test_reconstruction_distillation_rounds_load_and_sample(tmp_path, progress):
