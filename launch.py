@@ -30,9 +30,9 @@ log = logging.getLogger("casc_jax.launch")  # printed by cli.show_progress, like
 # modes). The modes are listed here so that a wrong --mode is refused before the module (and JAX) is
 # imported; tests/test_launch.py checks them against module.MODES.
 SYSTEMS = {
-    "casc": ("casc_jax.run", ("train", "eval", "sample", "transmit", "benchmark", "quality")),
-    "deepjscc": ("casc_jax.baselines_run", ("train", "eval", "sample", "transmit")),
-    "diffsc": ("casc_jax.baselines_run", ("train", "eval", "sample", "transmit")),
+    "casc": ("casc_jax.casc.run", ("train", "eval", "sample", "transmit", "benchmark", "quality")),
+    "deepjscc": ("casc_jax.casc.baselines.run", ("train", "eval", "sample", "transmit")),
+    "diffsc": ("casc_jax.casc.baselines.run", ("train", "eval", "sample", "transmit")),
     "multitask": ("multitask_jax.run", ("train", "eval", "sample", "transmit")),
     # The multi-task paper's baselines (configs/mt_*.py).
     "mt_deepjscc": ("multitask_jax.baselines.run", ("train", "eval", "sample", "transmit")),
@@ -63,14 +63,14 @@ flags.DEFINE_bool("verbose", False, f"show tracebacks and the libraries' INFO lo
 
 
 def _compare() -> str:
-    """casc_jax.compare, or multitask_jax.compare when the workdirs hold multi-task evaluations."""
+    """casc_jax.tools.compare, or multitask_jax.tools.compare when the workdirs hold multi-task evaluations."""
     multitask = any(os.path.isdir(os.path.join(w, "eval", t)) for w in _WORKDIRS.value
                     for t in ("reconstruction", "segmentation"))
     with cli.native_stderr_silenced(not flags.FLAGS.verbose):  # TensorFlow's start-up notices
         if multitask:
-            from multitask_jax import compare
+            from multitask_jax.tools import compare
         else:
-            from casc_jax import compare
+            from casc_jax.tools import compare
 
     out = os.path.abspath(_OUT.value or _WORKDIR.value or os.path.join("runs", "compare"))
     workdir_lib.check_writable(out, "--out")

@@ -4,7 +4,7 @@ Writes into WORKDIR/eval/: metrics.json (one record per method, CR, SNR, and why
 metrics.csv,
 metrics_vs_snr.png (one panel per metric), samples_snr<SNR>.png (sources over reconstructions) and
 reconstructions.npz (the grid's sources and their reconstructions at every SNR, uint8, for
-`casc_jax.compare`'s visual comparison).
+`casc_jax.tools.compare`'s visual comparison).
 FID needs the pytorch-fid InceptionV3 weights (casc_jax.metrics.inception); without them it is null, the
 reason is recorded once in metrics.json, and the rest of the sweep still runs. PSNR and LPIPS are summed on
 the device inside jit (`MetricTotals`) and read once per SNR. On several hosts every process evaluates the

@@ -3,7 +3,7 @@
 A system is a :class:`System`: how to build its model, train it (every stage, each resumed from WORKDIR),
 restore its deployed parameters, evaluate them, and reconstruct with them, plus any modes of its own. The
 driver's modes (:func:`modes_of`: train, eval, sample, transmit) are written once over any System; each
-system's module (`casc_jax.run`, `casc_jax.baselines_run`, `multitask_jax.run`, `multitask_jax.baselines.run`)
+system's module (`casc_jax.casc.run`, `casc_jax.casc.baselines.run`, `multitask_jax.run`, `multitask_jax.baselines.run`)
 defines its SYSTEM and `MODES = modes_of(SYSTEM)`, so this module imports none of them.
 """
 

@@ -179,7 +179,7 @@ def _cpu(c: ml_collections.ConfigDict) -> None:
     Distillation (`--config.train.distill.rounds=3`, CPU_DISTILL_ROUNDS; the reproduction's distill_casc_cr48): the
     first teacher is stage 2's EMA denoiser on an 8-step DDIM grid (`round_steps` needs an even teacher after
     round 1, so the 1000-step chain cannot halve down to 1; DDIM-10 halves to 5, then odd), students of 4, 2 and
-    1 steps. Step time (2026-12-06, `python -m casc_jax.bench_distill_step`, the same script then in /tmp: the
+    1 steps. Step time (2026-12-06, `python -m casc_jax.tools.bench_distill_step`, the same script then in /tmp: the
     real cpu U-Net + CAN distill step, the teacher's 2 DDIM evaluations and the student's forward and backward,
     batch 64, random weights, 36 steps after compilation, under load: load average 4.1 on the 2 cores, another
     session's training job running, ours at nice 19): median 1.40 s, mean 2.29 s, p10 0.92 s, p90 1.83 s;

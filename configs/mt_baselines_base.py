@@ -11,7 +11,7 @@ on the same data and image size, and is evaluated on the same SNR grid:
 
 Budget: `model.channels` is our system's C_out (`max_channels_for_budget`, 3 at 224 x 224), so every JSCC
 baseline sends our k = (H/16)(W/16) C_out / 2 complex channel uses per image (294 at 224 x 224); the digital
-scheme gets `digital.budget_bits` = 20,000 bits (reading 'bits' of casc_jax/digital/budget.py).
+scheme gets `digital.budget_bits` = 20,000 bits (reading 'bits' of multitask_jax/digital/budget.py).
 
 Presets: '' (paper sizes; the layer sizes of each baseline's original paper, see its module docstring) and
 'smoke' (embedded data at 64 x 64 with the tiny model's C_out = 4, i.e. 32 channel uses like the multi-task
@@ -108,7 +108,7 @@ def base_config(baseline: str, preset: str = "") -> ml_collections.ConfigDict:
 
 def _cpu(c: ml_collections.ConfigDict) -> None:
     """The real photos / CamVid on 2 CPU cores, beside configs/multitask_base.py's cpu preset: the same data
-    (placeholder sources that `python -m multitask_jax.reproduce` replaces), 128 x 128 training crops, the
+    (placeholder sources that `python -m multitask_jax.tools.reproduce` replaces), 128 x 128 training crops, the
     same evaluation sizes and images, Rayleigh block fading (MMSE) at 0..20 dB step 4, batch 16, AdamW at the
     same rate, and our C_out = 3 on the same H/16 x W/16 grid: every learned method sends 96 channel uses per
     128 x 128 image, 294 per 224 x 224 image (our 20 Kbit budget, 18,816 bits) and 2,304 per 768 x 512 image.

@@ -21,7 +21,7 @@ Presets (the part after ':' in --config=configs/multitask_seg.py:PRESET):
           synthetic images), the 'tiny' model at 64 x 64, T = 100, 1500 (reconstruction) or 3000 (segmentation) steps.
   'cpu'   real photos (reconstruction) and CamVid (segmentation, 11 classes) on 2 CPU cores, Rayleigh fading,
           128 x 128 crops, the 'small' model, steps sized by measured step time (`_cpu`); the data sources are
-          placeholders that `python -m multitask_jax.reproduce --data=DIR` replaces.
+          placeholders that `python -m multitask_jax.tools.reproduce --data=DIR` replaces.
 
 Not in the paper, so chosen here: batch size, number of steps, training SNR set, EMA, sampler. The SNR
 axes of Figs. 4, 5 and 7 are not given numerically in the text; the sweeps below cover the range the text
@@ -105,7 +105,7 @@ def base_config(task: str, preset: str = "") -> ml_collections.ConfigDict:
     return common.apply_preset(c, preset, {"smoke": _smoke, "cpu": _cpu})
 
 
-# -- the 'cpu' preset: the real photos and CamVid on 2 CPU cores (python -m multitask_jax.reproduce) ----------
+# -- the 'cpu' preset: the real photos and CamVid on 2 CPU cores (python -m multitask_jax.tools.reproduce) ----------
 CPU_SNRS = (0.0, 4.0, 8.0, 12.0, 16.0, 20.0)  # training and evaluation SNRs (dB), Rayleigh block fading
 # The visual rows' SNRs: reconstruction at Fig. 6's 18 dB, segmentation at 10 dB; a grid SNR outside CPU_SNRS
 # is run on the first evaluation batch only (multitask_jax.evaluate), for its row of images.
@@ -154,7 +154,7 @@ def cpu_channel() -> ml_collections.ConfigDict:
 def _cpu(c: ml_collections.ConfigDict) -> None:
     """Real photos (reconstruction) and CamVid (segmentation, 11 classes) on 2 CPU cores.
 
-    Data (passed by `python -m multitask_jax.reproduce --data=DIR`): reconstruction trains on random 128 x 128
+    Data (passed by `python -m multitask_jax.tools.reproduce --data=DIR`): reconstruction trains on random 128 x 128
     crops (with flips) of the photo set minus Urban100 (BSD68, Set5, Set14, Sun-Hays: 167 photos) plus CamVid's
     367 train photos, and is evaluated on the first CPU_EVAL_IMAGES Urban100 photos (about 1024 x 768) at
     224 x 224 (resized to cover, centre crop: Fig. 4) and 768 x 512 (Fig. 5); segmentation trains on random

@@ -17,7 +17,7 @@ WORKDIR/eval/segmentation/
 
 Every record also carries the channel, the number of channel uses and the overhead in bits (the
 accounting of multitask_jax.jscc). Sizes are written W x H, as the paper does ("768x512"). grids.npz in
-each folder keeps the shown images (uint8 sources, reconstructions, class masks) for multitask_jax.compare.
+each folder keeps the shown images (uint8 sources, reconstructions, class masks) for multitask_jax.tools.compare.
 The same sweeps evaluate the learned baselines (`build_model`, `method`: multitask_jax.baselines).
 
 casc_jax.evaluate.sweep is not reused: it reads CASC's data pipeline (square centre crops of

@@ -9,10 +9,10 @@ import os
 import jax
 import pytest
 
-from casc_jax import reproduce
-from casc_jax.baselines import build_deepjscc, build_diffsc
-from casc_jax.run import load_config
-from casc_jax.system import build_casc
+from casc_jax.casc.baselines import build_deepjscc, build_diffsc
+from casc_jax.casc.run import load_config
+from casc_jax.casc.system import build_casc
+from casc_jax.tools import reproduce
 from casc_jax.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,21 +65,21 @@ def test_deepjscc_cpu_preset_keeps_the_paper_architecture(name, c_out, steps):
 def test_casc_cpu_distillation_setting():
     """The cpu preset trains no rounds itself (CR 1/96 and the ablation share it); with the reproduction's
     rounds, an 8-step teacher gives students of 4, 2 and 1 steps, each round 400 steps x 64."""
-    from casc_jax.train import casc
+    from casc_jax.casc import train as casc_train
     from configs import casc_base
 
     c = _config("casc_cr48")
-    assert casc.distill_rounds(c) == ()
+    assert casc_train.distill_rounds(c) == ()
     d = c.train.distill
     assert (d.teacher_steps, d.num_steps, d.base_lr, d.scale_lr, d.ema_decay) == (8, 400, 1e-4, False, 0.99)
     assert loop.stage_batch_size(c.train, "distill") == 64 and c.train.evaluate
     c.train.distill.rounds = casc_base.CPU_DISTILL_ROUNDS
-    assert casc.distill_rounds(c) == (4, 2, 1)
+    assert casc_train.distill_rounds(c) == (4, 2, 1)
     assert c.train.stage2.num_steps == 4000 and c.train.stage2.ema_decay == 0.999  # untouched
     assert tuple(c.benchmark.quality_extra_snrs) == (5.0,) and c.benchmark.quality_snr == 20.0
     assert c.benchmark.quality_images == 256
     for name in ("casc_cr96", "casc_cr48_nocan"):
-        assert casc.distill_rounds(_config(name)) == ()
+        assert casc_train.distill_rounds(_config(name)) == ()
 
 
 def test_diffsc_cpu_preset_unet():

@@ -1,5 +1,6 @@
-"""Import layering: no cycle between the modules of casc_jax and multitask_jax, the shared core never imports
-the multi-task system, and configs are data (loading one loads no jax).
+"""Import layering: no cycle between the modules of casc_jax and multitask_jax, the layer contract (core,
+the CASC and multi-task systems, tools), the shared core never imports the multi-task system, and configs are
+data (loading one loads no jax).
 
 Imports are read with `ast` (nothing is executed); imports inside functions count too, since a lazy
 import only hides a cycle.
@@ -107,6 +108,37 @@ def test_casc_jax_never_imports_multitask_jax():
     upward = sorted((m, d) for m, deps in import_graph().items() if m.startswith("casc_jax")
                     for d in deps if d.startswith("multitask_jax"))
     assert not upward, upward
+
+
+# The layers: the shared core (casc_jax's top level: diffusion, nn, channel, metrics, train toolkit, data,
+# evaluation, the System interface and driver), the two systems on it, and the tools over everything.
+LAYERS = (
+    ("tools", ("casc_jax.tools", "multitask_jax.tools")),
+    ("casc", ("casc_jax.casc",)),
+    ("multitask", ("multitask_jax",)),
+    ("core", ("casc_jax",)),
+)
+MAY_IMPORT = {"core": {"core"}, "casc": {"core", "casc"}, "multitask": {"core", "multitask"},
+              "tools": {"core", "casc", "multitask", "tools"}}
+# Named exceptions: the multi-task DeepJSCC baseline reuses the CASC paper's DeepJSCC layers (one model).
+REUSED = {("multitask_jax.baselines.deepjscc", "casc_jax.casc.baselines.deepjscc")}
+
+
+def layer_of(module: str) -> str:
+    return next(name for name, prefixes in LAYERS if any(module == p or module.startswith(p + ".") for p in prefixes))
+
+
+def test_layer_contract():
+    """The core imports only the core, each system the core and itself, and only the tools import tools."""
+    assert layer_of("casc_jax.diffusion.samplers") == "core" and layer_of("casc_jax.casc.system") == "casc"
+    assert layer_of("multitask_jax.tools.reproduce") == "tools" and layer_of("multitask_jax.dit") == "multitask"
+    graph = import_graph()
+    assert {layer_of(m) for m in graph} == set(MAY_IMPORT)
+    crossing = sorted((m, d) for m, deps in graph.items() for d in deps
+                      if layer_of(d) not in MAY_IMPORT[layer_of(m)] and (m, d) not in REUSED)
+    assert not crossing, crossing
+    edges = {(m, d) for m, deps in graph.items() for d in deps}
+    assert REUSED.issubset(edges)  # the exception is still needed
 
 
 def test_loading_any_config_loads_no_model_code():

@@ -1,7 +1,7 @@
 """Condition-aware layers: a static layer plus an optional per-sample (dynamic) layer.
 
 A condition-aware layer reads its per-sample kernel W from the variable collection `dynamic`
-at its own path (see casc_jax.can). Without that collection it is an ordinary conv / dense
+at its own path (see casc_jax.casc.can). Without that collection it is an ordinary conv / dense
 layer, so one network definition serves both the static and the condition-aware model.
 
 Dynamic kernel layout, fixed once when the CAN generates it (never rebuilt inside the sampler):

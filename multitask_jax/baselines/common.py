@@ -1,6 +1,6 @@
 """What the learned multi-task baselines share: the channel-use budget and the system interface.
 
-Budget (paper section V-C, "bounded by 20 Kbits"; the accounting of `casc_jax.digital.budget`): every JSCC
+Budget (paper section V-C, "bounded by 20 Kbits"; the accounting of `multitask_jax.digital.budget`): every JSCC
 baseline sends exactly as many complex channel uses per image as our multi-task system. Ours sends an
 (H/16, W/16, C_out) grid (Swin f1 grid H/8, then the JSCC encoder's stride 2), so each baseline's encoder
 ends on the same (H/16, W/16, C_out) grid with the same C_out: k = (H/16)(W/16) C_out / 2 at every image

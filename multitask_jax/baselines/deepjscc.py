@@ -2,7 +2,7 @@
 
 From the original paper: the encoder's five 5 x 5 conv layers with PReLU, the decoder's transposed convs
 mirroring them with a sigmoid output, power normalisation before the channel, MSE training. The layers are
-`casc_jax.baselines.deepjscc`'s encoder and decoder, reused as they are (not copied).
+`casc_jax.casc.baselines.deepjscc`'s encoder and decoder, reused as they are (not copied).
 
 Our choices: to meet the multi-task budget (`multitask_jax.baselines.common`) the strides are
 (2, 2, 2, 2, 1) in the encoder and (1, 2, 2, 2, 2) in the decoder, so the channel input is
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 
-from casc_jax.baselines.deepjscc import DeepJSCCDecoder, DeepJSCCEncoder
+from casc_jax.casc.baselines.deepjscc import DeepJSCCDecoder, DeepJSCCEncoder
 from multitask_jax.baselines.common import JSCCBaseline, link_fields
 from multitask_jax.tasks import RECONSTRUCTION
 

@@ -2,13 +2,13 @@
 reconstruction curve (paper section V: baselines of Figs. 4, 5 and 7).
 
 Transmitter: the image is JPEG-coded at the highest quality that fits the budget's source bits, LDPC-coded
-(5G NR) and QAM-modulated (`casc_jax.digital.link.DigitalLink`). Receiver: LDPC decoding, JPEG decoding,
+(5G NR) and QAM-modulated (`multitask_jax.digital.link.DigitalLink`). Receiver: LDPC decoding, JPEG decoding,
 then an FCN segments the decoded image. An image whose LDPC blocks fail their parity checks, or whose JPEG
 does not decode, is a failure: it is counted and reported (`failures`, `delivered`), and it is left out
 of the scores; no image is made up for it. mIoU and PSNR are over the delivered images, null when none
 was delivered (the paper omits those points).
 
-Budget: `casc_jax.digital.budget.Budget` with `digital.budget_bits` (the paper's 20 Kbit) and its reading
+Budget: `multitask_jax.digital.budget.Budget` with `digital.budget_bits` (the paper's 20 Kbit) and its reading
 'bits': Q_m k coded bits on the channel, i.e. 5,000 16QAM or 3,333 64QAM symbols per image at 20,000
 bits, against our system's 294 analog channel uses (18,816 bits as float32 reals); see budget.py for why.
 
@@ -31,10 +31,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from casc_jax.digital.budget import Budget
-from casc_jax.digital.link import DigitalLink
 from casc_jax.nn.layers import ResBlock, group_norm
 from multitask_jax import jscc
+from multitask_jax.digital.budget import Budget
+from multitask_jax.digital.link import DigitalLink
 from multitask_jax.tasks import SEGMENTATION, check_task
 
 MODULATIONS = ("16qam", "64qam")

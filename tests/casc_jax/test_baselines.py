@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from casc_jax import channel as ch
-from casc_jax.baselines import DiffSC, build_deepjscc, build_diffsc
-from casc_jax.system import build_casc
+from casc_jax.casc.baselines import DiffSC, build_deepjscc, build_diffsc
+from casc_jax.casc.system import build_casc
 from configs import casc_base
 
 

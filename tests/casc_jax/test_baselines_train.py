@@ -11,13 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from casc_jax import baselines_run, compare, image_io
 from casc_jax import channel as ch
 from casc_jax import data as data_lib
+from casc_jax import image_io
+from casc_jax.casc.baselines import run as baselines_run
+from casc_jax.casc.baselines import train as tb
+from casc_jax.casc.system import build_casc
 from casc_jax.evaluate import read_metrics, save_reconstructions
 from casc_jax.metrics.lpips import load_lpips
-from casc_jax.system import build_casc
-from casc_jax.train import baselines as tb
+from casc_jax.tools import compare
 from casc_jax.train import loop
 from configs import casc_base, deepjscc_base
 

@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from casc_jax import benchmark, sampler_quality, timing
+from casc_jax import timing
+from casc_jax.casc import benchmark, sampler_quality
 from configs import casc_base
 
 
@@ -71,7 +72,7 @@ def test_machine_load_is_busy_when_other_work_holds_half_the_cores(monkeypatch):
 def test_quality_compares_every_sampler_with_ddpm():
     config = _tiny()
     config.benchmark.update(dpm_steps=(2,), spacing="uniform")
-    from casc_jax.system import build_casc
+    from casc_jax.casc.system import build_casc
 
     params = build_casc(config).init(jax.random.key(0))
     images = np.asarray(jax.random.uniform(jax.random.key(1), (2, 32, 32, 3), minval=-1, maxval=1))
@@ -98,7 +99,7 @@ def test_fastest_within_tolerance_needs_both_psnr_and_lpips():
 
 
 def test_diffsc_row_is_timed_like_casc():
-    from casc_jax.run import load_config
+    from casc_jax.casc.run import load_config
 
     config = _tiny()
     diffsc = load_config("configs/diffsc_cr48.py:smoke")
@@ -110,7 +111,7 @@ def test_diffsc_row_is_timed_like_casc():
 
 
 def test_bench_convs_forms_compute_the_same_convolution():
-    from casc_jax import bench_convs
+    from casc_jax.tools import bench_convs
 
     x = jax.random.normal(jax.random.key(0), (2, 5, 5, 6))
     kernel = jax.random.normal(jax.random.key(1), (3, 3, 6, 4))
@@ -127,7 +128,7 @@ def test_bench_convs_forms_compute_the_same_convolution():
 def test_quality_rows_of_distilled_students_at_every_snr():
     """Fake tiny students (the teacher's weights, perturbed): their 'distilled' rows at quality_snr and, with
     DDPM and the equal-quality setting, at quality_extra_snrs; none without students."""
-    from casc_jax.system import build_casc
+    from casc_jax.casc.system import build_casc
 
     config = _tiny()
     config.benchmark.update(dpm_steps=(), ddim_steps=(), ddim_eta1_steps=(), quality_extra_snrs=(5.0, 20.0),
@@ -146,7 +147,7 @@ def test_quality_rows_of_distilled_students_at_every_snr():
     assert all(0 < r["psnr_vs_ddpm"] < 100.0 for r in other["rows"][1:]) and other["rows"][0]["psnr_vs_ddpm"] == 100
     plain = sampler_quality.quality(config, params, images)
     assert [r["sampler"] for r in plain["rows"]] == ["ddpm"] and "other_snrs" not in plain
-    from casc_jax import results
+    from casc_jax.tools import results
 
     table = results.quality_table(report)
     assert "The distilled students at 5 dB" in table and table.count("| distilled 1 step |") == 2

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from casc_jax import can
+from casc_jax.casc import can
 from casc_jax.nn.dynamic import (
     DYNAMIC,
     DYNAMIC_CONV_IMPLS,

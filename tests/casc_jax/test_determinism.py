@@ -23,7 +23,7 @@ _TRAIN = textwrap.dedent(
     f"""
     import json, logging, sys, tempfile, jax, numpy as np
     from configs.deepjscc_mse_cr48 import get_config
-    from casc_jax.train.baselines import train_baseline
+    from casc_jax.casc.baselines.train import train_baseline
     c = get_config("smoke")
     c.train.update(grad_groups=int(sys.argv[1]), checkpoint_every=1000)
     c.train.deepjscc.update(num_steps={STEPS})

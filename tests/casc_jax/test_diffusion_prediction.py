@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from casc_jax import diffusion
-from casc_jax.baselines.diffsc import build_diffsc
-from casc_jax.system import build_casc
+from casc_jax.casc.baselines.diffsc import build_diffsc
+from casc_jax.casc.system import build_casc
 from configs import casc_base, diffsc_cr48
 
 SCHEDULE = diffusion.make_schedule("ldm_linear", 1000, 0.0015, 0.0195)

@@ -293,24 +293,24 @@ def _casc_tiny(tmp_rounds=2):  # T = 10; the first teacher on an 8-step grid: st
 def test_casc_distill_stage_runs_resumes_and_loads(tmp_path, progress):
     """The smoke preset, shrunk: stage 1, stage 2, then 2 rounds (8 -> 4 -> 2 steps on T = 10) of 2 steps
     each; a rerun trains nothing, and load_trained_params gives the sampled round's student."""
-    from casc_jax.system import build_casc
-    from casc_jax.train import casc
+    from casc_jax.casc import train as casc_train
+    from casc_jax.casc.system import build_casc
 
     c = _casc_tiny()
     c.sampler.update(name="distilled", steps=2)
-    assert casc.distill_rounds(c) == (4, 2) and casc.distilled_round(c) == 2
-    params = casc.train_casc(c, str(tmp_path))
+    assert casc_train.distill_rounds(c) == (4, 2) and casc_train.distilled_round(c) == 2
+    params = casc_train.train_casc(c, str(tmp_path))
     for r in (1, 2):
         assert f"[distill{r}] training steps 0 -> 2" in progress.lines
         assert os.path.isdir(tmp_path / f"distill{r}" / "checkpoints")
     assert set(params) == {"autoencoder", "cond_encoder", "can", "unet"}
-    loaded, source = casc.load_trained_params(c, str(tmp_path))
+    loaded, source = casc_train.load_trained_params(c, str(tmp_path))
     assert "distill2 step 2" in source
     leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]  # noqa: E731
     for a, b in zip(leaves(params), leaves(loaded), strict=True):
         np.testing.assert_array_equal(a, b)
     progress.clear()
-    again = casc.train_casc(c, str(tmp_path))
+    again = casc_train.train_casc(c, str(tmp_path))
     assert any(line.startswith("[distill2] already trained") for line in progress.lines)
     for a, b in zip(leaves(params), leaves(again), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -321,25 +321,25 @@ def test_casc_distill_stage_runs_resumes_and_loads(tmp_path, progress):
     assert out.shape == (2,) + model.image_shape and bool(jnp.all(jnp.isfinite(out)))
     # the stage-2 teacher is unchanged and is what a non-distilled sampler loads
     c.sampler.update(name="ddim", steps=3)
-    teacher, _ = casc.load_trained_params(c, str(tmp_path))
+    teacher, _ = casc_train.load_trained_params(c, str(tmp_path))
     assert not all(np.array_equal(a, b) for a, b in zip(leaves(teacher["unet"]), leaves(params["unet"])))
     np.testing.assert_array_equal(leaves(teacher["cond_encoder"])[0], leaves(params["cond_encoder"])[0])
     # --mode=quality's students: every round found in the workdir, also by a config that trains none itself
     # (rounds 0: the cpu preset), from teacher_steps
-    students = casc.trained_students(c, str(tmp_path))
+    students = casc_train.trained_students(c, str(tmp_path))
     assert list(students) == [4, 2] and set(students[2]) == {"can", "unet"}
     for a, b in zip(leaves(students[2]), leaves({k: params[k] for k in ("can", "unet")}), strict=True):
         np.testing.assert_array_equal(a, b)
-    assert list(casc.trained_students(_casc_tiny(tmp_rounds=0), str(tmp_path))) == [4, 2]
-    assert casc.trained_students(c, str(tmp_path / "elsewhere")) == {}
+    assert list(casc_train.trained_students(_casc_tiny(tmp_rounds=0), str(tmp_path))) == [4, 2]
+    assert casc_train.trained_students(c, str(tmp_path / "elsewhere")) == {}
     # a round not trained yet is a clear FileNotFoundError, not random or teacher weights
     c1 = _casc_tiny(tmp_rounds=3)
     c1.sampler.update(name="distilled", steps=1)
     with pytest.raises(FileNotFoundError, match=r"student of round 3 .*distill3/checkpoints.*Train it first"):
-        casc.load_trained_params(c1, str(tmp_path))
+        casc_train.load_trained_params(c1, str(tmp_path))
     # the reproduction's distillation job: a 'train' of the trained workdir with more rounds and no sweep
     # trains only the new round
-    from casc_jax import run
+    from casc_jax.casc import run
 
     progress.clear()
     c3 = _casc_tiny(tmp_rounds=3)  # 8 -> 4 -> 2 -> 1
@@ -348,21 +348,21 @@ def test_casc_distill_stage_runs_resumes_and_loads(tmp_path, progress):
     assert any(line.startswith("[stage2] already trained") for line in progress.lines)
     assert any(line.startswith("[distill2] already trained") for line in progress.lines)
     assert "[distill3] training steps 0 -> 2" in progress.lines and not (tmp_path / "eval").exists()
-    assert list(casc.trained_students(_casc_tiny(tmp_rounds=0), str(tmp_path))) == [4, 2, 1]
+    assert list(casc_train.trained_students(_casc_tiny(tmp_rounds=0), str(tmp_path))) == [4, 2, 1]
 
 
 def test_casc_distilled_sampler_needs_a_trained_round():
-    from casc_jax.train import casc
+    from casc_jax.casc import train as casc_train
 
     c = _casc_tiny(tmp_rounds=0)
     c.sampler.update(name="distilled", steps=4)
     with pytest.raises(ValueError, match="4-step student"):
-        casc.distilled_round(c)
+        casc_train.distilled_round(c)
     c.train.distill.rounds = 1
-    assert casc.distilled_round(c) == 1
+    assert casc_train.distilled_round(c) == 1
     c.train.update(distill=dict(c.train.distill.to_dict(), rounds=2, teacher_steps=None))
     with pytest.raises(ValueError, match="odd"):  # T = 10 -> 5 -> 2: round 2's teacher would not nest
-        casc.distill_rounds(c)
+        casc_train.distill_rounds(c)
 
 
 # ----------------------------------------------------------------------------- DiffSC's stage (the same toolkit)
@@ -371,8 +371,8 @@ def test_casc_distilled_sampler_needs_a_trained_round():
 def test_diffsc_distill_stage_runs_loads_and_samples(tmp_path, progress):
     """A tiny DiffSC: DeepJSCC, the U-Net, then 2 rounds (4 -> 2 -> 1 steps on T = 4) of 2 steps each through
     the shared rounds; load_trained_params gives the sampled round's student, which the receiver runs."""
-    from casc_jax.baselines import build_diffsc
-    from casc_jax.train import baselines
+    from casc_jax.casc.baselines import build_diffsc
+    from casc_jax.casc.baselines import train as baselines_train
     from configs import deepjscc_base
 
     c = deepjscc_base.diffsc_config(preset="smoke")
@@ -384,16 +384,16 @@ def test_diffsc_distill_stage_runs_loads_and_samples(tmp_path, progress):
     c.train.diffsc.update(num_steps=2, warmup_steps=0)
     c.train.distill.update(rounds=2, num_steps=2)
     c.sampler.update(name="distilled", steps=1)
-    params = baselines.train_baseline(c, str(tmp_path))
+    params = baselines_train.train_baseline(c, str(tmp_path))
     for r in (1, 2):
         assert f"[distill{r}] training steps 0 -> 2" in progress.lines
-    loaded, source = baselines.load_trained_params(c, str(tmp_path))
+    loaded, source = baselines_train.load_trained_params(c, str(tmp_path))
     assert "distilled student distill2 step 2" in source
     leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]  # noqa: E731
     for a, b in zip(leaves(params), leaves(loaded), strict=True):
         np.testing.assert_array_equal(a, b)
     c.sampler.update(name="ddim", steps=2)
-    teacher, _ = baselines.load_trained_params(c, str(tmp_path))
+    teacher, _ = baselines_train.load_trained_params(c, str(tmp_path))
     assert not all(np.array_equal(a, b) for a, b in zip(leaves(teacher["unet"]), leaves(params["unet"])))
     model = build_diffsc(c)
     y = jnp.zeros((2, *model.deepjscc.latent_shape))

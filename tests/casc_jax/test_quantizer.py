@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from casc_jax.autoencoder import VectorQuantizer
+from casc_jax.casc.autoencoder import VectorQuantizer
 
 
 def _codes(params):

@@ -8,10 +8,10 @@ import jax
 import numpy as np
 import optax
 
+from casc_jax.casc.system import build_casc
+from casc_jax.casc.train import initial_states, make_stage1_step, make_stage2_step, stage1_parts
 from casc_jax.evaluate import casc_reconstructor
-from casc_jax.system import build_casc
 from casc_jax.train import parallel
-from casc_jax.train.casc import initial_states, make_stage1_step, make_stage2_step, stage1_parts
 from configs import casc_base
 
 

@@ -1,6 +1,6 @@
 """The paper's claims as results.md checks them: verdicts follow the numbers, missing jobs are 'not measured'."""
 
-from casc_jax import results
+from casc_jax.tools import results
 
 
 def _rec(method, cr, snr, psnr, lpips):

@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from casc_jax.discriminator import PatchGAN, adaptive_weight, hinge_d_loss
+from casc_jax.casc.discriminator import PatchGAN, adaptive_weight, hinge_d_loss
+from casc_jax.casc.system import build_casc
+from casc_jax.casc.train import initial_states, stage1_grads
 from casc_jax.metrics.lpips import LPIPS
-from casc_jax.system import build_casc
-from casc_jax.train.casc import initial_states, stage1_grads
 from configs import casc_base
 
 

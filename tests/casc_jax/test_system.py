@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from casc_jax import diffusion
-from casc_jax.system import build_casc
+from casc_jax.casc.system import build_casc
 from configs import casc_base
 
 

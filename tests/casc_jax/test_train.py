@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from casc_jax import data as data_lib
-from casc_jax import run
+from casc_jax.casc import run
+from casc_jax.casc.train import train_casc
 from casc_jax.evaluate import read_metrics
 from casc_jax.train import loop
-from casc_jax.train.casc import train_casc
 from casc_jax.train.checkpoint import CheckpointError
 from configs import casc_base
 
@@ -121,9 +121,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
 
 def _abstract_stage1(config, concrete=False):
-    from casc_jax.system import build_casc
+    from casc_jax.casc.system import build_casc
+    from casc_jax.casc.train import abstract_states, initial_states
     from casc_jax.train import parallel
-    from casc_jax.train.casc import abstract_states, initial_states
 
     model = build_casc(config)
     if concrete:
@@ -159,9 +159,9 @@ _EQUIVALENCE = textwrap.dedent(
     """
     import json, jax, numpy as np
     from configs import casc_base
-    from casc_jax.system import build_casc
+    from casc_jax.casc.system import build_casc
     from casc_jax.train import parallel, loop
-    from casc_jax.train.casc import initial_states, make_stage1_step, make_stage2_step
+    from casc_jax.casc.train import initial_states, make_stage1_step, make_stage2_step
     import optax
     c = casc_base.base_config(preset="smoke")
     c.autoencoder.update(ch=8, num_codes=32); c.unet.update(ch=16, head_dim=16); c.diffusion.num_timesteps = 10

@@ -11,11 +11,11 @@ import pytest
 
 from configs import multitask_base
 from configs.mt_baselines_base import BASELINES, base_config
-from multitask_jax import compare
 from multitask_jax import train as mt_train
 from multitask_jax.baselines import digital_eval, models
 from multitask_jax.baselines import run as bl_run
 from multitask_jax.evaluate import GRIDS_FILE
+from multitask_jax.tools import compare
 
 JSCC = ("deepjscc", "adjscc", "witt", "deeplab_jscc")
 quiet = lambda s: None  # noqa: E731

@@ -1,4 +1,4 @@
-"""The multi-task `cpu` presets and `python -m multitask_jax.reproduce`: configs, model shapes, CamVid wiring,
+"""The multi-task `cpu` presets and `python -m multitask_jax.tools.reproduce`: configs, model shapes, CamVid wiring,
 the job list, publishing a fake archived run, and the --data error. Generated data only, no training."""
 
 import csv
@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from casc_jax import reproduce as casc_reproduce
 from casc_jax.batching import Stream
+from casc_jax.casc.run import load_config
 from casc_jax.metrics import segmentation as seg_metrics
-from casc_jax.run import load_config
-from multitask_jax import channel_budget, jscc, reproduce, results
+from casc_jax.tools import reproduce as casc_reproduce
+from multitask_jax import channel_budget, jscc
 from multitask_jax import data as mt_data
 from multitask_jax import train as mt_train
 from multitask_jax.baselines import models as bl_models
+from multitask_jax.tools import reproduce, results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OURS = ("multitask_recon", "multitask_seg")
@@ -237,7 +238,7 @@ def test_publish_a_fake_archived_run(tmp_path):
         assert (tmp_path / "out" / name).stat().st_size > 1000
     with open(path) as f:
         text = f.read()
-    assert "python -m multitask_jax.reproduce --data=DATA" in text and "abc1234" in text
+    assert "python -m multitask_jax.tools.reproduce --data=DATA" in text and "abc1234" in text
     assert "| multitask_recon | multitask_recon:cpu | train | 10.0 | abc1234 |" in text
     assert "| mt_witt | mt_witt:cpu | train | not run yet |  |" in text
     assert "Fig. 4 (224x224): ours outperforms ADJSCC and WITT at every SNR | not run yet" in text

@@ -8,9 +8,9 @@ import time
 
 import jax
 
-from casc_jax.benchmark import receiver_fns
+from casc_jax.casc.benchmark import receiver_fns
+from casc_jax.casc.system import build_casc
 from casc_jax.cli import load_config
-from casc_jax.system import build_casc
 
 config = load_config("configs/casc_cr48.py")
 model = build_casc(config)

@@ -5,7 +5,8 @@ paper-size CASC CR 1/48 (random weights), with the bf16 and DDIM-50 rows left ou
 """
 import sys
 
-from casc_jax import benchmark, cli
+from casc_jax import cli
+from casc_jax.casc import benchmark
 from casc_jax.cli import load_config
 
 cli.show_progress()

@@ -7,7 +7,8 @@ with the machine quiet; `DECODE_BATCH` (default the config's 16; 0 = the whole b
 """
 import sys
 
-from casc_jax import benchmark, cli
+from casc_jax import cli
+from casc_jax.casc import benchmark
 from casc_jax.cli import load_config
 
 cli.show_progress()

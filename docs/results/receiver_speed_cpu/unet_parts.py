@@ -6,9 +6,9 @@ attention blocks, and without CAN (median of 5).
 import jax
 import jax.numpy as jnp
 
-from casc_jax import benchmark
+from casc_jax.casc import benchmark
+from casc_jax.casc.system import build_casc
 from casc_jax.cli import load_config
-from casc_jax.system import build_casc
 
 
 def one(config, label):

@@ -1,0 +1,1 @@
+"""The CASC system (paper 1) and its baselines (DeepJSCC, DiffSC)."""

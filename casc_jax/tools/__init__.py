@@ -1,0 +1,1 @@
+"""Tools over the systems: the reproduction jobs, results pages, comparisons and benchmark scripts."""
