@@ -326,20 +326,13 @@ def fit_stage(
         tx = optimizer(stage_cfg, global_batch)
         step = make_loss_step(loss_fn, stage_cfg, config.channel.train_snrs, tx, seed, groups, task_keys(task))
     writer = loop.make_writer(workdir)
+    run = loop.stage_runner(
+        workdir=workdir, train_cfg=config.train, mesh=mesh, writer=writer, local_batch={name: local_batch},
+        total_steps={name: steps}, make_batches=lambda local, seed, start: loop.skip_batches(
+            make_batches(config, task, "train", Stream.training(local, seed)), start),
+    )
     try:
-        return loop.run_stage(
-            name=name,
-            workdir=workdir,
-            train_cfg=config.train,
-            initial_state=state,
-            step_fn=parallel.jit_step_with(step, frozen, mesh),
-            make_batches=lambda start: loop.skip_batches(
-                make_batches(config, task, "train", Stream.training(local_batch, seed)), start
-            ),
-            total_steps=int(steps),
-            mesh=mesh,
-            writer=writer,
-        )
+        return run(name, step, frozen, seed, state)
     finally:
         writer.close()
 

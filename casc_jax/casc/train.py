@@ -233,21 +233,15 @@ def train_casc(config: ml_collections.ConfigDict, workdir: str) -> dict:
         batch["distill"] = loop.stage_batch_size(config.train, "distill")
         local_batch["distill"] = parallel.check_batch_size(batch["distill"], mesh)
 
-    def run(name, step, const, stage_cfg, seed, initial_state=None, batch_of=None):
-        batch_of = batch_of or name
-        return loop.run_stage(
-            name=name,
-            workdir=workdir,
-            train_cfg=config.train,
-            initial_state=states[name] if initial_state is None else initial_state,
-            step_fn=parallel.jit_step_with(step, const, mesh),
-            make_batches=lambda start: data_lib.make_dataset(
-                config.data, "train", data_lib.Stream.training(local_batch[batch_of], seed, start)
-            ),
-            total_steps=loop.num_steps(stage_cfg, examples, batch[batch_of]),
-            mesh=mesh,
-            writer=writer,
-        )
+    total = {s: loop.num_steps(config.train[s], examples, batch[s]) for s in batch}
+    run_stage = loop.stage_runner(
+        workdir=workdir, train_cfg=config.train, mesh=mesh, writer=writer, local_batch=local_batch,
+        total_steps=total, make_batches=lambda local, seed, start: data_lib.make_dataset(
+            config.data, "train", data_lib.Stream.training(local, seed, start)),
+    )
+
+    def run(name, step, const, seed, initial_state=None, batch_of=None):
+        return run_stage(name, step, const, seed, states[name] if initial_state is None else initial_state, batch_of)
 
     # Stage 1: the autoencoder (trained here, or taken from `train.stage1.workdir`).
     s1 = config.train.stage1
@@ -266,14 +260,14 @@ def train_casc(config: ml_collections.ConfigDict, workdir: str) -> dict:
         disc_tx = _optimizer(s1, batch["stage1"]) if disc is not None else None
         step1 = make_stage1_step(model, s1, disc, _optimizer(s1, batch["stage1"]), disc_tx, config.seed)
         lpips_vars = parallel.replicate(lpips_vars, mesh) if lpips_vars is not None else None
-        state1 = run("stage1", step1, lpips_vars, s1, config.seed)
+        state1 = run("stage1", step1, lpips_vars, config.seed)
 
     # Stage 2: the denoiser, the CAN and the condition-channel encoder, autoencoder frozen.
     s2 = config.train.stage2
     groups = parallel.check_grad_groups(config.train.get("grad_groups", 0), batch["stage2"], mesh.size)
     tx2 = _optimizer(s2, batch["stage2"])
     step2 = make_stage2_step(model, s2, tuple(config.channel.train_snrs), tx2, config.seed, groups)
-    state2 = run("stage2", step2, state1.params, s2, config.seed + 1)
+    state2 = run("stage2", step2, state1.params, config.seed + 1)
     params = dict(state2.ema_params, autoencoder=state1.params)
 
     # Progressive distillation: each round's student (a copy of its teacher at step 0) is the next teacher.
@@ -293,7 +287,7 @@ def train_casc(config: ml_collections.ConfigDict, workdir: str) -> dict:
         def run_round(r, step, teacher, initial):
             frozen = {"teacher": teacher, "aux": aux}
             initial = parallel.replicate(initial, mesh)
-            return run(distill_stage(r), step, frozen, d, config.seed + 1 + r, initial, "distill")
+            return run(distill_stage(r), step, frozen, config.seed + 1 + r, initial, "distill")
 
         students = distill_train.run_rounds(
             teacher, rounds, make_step, run_round, tx_d, ema=d.get("ema_decay") is not None

@@ -18,7 +18,7 @@ from clu import metric_writers, periodic_actions
 
 from casc_jax.channel import sample_snr
 from casc_jax.train.checkpoint import Checkpointer
-from casc_jax.train.parallel import shard_batch, value_and_grad
+from casc_jax.train.parallel import jit_step_with, shard_batch, value_and_grad
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +249,41 @@ def run_stage(
         )
     finally:
         ckpt.close()
+
+
+def stage_runner(
+    *,
+    workdir: str,
+    train_cfg,
+    mesh,
+    writer,
+    make_batches: Callable[[int, int, int], Iterator[Mapping[str, np.ndarray]]],
+    local_batch: Mapping[str, int],
+    total_steps: Mapping[str, int],
+) -> Callable[..., TrainState]:
+    """The one stage runner of every system: `run(name, step, const, seed, initial_state, batch_of=None)`.
+
+    It runs (or resumes) stage `name` with `run_stage`: `step(state, batch, const)` jitted data-parallel with
+    its constants bound (`parallel.jit_step_with`: frozen parts, LPIPS weights, a teacher), on the stream
+    `make_batches(local_batch, seed, start)`, for `total_steps`; the batch size and step count are those of
+    `batch_of` (default `name`; a distillation round reads its section's, 'distill').
+    """
+
+    def run(name: str, step: Callable, const, seed: int, initial_state: TrainState, batch_of: str | None = None):
+        section = batch_of or name
+        return run_stage(
+            name=name,
+            workdir=workdir,
+            train_cfg=train_cfg,
+            initial_state=initial_state,
+            step_fn=jit_step_with(step, const, mesh),
+            make_batches=lambda start: make_batches(local_batch[section], seed, start),
+            total_steps=int(total_steps[section]),
+            mesh=mesh,
+            writer=writer,
+        )
+
+    return run
 
 
 def skip_batches(batches: Iterator, start: int) -> Iterator:

@@ -220,21 +220,14 @@ def train_baseline(config: ml_collections.ConfigDict, workdir: str) -> dict:
         total["distill"] = loop.num_steps(config.train.distill, examples, batches["distill"])
         local["distill"] = parallel.check_batch_size(batches["distill"], mesh)
 
+    run_stage = loop.stage_runner(
+        workdir=workdir, train_cfg=config.train, mesh=mesh, writer=writer, local_batch=local, total_steps=total,
+        make_batches=lambda local_batch, seed, start: data_lib.make_dataset(
+            config.data, "train", data_lib.Stream.training(local_batch, seed, start)),
+    )
+
     def run(name, step, const, seed, initial_state=None, batch_of=None):
-        batch_of = batch_of or name
-        return loop.run_stage(
-            name=name,
-            workdir=workdir,
-            train_cfg=config.train,
-            initial_state=states[name] if initial_state is None else initial_state,
-            step_fn=parallel.jit_step_with(step, const, mesh),
-            make_batches=lambda start: data_lib.make_dataset(
-                config.data, "train", data_lib.Stream.training(local[batch_of], seed, start)
-            ),
-            total_steps=total[batch_of],
-            mesh=mesh,
-            writer=writer,
-        )
+        return run_stage(name, step, const, seed, states[name] if initial_state is None else initial_state, batch_of)
 
     try:
         jscc = model if system == "deepjscc" else model.deepjscc
