@@ -11,7 +11,7 @@ to be timed beside CASC's receiver on the same batch, T and device.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import jax
 
@@ -31,25 +31,22 @@ def sampler_of(config) -> dict | None:
     return config.sampler.to_dict() if config.system == "diffsc" else None
 
 
-def reconstructor(model, params, mesh, sampler: Mapping | None = None) -> Callable:
-    """`evaluate.reconstructor` of DeepJSCC, or of DiffSC decoding with `sampler`."""
+def reconstructor(config, params, mesh) -> Callable:
+    """`evaluate.reconstructor` of DeepJSCC, or of DiffSC decoding with the config's sampler."""
+    model, sampler = build_model(config), sampler_of(config)
     if isinstance(model, DiffSC):
         return end_to_end_reconstructor(lambda p, x, key, snr: model(p, x, key, snr, sampler), params, mesh)
     return end_to_end_reconstructor(lambda p, x, key, snr: model(p, x, key, snr), params, mesh)
 
 
-def _reconstructor(config, params, mesh) -> Callable:
-    return reconstructor(build_model(config), params, mesh, sampler_of(config))
-
-
 def evaluate(config, workdir, params):
     mesh = parallel.make_mesh()
-    return config_sweep(config, workdir, _reconstructor(config, params, mesh), mesh, sampler_of(config))
+    return config_sweep(config, workdir, reconstructor(config, params, mesh), mesh, sampler_of(config))
 
 
 # One System for both: `build_model` and the stages follow the config's system.
 SYSTEM = System(build_model=build_model, train=train_baseline, load=load_trained_params, evaluate=evaluate,
-                reconstructor=_reconstructor)
+                reconstructor=reconstructor)
 MODES = modes_of(SYSTEM)
 
 
