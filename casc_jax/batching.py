@@ -38,8 +38,14 @@ class Stream:
 
     @classmethod
     def single_pass(cls, batch_size: int) -> Stream:
-        """One padded pass in file order (evaluation)."""
+        """One padded pass in file order of this process's shard."""
         return cls(batch_size)
+
+    @classmethod
+    def evaluation(cls, global_batch_size: int) -> Stream:
+        """One padded pass in file order of the whole split, the same on every process: the multi-host
+        rule of `casc_jax.evaluate.snr_sweep` (every process reads the global batch)."""
+        return cls(global_batch_size, process_index=0, process_count=1)
 
     def resolved(self) -> Stream:
         """Checked, with the process shard filled in (JAX's by default); start_batch 0 for a single pass."""

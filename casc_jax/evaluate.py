@@ -1,24 +1,32 @@
-"""Evaluation sweep over SNR (the CASC paper's Figs. 5-8): PSNR, LPIPS, FID; JSON, CSV and PNG.
+"""The one evaluation layer over SNR, and the CASC paper's sweep (Figs. 5-8): PSNR, LPIPS, FID; JSON, CSV, PNG.
 
-Writes into WORKDIR/eval/: metrics.json (one record per method, CR, SNR, and why a metric is null),
-metrics.csv,
-metrics_vs_snr.png (one panel per metric), samples_snr<SNR>.png (sources over reconstructions) and
-reconstructions.npz (the grid's sources and their reconstructions at every SNR, uint8, for
-`casc_jax.tools.compare`'s visual comparison).
-FID needs the pytorch-fid InceptionV3 weights (casc_jax.metrics.inception); without them it is null, the
-reason is recorded once in metrics.json, and the rest of the sweep still runs. PSNR and LPIPS are summed on
-the device inside jit (`MetricTotals`) and read once per SNR. On several hosts every process evaluates the
-same global batches and the sums are reduced across them; process 0 writes the files.
+`snr_sweep` is every system's evaluation loop (CASC and its baselines here; the multi-task system, its
+learned baselines and the digital link in multitask_jax.evaluate): one pass over the evaluation split per
+SNR through a receiver, scored by evaluators that keep their sums on the device (`ImageScores`: PSNR,
+LPIPS; `FrechetScores`: FID; `ConfusionScores`: mIoU and pixel accuracy) and are read once per SNR. Its
+multi-host rule: every process reads the same global batches (`Stream.evaluation`), the sums are
+replicated, and process 0 writes the files, so any number of hosts gives the records of one.
+
+`sweep` writes into WORKDIR/eval/: metrics.json (one record per method, CR, SNR, and why a metric is
+null), metrics.csv, metrics_vs_snr.png (one panel per metric), samples_snr<SNR>.png (sources over
+reconstructions) and reconstructions.npz (the grid's sources and their reconstructions at every SNR,
+uint8, for `casc_jax.tools.compare`'s visual comparison). FID needs the pytorch-fid InceptionV3 weights
+(casc_jax.metrics.inception); without them it is null, the reason is recorded once in metrics.json, and
+the rest of the sweep still runs.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
+import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -26,8 +34,10 @@ import numpy as np
 
 from casc_jax import data as data_lib
 from casc_jax import image_io
+from casc_jax.batching import Stream
 from casc_jax.metrics import fid as fid_lib
 from casc_jax.metrics import inception as inception_lib
+from casc_jax.metrics import segmentation as seg_metrics
 from casc_jax.metrics.image import psnr
 from casc_jax.metrics.lpips import load_lpips
 from casc_jax.train import parallel
@@ -72,6 +82,10 @@ class MetricTotals:
         n = max(int(totals["count"]), 1)
         return {k: float(totals[k]) / n for k in self._metrics}
 
+    def count(self) -> int:
+        """Valid images added so far."""
+        return int(parallel.to_host(self._totals["count"]))
+
 
 def optional_metric(loader: Callable, name: str):
     """(function, None) or (None, reason) when the metric's weights cannot be loaded."""
@@ -81,6 +95,181 @@ def optional_metric(loader: Callable, name: str):
         first = str(err).split(". ")[0].split(" (")[0]
         log.warning(f"[eval] {name} unavailable: {first} (the full reason is in eval/metrics.json)")
         return None, str(err)
+
+
+# -- the one evaluation layer: evaluators and the SNR sweep ---------------------------------------
+class Evaluator(Protocol):
+    """Scores of one SNR: `add` a batch's receiver output (masked by `valid`), then `result()` once."""
+
+    def add(self, batch: Mapping[str, jax.Array], output: jax.Array, valid: jax.Array) -> None: ...
+
+    def result(self) -> dict: ...
+
+
+class ImageScores:
+    """Per-image metrics fn(batch['image'], output) averaged over the valid images (`MetricTotals`, on
+    the device); every score is None when no image counted (e.g. none delivered)."""
+
+    def __init__(self, metrics: Mapping[str, Callable[[jax.Array, jax.Array], jax.Array]]):
+        self._totals, self._names = MetricTotals(metrics), tuple(metrics)
+
+    def add(self, batch, output, valid) -> None:
+        self._totals.add(batch["image"], output, valid)
+
+    def result(self) -> dict:
+        return self._totals.means() if self._totals.count() else dict.fromkeys(self._names)
+
+
+class FrechetScores:
+    """FID of the outputs against the batch images (InceptionV3 pool3 activations, gathered to the host).
+
+    `real` is shared by the evaluators of one sweep: the real images' statistics are the same at every
+    SNR and are computed at the first one only."""
+
+    def __init__(self, inception: Callable, real: dict):
+        self._inception, self._real, self._acts_real, self._acts_fake = inception, real, [], []
+
+    def add(self, batch, output, valid) -> None:
+        keep = parallel.to_host(valid)
+        if "stats" not in self._real:
+            self._acts_real.append(parallel.to_host(self._inception(batch["image"]))[keep])
+        self._acts_fake.append(parallel.to_host(self._inception(output))[keep])
+
+    def result(self) -> dict:
+        fake = np.concatenate(self._acts_fake) if self._acts_fake else np.zeros((0, 1))
+        if len(fake) < 2:
+            return {"fid": None}
+        if "stats" not in self._real:
+            self._real["stats"] = fid_lib.activation_statistics(np.concatenate(self._acts_real))
+        return {"fid": float(fid_lib.frechet_distance(*self._real["stats"], *fid_lib.activation_statistics(fake)))}
+
+
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+class ConfusionScores:
+    """mIoU, pixel accuracy and mean class accuracy of predicted classes (output) against batch['mask'],
+    read off one confusion matrix summed on the device over the valid images (VOC label 255 and
+    invalid rows not counted); also the per-class IoU. Scores are None when no pixel counted.
+
+    The device sum is int32: it is moved into an int64 host total before it could overflow."""
+
+    def __init__(self, num_classes: int):
+        self._k = int(num_classes)
+        self._device = jnp.zeros((self._k, self._k), jnp.int32)
+        self._host = np.zeros((self._k, self._k), np.int64)
+        self._pixels = 0  # an upper bound of the counts in the device sum
+
+    def add(self, batch, output, valid) -> None:
+        pixels = int(np.prod(batch["mask"].shape))
+        if self._pixels + pixels > _INT32_MAX:
+            self._host += parallel.to_host(self._device).astype(np.int64)
+            self._device, self._pixels = jnp.zeros_like(self._device), 0
+        self._device = _add_confusion(self._device, output, batch["mask"], valid, self._k)
+        self._pixels += pixels
+
+    def total(self) -> np.ndarray:
+        """The (K, K) int64 confusion matrix so far."""
+        return self._host + parallel.to_host(self._device).astype(np.int64)
+
+    def result(self) -> dict:
+        total = self.total()
+        if not total.sum():
+            none = dict.fromkeys(("miou", "pixel_accuracy", "mean_class_accuracy"))
+            return none | {"per_class_iou": [None] * self._k}
+        iou = np.asarray(seg_metrics.per_class_iou(total), np.float64)
+        return seg_metrics.segmentation_metrics(total) | {
+            "per_class_iou": [None if math.isnan(v) else float(v) for v in iou]}
+
+
+@partial(jax.jit, static_argnums=4)
+def _add_confusion(total, pred, mask, valid, num_classes: int):
+    mask = jnp.where(valid.astype(bool)[:, None, None], mask, seg_metrics.VOC_IGNORE_INDEX)
+    return total + seg_metrics.confusion_matrix(pred, mask, num_classes)
+
+
+class Delivered(NamedTuple):
+    """A receiver output with the images that arrived (a digital link's decoding failures are False):
+    the evaluators count only those, and the sweep reports how many."""
+
+    output: Any
+    ok: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class SNRResult:
+    """One SNR of a sweep. scores: the evaluators' results merged (None for a visual-only SNR); shown:
+    the first `show` valid rows of the batches' arrays and of 'output' (and 'delivered'), on the host."""
+
+    snr_db: float
+    scores: dict | None
+    shown: dict[str, np.ndarray]
+    num_images: int
+    delivered: int
+    seconds: float
+
+
+def limited_valid(valid: np.ndarray, seen: int, num_images: int | None) -> np.ndarray:
+    """The batch's valid rows, less those past the first `num_images` of the pass (None or 0: all)."""
+    valid = np.asarray(valid, bool).copy()
+    if num_images:
+        valid &= np.arange(len(valid)) + seen < num_images
+    return valid
+
+
+def snr_sweep(
+    *,
+    snrs: Sequence[float],
+    batches: Callable[[], Iterable[Mapping[str, np.ndarray]]],
+    receive: Callable[[Mapping[str, jax.Array], jax.Array, float], Any],
+    evaluators: Callable[[], Sequence[Evaluator]],
+    mesh,
+    keys: Sequence[str] = ("image",),
+    num_images: int | None = None,
+    seed: int = 0,
+    show: int = 8,
+    visual_snrs: Sequence[float] = (),
+) -> list[SNRResult]:
+    """Every system's evaluation loop: one pass of `batches()` per SNR through `receive`, scored by
+    fresh `evaluators()`.
+
+    The multi-host rule: `batches()` yields the whole global batch on every process (file order, with a
+    bool 'valid' column for padding); its `keys` become global arrays split over the mesh
+    (`parallel.global_batch`) and the evaluators' sums are replicated, so any number of hosts gives the
+    records of one. `receive(arrays, key, snr_db)` returns the output (or a `Delivered`); the key of batch
+    i is fold_in(key(seed), i) at every SNR. A `visual_snrs` entry outside `snrs` runs only until `show`
+    rows are shown and is not scored.
+    """
+    results = []
+    for snr in [*map(float, snrs), *(float(s) for s in visual_snrs if float(s) not in map(float, snrs))]:
+        scored = snr in map(float, snrs)
+        started, seen, delivered, shown = time.perf_counter(), 0, 0, {}
+        scorers = list(evaluators()) if scored else []
+        for i, batch in enumerate(batches()):
+            if (num_images and seen >= num_images) or (not scored and _rows(shown) >= show):
+                break
+            arrays = {k: parallel.global_batch(batch[k], mesh) for k in keys}
+            valid = limited_valid(batch["valid"], seen, num_images)
+            out = receive(arrays, jax.random.fold_in(jax.random.key(seed), i), snr)
+            ok = valid & np.asarray(out.ok, bool) if isinstance(out, Delivered) else valid
+            out = out.output if isinstance(out, Delivered) else out
+            out = out if isinstance(out, jax.Array) else parallel.global_batch(out, mesh)
+            ok_global = parallel.global_batch(ok, mesh)
+            for scorer in scorers:
+                scorer.add(arrays, out, ok_global)
+            seen, delivered = seen + int(valid.sum()), delivered + int(ok.sum())
+            if _rows(shown) < show:
+                rows = {k: np.asarray(batch[k]) for k in keys} | {"output": parallel.to_host(out), "delivered": ok}
+                for k, v in rows.items():
+                    shown[k] = np.concatenate([shown[k], v[valid]]) if k in shown else v[valid]
+        scores = {k: v for s in scorers for k, v in s.result().items()} if scored else None
+        shown = {k: v[:show] for k, v in shown.items()}
+        results.append(SNRResult(snr, scores, shown, seen, delivered, round(time.perf_counter() - started, 2)))
+    return results
+
+
+def _rows(shown: Mapping[str, np.ndarray]) -> int:
+    return len(shown["output"]) if shown else 0
 
 
 def sweep(
@@ -101,7 +290,8 @@ def sweep(
     workdir: str,
     seed: int = 0,
 ) -> list[dict]:
-    """Evaluate `reconstruct(x, key, snr_db) -> x_hat` at every SNR and write the artefacts.
+    """PSNR, LPIPS and FID of `reconstruct(x, key, snr_db) -> x_hat` at every SNR (`snr_sweep` over
+    casc_jax.data's square images); writes WORKDIR/eval/.
 
     x and x_hat are (B, H, W, 3) in [-1, 1]; `reconstruct` is expected to be jitted and sharded.
     """
@@ -109,60 +299,38 @@ def sweep(
     inception, fid_reason = optional_metric(lambda: inception_lib.load_inception(fid_weights or None), "FID")
     parallel.check_batch_size(batch_size, mesh)
     sampler = dict(sampler or {})
+    image_metrics = {"psnr": capped_psnr} | ({"lpips": lpips_fn} if lpips_fn is not None else {})
+    real = {}  # Inception statistics of the real images: the same at every SNR, computed once
+
+    def evaluators():
+        return [ImageScores(image_metrics)] + ([FrechetScores(inception, real)] if inception is not None else [])
+
+    results = snr_sweep(
+        snrs=snrs,
+        batches=lambda: data_lib.make_dataset(data_cfg, split, Stream.evaluation(batch_size)),
+        receive=lambda arrays, key, snr: reconstruct(arrays["image"], key, snr),
+        evaluators=evaluators, mesh=mesh, num_images=num_images, seed=seed, show=grid_images,
+    )
     records, grids = [], {}
-    real_stats = None  # Inception statistics of the real images: the same at every SNR, computed once
-    for snr in snrs:
-        started = time.perf_counter()
-        totals = MetricTotals({"psnr": capped_psnr} | ({"lpips": lpips_fn} if lpips_fn is not None else {}))
-        acts_real, acts_fake, shown = [], [], []
-        seen = 0
-        # Every process reads the whole global batch (same order as one process), and the metric sums
-        # are reduced over all of them: the same records on any number of hosts.
-        batches = data_lib.make_dataset(data_cfg, split,
-                                        data_lib.Stream(batch_size, process_index=0, process_count=1))
-        for i, batch in enumerate(batches):
-            if num_images and seen >= num_images:
-                break
-            x = parallel.global_batch(batch["image"], mesh)
-            key = jax.random.fold_in(jax.random.key(seed), i)
-            x_hat = reconstruct(x, key, float(snr))
-            valid = np.asarray(batch["valid"]).copy()
-            if num_images:
-                valid &= np.arange(len(valid)) + seen < num_images
-            seen += int(valid.sum())
-            totals.add(x, x_hat, parallel.global_batch(valid, mesh))
-            if inception is not None:
-                if real_stats is None:
-                    acts_real.append(parallel.to_host(inception(x))[valid])
-                acts_fake.append(parallel.to_host(inception(x_hat))[valid])
-            if sum(len(s) for s, _ in shown) < grid_images:
-                shown.append((np.asarray(batch["image"])[valid], parallel.to_host(x_hat)[valid]))
-        fid = None
-        if inception is not None and seen > 1:
-            if real_stats is None:
-                real_stats = fid_lib.activation_statistics(np.concatenate(acts_real))
-            fid = fid_lib.frechet_distance(*real_stats, *fid_lib.activation_statistics(np.concatenate(acts_fake)))
-        means = totals.means()
+    for res in results:
         record = {
             "method": method,
             "cr": cr,
-            "snr_db": float(snr),
-            "psnr": means["psnr"],
-            "lpips": means.get("lpips"),
-            "fid": None if fid is None else float(fid),
+            "snr_db": res.snr_db,
+            "psnr": res.scores["psnr"],
+            "lpips": res.scores.get("lpips"),
+            "fid": res.scores.get("fid"),
             "sampler": sampler.get("name"),
             "steps": sampler.get("steps") or None,
-            "num_images": seen,
-            "seconds": round(time.perf_counter() - started, 2),
+            "num_images": res.num_images,
+            "seconds": res.seconds,
         }
         records.append(record)
         lp = "n/a" if record["lpips"] is None else f"{record['lpips']:.4f}"
-        fd = "n/a" if fid is None else f"{fid:.2f}"
-        log.info(f"[eval] {method} CR {cr} SNR {snr:g} dB: PSNR {record['psnr']:.2f} dB, LPIPS {lp}, FID {fd} "
-                 f"({seen} images)")
-        src = np.concatenate([s for s, _ in shown])[:grid_images]
-        rec = np.concatenate([r for _, r in shown])[:grid_images]
-        grids[snr] = np.concatenate([src, rec])
+        fd = "n/a" if record["fid"] is None else f"{record['fid']:.2f}"
+        log.info(f"[eval] {method} CR {cr} SNR {res.snr_db:g} dB: PSNR {record['psnr']:.2f} dB, LPIPS {lp}, "
+                 f"FID {fd} ({res.num_images} images)")
+        grids[res.snr_db] = np.concatenate([res.shown["image"], res.shown["output"]])
     notes = {}
     if lpips_reason:
         notes["lpips"] = lpips_reason

@@ -20,10 +20,8 @@ accounting of multitask_jax.jscc). Sizes are written W x H, as the paper does ("
 each folder keeps the shown images (uint8 sources, reconstructions, class masks) for multitask_jax.tools.compare.
 The same sweeps evaluate the learned baselines (`build_model`, `method`: multitask_jax.baselines).
 
-casc_jax.evaluate.sweep is not reused: it reads CASC's data pipeline (square centre crops of
-casc_jax.data.make_dataset), while the multi-task validation needs multitask_jax.data's cover crops at
-224x224 and 512x768 and VOC masks, and it always loads LPIPS and FID, which the paper does not report.
-Its on-device metric totals (capped PSNR summed inside jit) and the image-grid helpers are reused.
+Both sweeps are `casc_jax.evaluate.snr_sweep` (its multi-host rule: every process reads the global batch)
+with its evaluators: `ImageScores` (capped PSNR) and `ConfusionScores`. The paper reports no LPIPS or FID.
 """
 
 from __future__ import annotations
@@ -31,19 +29,15 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from casc_jax import image_io
-from casc_jax.evaluate import MetricTotals, capped_psnr
+from casc_jax.evaluate import ConfusionScores, ImageScores, capped_psnr, snr_sweep
 from casc_jax.evaluate import reconstructor as end_to_end_reconstructor
-from casc_jax.metrics import segmentation as seg_metrics
 from casc_jax.train import parallel
 from multitask_jax import train as mt_train
 from multitask_jax.data import colorize_mask, segmentation_palette
@@ -64,16 +58,9 @@ def reconstructor(model: MultiTaskSystem, params, mesh, sampler: Mapping) -> Cal
 
 
 def segmenter(model: MultiTaskSystem, params, mesh) -> Callable:
-    """(I (B, H, W, 3), mask (B, H, W), key, snr_db) -> (predicted classes (B, H, W), confusion (K, K))."""
-    num_classes = model.num_classes
-
-    @jax.jit
-    def run(params, x, mask, key, snr):
-        pred = jnp.argmax(model(params, x, SEGMENTATION, key, snr), axis=-1).astype(jnp.int32)
-        return pred, seg_metrics.confusion_matrix(pred, mask, num_classes)
-
-    put = lambda a: parallel.global_batch(a, mesh)  # noqa: E731
-    return lambda x, mask, key, snr: run(params, put(x), put(mask), key, jnp.float32(snr))
+    """(I (B, H, W, 3), key, snr_db) -> predicted classes (B, H, W) int32."""
+    classes = lambda p, x, key, snr: jnp.argmax(model(p, x, SEGMENTATION, key, snr), -1).astype(jnp.int32)  # noqa: E731
+    return end_to_end_reconstructor(classes, params, mesh)
 
 
 def _channel_fields(config, model: MultiTaskSystem) -> dict:
@@ -82,23 +69,6 @@ def _channel_fields(config, model: MultiTaskSystem) -> dict:
         "channel_uses": model.num_channel_uses,
         "overhead_bits": model.overhead_bits(),
     }
-
-
-def _global(batch, mesh, *keys) -> tuple[dict, dict]:
-    """A process-local batch -> (its global arrays, the same gathered to numpy on every process).
-
-    Each process reads its own shard; the outputs of the jitted receivers are gathered in the same
-    order as these arrays, so the scores line up with their images on any number of hosts.
-    """
-    arrays = parallel.shard_batch({k: batch[k] for k in keys}, mesh)
-    return arrays, {k: parallel.to_host(v) for k, v in arrays.items()}
-
-
-def _limited_valid(valid: np.ndarray, seen: int, num_images: int) -> np.ndarray:
-    valid = np.asarray(valid).copy()
-    if num_images:
-        valid &= np.arange(len(valid)) + seen < num_images
-    return valid
 
 
 def eval_dir(config, workdir: str, task: str) -> str:
@@ -112,16 +82,31 @@ def _method(config, method: str) -> str:
     return config.eval.get("method") or method
 
 
-def _size_name(hw: Sequence[int]) -> str:
-    return f"{hw[1]}x{hw[0]}"  # W x H, as the paper writes 768x512
+def size_name(hw: Sequence[int]) -> str:
+    """(H, W) -> 'WxH', as the paper writes 768x512."""
+    return f"{hw[1]}x{hw[0]}"
 
 
-def eval_and_grid_snrs(config) -> tuple[list[float], list[float], list[float]]:
-    """(sweep SNRs, grid SNRs, grid SNRs outside the sweep): a grid SNR the sweep does not evaluate (Fig. 6's
-    18 dB on a 0..20 step 4 sweep) is run on the first batch only, for its visual row, and makes no record."""
-    snrs = [float(s) for s in config.channel.eval_snrs]
-    grid_snrs = [float(g) for g in config.eval.grid_snrs]
-    return snrs, grid_snrs, [s for s in grid_snrs if s not in snrs]
+def sweep(config, task: str, receive: Callable, evaluators: Callable, image_size=None, batches=None) -> list:
+    """`casc_jax.evaluate.snr_sweep` over the config's evaluation split of `task` (at `image_size`, or
+    over `batches()`), its SNRs, and its grid SNRs (one outside the sweep, such as Fig. 6's 18 dB on a
+    0..20 step 4 sweep, gives the visual row only)."""
+    mesh = parallel.make_mesh()
+    batch_size = config.eval.batch_size
+    parallel.check_batch_size(batch_size, mesh)
+    if batches is None:
+        batches = lambda: mt_train.batches_for_eval(config, task, batch_size=batch_size, image_size=image_size)  # noqa: E731
+    return snr_sweep(
+        snrs=config.channel.eval_snrs, visual_snrs=config.eval.grid_snrs, batches=batches,
+        receive=receive, evaluators=evaluators, mesh=mesh,
+        keys=("image", "mask") if task == SEGMENTATION else ("image",),
+        num_images=config.eval.num_images, seed=config.seed, show=config.eval.grid_images,
+    )
+
+
+def by_snr(results) -> dict:
+    """{snr_db: SNRResult} of a sweep."""
+    return {r.snr_db: r for r in results}
 
 
 # -- reconstruction ------------------------------------------------------------------------------
@@ -137,55 +122,39 @@ def evaluate_reconstruction(
     `build_model(config, (H, W))` gives the system (ours, or a baseline with the same interface)."""
     method = _method(config, method)
     mesh = parallel.make_mesh()
-    batch_size = parallel.check_batch_size(config.eval.batch_size, mesh)
     sampler = _sampler(config)
-    snrs, grid_snrs, visual_only = eval_and_grid_snrs(config)
+    grid_snrs = [float(g) for g in config.eval.grid_snrs]
     records, figures, grids = [], {}, {}
     for hw in config.data.get("eval_sizes") or (mt_train.image_hw(config),):
         hw = tuple(int(s) for s in hw)
         model = build_model(config, hw)
         run = reconstructor(model, params, mesh, sampler)
-        shown = {}
-        for snr in snrs + visual_only:
-            started, seen, totals = time.perf_counter(), 0, MetricTotals({"psnr": capped_psnr})
-            batches = mt_train.batches_for_eval(config, RECONSTRUCTION, batch_size=batch_size, image_size=hw)
-            for i, batch in enumerate(batches):
-                if (config.eval.num_images and seen >= config.eval.num_images) or (i and snr in visual_only):
-                    break
-                arrays, host = _global(batch, mesh, "image", "valid")
-                valid = _limited_valid(host["valid"], seen, config.eval.num_images)
-                key = jax.random.fold_in(jax.random.key(config.seed), i)
-                x_hat = run(arrays["image"], key, snr)
-                totals.add(arrays["image"], x_hat, parallel.global_batch(valid, mesh))
-                seen += int(valid.sum())
-                if i == 0:
-                    shown.setdefault("original", host["image"][valid])
-                    shown[snr] = parallel.to_host(x_hat)[valid]
-            if snr in visual_only:
-                continue
+        results = sweep(config, RECONSTRUCTION, lambda arrays, key, snr, run=run: run(arrays["image"], key, snr),
+                        lambda: [ImageScores({"psnr": capped_psnr})], image_size=hw)
+        for res in (r for r in results if r.scores is not None):
             record = {
                 "task": RECONSTRUCTION,
                 "method": method,
-                "size": _size_name(hw),
+                "size": size_name(hw),
                 "height": hw[0],
                 "width": hw[1],
-                "snr_db": snr,
-                "psnr": totals.means()["psnr"],
+                "snr_db": res.snr_db,
+                "psnr": res.scores["psnr"],
                 **_channel_fields(config, model),
                 "sampler": sampler.get("name"),
                 "steps": sampler.get("steps") or None,
-                "num_images": seen,
-                "seconds": round(time.perf_counter() - started, 2),
+                "num_images": res.num_images,
+                "seconds": res.seconds,
             }
             records.append(record)
-            log.info(f"[eval] reconstruction {record['size']} SNR {snr:g} dB: PSNR {record['psnr']:.2f} dB "
-                     f"({seen} images)")
-        n = config.eval.grid_images
-        rows = [("original", image_io.to_uint8(shown["original"][:n]))]
-        rows += [(f"SNR {s:g} dB", image_io.to_uint8(shown[s][:n])) for s in grid_snrs]
-        figures[_size_name(hw)] = rows
-        grids[f"source_{_size_name(hw)}"] = rows[0][1]
-        grids.update({f"{method}_{_size_name(hw)}_snr{s:g}": image_io.to_uint8(shown[s][:n]) for s in grid_snrs})
+            log.info(f"[eval] reconstruction {record['size']} SNR {res.snr_db:g} dB: PSNR {record['psnr']:.2f} dB "
+                     f"({res.num_images} images)")
+        shown = by_snr(results)
+        rows = [("original", image_io.to_uint8(results[0].shown["image"]))]
+        rows += [(f"SNR {s:g} dB", image_io.to_uint8(shown[s].shown["output"])) for s in grid_snrs]
+        figures[size_name(hw)] = rows
+        grids[f"source_{size_name(hw)}"] = rows[0][1]
+        grids.update({f"{method}_{size_name(hw)}_snr{s:g}": image for (_, image), s in zip(rows[1:], grid_snrs)})
     out_dir = eval_dir(config, workdir, RECONSTRUCTION)
     if not parallel.is_primary():  # process 0 writes the files
         return records
@@ -198,66 +167,51 @@ def evaluate_reconstruction(
 
 
 # -- segmentation --------------------------------------------------------------------------------
+def segmentation_record(config, method: str, res, budget: Mapping) -> dict:
+    """The record of one scored SNR of a segmentation sweep (`budget`: the channel or bit fields)."""
+    record = {
+        "task": SEGMENTATION,
+        "method": method,
+        "size": size_name(mt_train.image_hw(config)),
+        "snr_db": res.snr_db,
+        **{k: v for k, v in res.scores.items() if k != "per_class_iou"},
+        **budget,
+        "num_images": res.num_images,
+        "seconds": res.seconds,
+        "per_class_iou": res.scores["per_class_iou"],
+    }
+    return record
+
+
 def evaluate_segmentation(
     config, params, workdir: str, *, build_model=mt_train.build_model, method: str = METHOD
 ) -> list[dict]:
     """mIoU and pixel accuracy against SNR over the evaluation split; writes WORKDIR/eval/segmentation/."""
     method = _method(config, method)
-    mesh = parallel.make_mesh()
-    batch_size = parallel.check_batch_size(config.eval.batch_size, mesh)
     model = build_model(config)
-    run = segmenter(model, params, mesh)
-    snrs, grid_snrs, visual_only = eval_and_grid_snrs(config)
-    records, shown = [], {}
-    for snr in snrs + visual_only:
-        started, seen = time.perf_counter(), 0
-        total = np.zeros((model.num_classes,) * 2, np.int64)
-        for i, batch in enumerate(mt_train.batches_for_eval(config, SEGMENTATION, batch_size=batch_size)):
-            if (config.eval.num_images and seen >= config.eval.num_images) or (i and snr in visual_only):
-                break
-            arrays, host = _global(batch, mesh, "image", "mask", "valid")
-            valid = _limited_valid(host["valid"], seen, config.eval.num_images)
-            mask = np.where(valid[:, None, None], host["mask"], seg_metrics.VOC_IGNORE_INDEX).astype(np.int32)
-            pred, cm = run(arrays["image"], mask, jax.random.fold_in(jax.random.key(config.seed), i), snr)
-            total += parallel.to_host(cm).astype(np.int64)
-            seen += int(valid.sum())
-            if i == 0:
-                shown.setdefault("image", host["image"][valid])
-                shown.setdefault("ground truth", mask[valid])
-                shown[snr] = parallel.to_host(pred)[valid]
-        if snr in visual_only:
-            continue
-        iou = np.asarray(seg_metrics.per_class_iou(total), np.float64)
-        record = {
-            "task": SEGMENTATION,
-            "method": method,
-            "size": _size_name(mt_train.image_hw(config)),
-            "snr_db": snr,
-            **seg_metrics.segmentation_metrics(total),
-            **_channel_fields(config, model),
-            "num_images": seen,
-            "seconds": round(time.perf_counter() - started, 2),
-            "per_class_iou": [None if math.isnan(v) else float(v) for v in iou],
-        }
-        records.append(record)
-        log.info(
-            f"[eval] segmentation SNR {snr:g} dB: mIoU {record['miou']:.4f}, pixel accuracy "
-            f"{record['pixel_accuracy']:.4f} ({seen} images)"
-        )
+    run = segmenter(model, params, parallel.make_mesh())
+    results = sweep(config, SEGMENTATION, lambda arrays, key, snr: run(arrays["image"], key, snr),
+                    lambda: [ConfusionScores(model.num_classes)])
+    records = []
+    for res in (r for r in results if r.scores is not None):
+        records.append(segmentation_record(config, method, res, _channel_fields(config, model)))
+        log.info(f"[eval] segmentation SNR {res.snr_db:g} dB: mIoU {res.scores['miou']:.4f}, pixel accuracy "
+                 f"{res.scores['pixel_accuracy']:.4f} ({res.num_images} images)")
     out_dir = eval_dir(config, workdir, SEGMENTATION)
     if not parallel.is_primary():  # process 0 writes the files
         return records
     write_records(records, out_dir)
     plot_segmentation_vs_snr(records, os.path.join(out_dir, "miou_vs_snr.png"))
-    n = config.eval.grid_images
-    rows = [("image", image_io.to_uint8(shown["image"][:n]))]
+    shown, first = by_snr(results), results[0].shown
+    grid_snrs = [float(g) for g in config.eval.grid_snrs]
     palette = segmentation_palette(config.data.source)
-    rows.append(("ground truth", colorize_mask(shown["ground truth"][:n], palette)))
-    rows += [(f"SNR {s:g} dB", colorize_mask(shown[s][:n], palette)) for s in grid_snrs]
-    grids = {"image": rows[0][1], "ground_truth": np.asarray(shown["ground truth"][:n]), "palette": palette}
-    grids.update({f"{method}_snr{s:g}": np.asarray(shown[s][:n]) for s in grid_snrs})
+    rows = [("image", image_io.to_uint8(first["image"])), ("ground truth", colorize_mask(first["mask"], palette))]
+    rows += [(f"SNR {s:g} dB", colorize_mask(shown[s].shown["output"], palette)) for s in grid_snrs]
+    grids = {"image": rows[0][1], "ground_truth": first["mask"], "palette": palette}
+    grids.update({f"{method}_snr{s:g}": shown[s].shown["output"] for s in grid_snrs})
     np.savez_compressed(os.path.join(out_dir, GRIDS_FILE), **grids)
-    classes = np.unique(np.concatenate([np.ravel(a[:n]) for k, a in shown.items() if k != "image"]))
+    classes = np.unique(np.concatenate([np.ravel(first["mask"])] + [np.ravel(shown[s].shown["output"])
+                                                                   for s in grid_snrs]))
     save_rows_figure(rows, os.path.join(out_dir, "masks.png"), "Segmentation", legend=classes,
                      source=config.data.source)
     return records

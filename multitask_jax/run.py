@@ -52,22 +52,18 @@ def sample(system: System, config, workdir, options):
     task = config.task
     params, source = system.load(config, workdir)
     mesh = parallel.make_mesh()
-    n = parallel.check_batch_size(config.eval.grid_images, mesh)
-    local = next(mt_train.batches_for_eval(config, task, batch_size=n))  # this process's share of the grid
-    keys = ("image", "mask") if task == SEGMENTATION else ("image",)
-    batch = parallel.shard_batch({k: local[k] for k in keys}, mesh)
-    host = {k: parallel.to_host(v) for k, v in batch.items()}
+    parallel.check_batch_size(config.eval.grid_images, mesh)
+    host = next(mt_train.batches_for_eval(config, task, batch_size=config.eval.grid_images))
     rows = [("image", image_io.to_uint8(host["image"]))]
     if task == RECONSTRUCTION:
         run = system.reconstructor(config, params, mesh)
     else:
         palette = segmentation_palette(config.data.source)
         rows.append(("ground truth", colorize_mask(host["mask"], palette)))
-        segment = mt_eval.segmenter(system.build_model(config), params, mesh)
-        run = lambda x, key, snr: segment(x, batch["mask"], key, snr)[0]  # noqa: E731
+        run = mt_eval.segmenter(system.build_model(config), params, mesh)
     for i, snr in enumerate(config.channel.eval_snrs):
         key = jax.random.fold_in(jax.random.key(config.seed), i)
-        out = parallel.to_host(run(batch["image"], key, float(snr)))
+        out = parallel.to_host(run(host["image"], key, float(snr)))
         shown = image_io.to_uint8(out) if task == RECONSTRUCTION else colorize_mask(out, palette)
         rows.append((f"SNR {snr:g} dB", shown))
     path = os.path.join(workdir, f"samples_{task}.png")
@@ -161,8 +157,7 @@ def transmit_task(system: System, config, workdir, options, tag: str | None = No
     if task == RECONSTRUCTION:
         run = system.reconstructor(config, params, mesh)
     else:
-        segment = mt_eval.segmenter(model, params, mesh)
-        run = lambda x, key, snr: segment(x, np.zeros(x.shape[:3], np.int32), key, snr)[0]  # noqa: E731
+        run = mt_eval.segmenter(model, params, mesh)
     batch = np.concatenate([images, np.zeros((-len(images) % mesh.devices.size,) + images.shape[1:], images.dtype)])
     written = []
     for i, (snr, row) in enumerate(zip(snrs, targets)):

@@ -365,5 +365,6 @@ def load_task_params(config, workdir: str, task: str) -> tuple[dict, str]:
 
 
 def batches_for_eval(config, task: str, *, batch_size: int, image_size=None) -> Iterator[Mapping[str, np.ndarray]]:
-    """One padded pass over `config.data.eval_split` of `task` in file order."""
-    return make_batches(config, task, config.data.eval_split, Stream.single_pass(batch_size), image_size)
+    """One padded pass over `config.data.eval_split` of `task` in file order, the whole global batch on
+    every process (the evaluation rule of casc_jax.evaluate.snr_sweep)."""
+    return make_batches(config, task, config.data.eval_split, Stream.evaluation(batch_size), image_size)

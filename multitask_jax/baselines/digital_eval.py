@@ -7,15 +7,14 @@ WORKDIR/eval/reconstruction/  JPEG + LDPC + QAM: PSNR of the delivered images at
 Both write metrics.json / metrics.csv and a plot (`multitask_jax.evaluate`), and grids.npz for the comparison.
 Every record has `num_images`, `delivered`, `failures` and `failure_rate`; a score is null when no image
 was delivered. Failed images are masked out of the confusion matrix and the PSNR; they are never
-replaced by a guess. The link runs on the host process (one process; not for multi-host evaluation).
+replaced by a guess. Both sweeps are `multitask_jax.evaluate.sweep`s: every process runs the link on the
+host over the whole global batch with the same keys, so any number of processes gives the same records.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -23,12 +22,11 @@ import numpy as np
 
 from casc_jax import image_io
 from casc_jax.batching import Stream
-from casc_jax.evaluate import PSNR_CAP_DB
+from casc_jax.evaluate import ConfusionScores, Delivered, ImageScores, capped_psnr
 from casc_jax.metrics import segmentation as seg_metrics
-from casc_jax.metrics.image import psnr
+from casc_jax.train import parallel
 from multitask_jax import data as mt_data
 from multitask_jax import evaluate as mt_eval
-from multitask_jax import train as mt_train
 from multitask_jax.baselines.fcn_digital import FCNDigital
 from multitask_jax.tasks import RECONSTRUCTION, SEGMENTATION
 
@@ -58,94 +56,75 @@ def _say(kind: str, r: dict, score: str) -> None:
              f"({r['delivered']} of {r['num_images']} delivered, {r['failures']} decoding failures)")
 
 
+def _receiver(link, decode=None):
+    """The link as a sweep's receiver: (arrays, key, snr) -> Delivered(decoded images, delivered), the
+    received images (zeros where decoding failed) passed through `decode` when given."""
+
+    def receive(arrays, key, snr):
+        x = parallel.to_host(arrays["image"])
+        images, ok = received(link.transmit(key, x, snr), x.shape)
+        return Delivered(images if decode is None else decode(images), ok)
+
+    return receive
+
+
 def segmentation_sweep(model: FCNDigital, params, config) -> tuple[list[dict], dict]:
-    """Records per (modulation, SNR) and the grids {key: uint8/int arrays} of the first batch."""
-    segment = jax.jit(lambda p, x: jnp.argmax(model.segment(p, x), -1).astype(jnp.int32))
-    k = model.num_classes
+    """Records per (modulation, SNR) and the grids {key: uint8/int arrays} of the first images."""
+    segment = jax.jit(lambda x: jnp.argmax(model.segment(params, x), -1).astype(jnp.int32))
     records, grids = [], {}
-    snrs, _, visual_only = mt_eval.eval_and_grid_snrs(config)
     for mod in model.modulations:
-        link, method = model.link(mod), f"fcn_digital_{mod}"
-        for snr in snrs + visual_only:
-            started, seen, got = time.perf_counter(), 0, 0
-            total = np.zeros((k, k), np.int64)
-            batches = mt_train.batches_for_eval(config, SEGMENTATION, batch_size=config.eval.batch_size)
-            for i, batch in enumerate(batches):
-                if (config.eval.num_images and seen >= config.eval.num_images) or (i and snr in visual_only):
-                    break
-                valid = mt_eval._limited_valid(batch["valid"], seen, config.eval.num_images)
-                key = jax.random.fold_in(jax.random.key(config.seed), i)
-                images, ok = received(link.transmit(key, batch["image"], snr), batch["image"].shape)
-                ok &= valid
-                mask = np.where(ok[:, None, None], batch["mask"], seg_metrics.VOC_IGNORE_INDEX).astype(np.int32)
-                pred = np.asarray(segment(params, images))
-                total += np.asarray(seg_metrics.confusion_matrix(pred, mask, k), np.int64)
-                seen, got = seen + int(valid.sum()), got + int(ok.sum())
-                if i == 0:
-                    grids.setdefault("image", image_io.to_uint8(batch["image"][valid]))
-                    grids.setdefault("ground_truth", np.asarray(batch["mask"])[valid])
-                    grids.setdefault("palette", mt_data.segmentation_palette(config.data.source))
-                    grids[f"{method}_snr{snr:g}"] = np.where(ok[valid, None, None], pred[valid], 255)
-            if snr in visual_only:
+        method = f"fcn_digital_{mod}"
+        results = mt_eval.sweep(config, SEGMENTATION, _receiver(model.link(mod), segment),
+                                lambda: [ConfusionScores(model.num_classes)])
+        for res in results:
+            grids.setdefault("image", image_io.to_uint8(res.shown["image"]))
+            grids.setdefault("ground_truth", res.shown["mask"])
+            grids.setdefault("palette", mt_data.segmentation_palette(config.data.source))
+            grids[f"{method}_snr{res.snr_db:g}"] = np.where(res.shown["delivered"][:, None, None],
+                                                            res.shown["output"], seg_metrics.VOC_IGNORE_INDEX)
+            if res.scores is None:
                 continue
-            scores = seg_metrics.segmentation_metrics(total) if got else dict.fromkeys(
-                ("miou", "pixel_accuracy", "mean_class_accuracy"))
-            iou = np.asarray(seg_metrics.per_class_iou(total), np.float64)
-            record = {
-                "task": SEGMENTATION, "method": method, "size": mt_eval._size_name(mt_train.image_hw(config)),
-                "snr_db": snr, **scores, **model.budget_fields(mod), **_counts(seen, got),
-                "seconds": round(time.perf_counter() - started, 2),
-                "per_class_iou": [None if math.isnan(v) or not got else float(v) for v in iou],
-            }
+            fields = model.budget_fields(mod) | _counts(res.num_images, res.delivered)
+            record = mt_eval.segmentation_record(config, method, res, fields)
             records.append(record)
-            _say("segmentation", record, "no image delivered" if not got else f"mIoU {record['miou']:.4f}")
+            _say("segmentation", record, f"mIoU {record['miou']:.4f}" if res.delivered else "no image delivered")
     return records, grids
 
 
 def recon_batches(config, hw):
     """One pass over `config.recon_data` at (H, W) (the reconstruction data of the comparison)."""
     cfg = dict(config.recon_data.to_dict(), image_size=tuple(hw))
-    stream = Stream.single_pass(config.eval.batch_size)
+    stream = Stream.evaluation(config.eval.batch_size)
     return mt_data.make_reconstruction_dataset(cfg, config.recon_data.eval_split, stream)
 
 
 def reconstruction_sweep(model: FCNDigital, config) -> tuple[list[dict], dict]:
     """The digital reconstruction curve: PSNR of the delivered images per (size, modulation, SNR)."""
     records, grids = [], {}
-    snrs, _, visual_only = mt_eval.eval_and_grid_snrs(config)
     for hw in (tuple(int(s) for s in hw) for hw in config.recon_data.eval_sizes):
-        size = mt_eval._size_name(hw)
+        size = mt_eval.size_name(hw)
         for mod in model.modulations:
-            link, method = model.link(mod), f"jpeg_ldpc_{mod}"
-            for snr in snrs + visual_only:
-                started, seen, scores = time.perf_counter(), 0, []
-                for i, batch in enumerate(recon_batches(config, hw)):
-                    if (config.eval.num_images and seen >= config.eval.num_images) or (i and snr in visual_only):
-                        break
-                    valid = mt_eval._limited_valid(batch["valid"], seen, config.eval.num_images)
-                    key = jax.random.fold_in(jax.random.key(config.seed), i)
-                    result = link.transmit(key, batch["image"], snr)
-                    images, ok = received(result, batch["image"].shape)
-                    ok &= valid
-                    scores.append(np.minimum(np.asarray(psnr(batch["image"], images)), PSNR_CAP_DB)[ok])
-                    seen += int(valid.sum())
-                    if i == 0:
-                        grids.setdefault(f"source_{size}", image_io.to_uint8(batch["image"][valid]))
-                        shown = np.where(ok[:, None, None, None], image_io.to_uint8(images), 0)  # failed: black
-                        grids[f"{method}_{size}_snr{snr:g}"] = shown[valid]
-                        grids[f"{method}_{size}_snr{snr:g}_ok"] = ok[valid]
-                if snr in visual_only:
+            method = f"jpeg_ldpc_{mod}"
+            results = mt_eval.sweep(config, RECONSTRUCTION, _receiver(model.link(mod)),
+                                    lambda: [ImageScores({"psnr": capped_psnr})],
+                                    batches=lambda hw=hw: recon_batches(config, hw))
+            for res in results:
+                ok = res.shown["delivered"]
+                grids.setdefault(f"source_{size}", image_io.to_uint8(res.shown["image"]))
+                shown = np.where(ok[:, None, None, None], image_io.to_uint8(res.shown["output"]), 0)  # failed: black
+                grids[f"{method}_{size}_snr{res.snr_db:g}"] = shown
+                grids[f"{method}_{size}_snr{res.snr_db:g}_ok"] = ok
+                if res.scores is None:
                     continue
-                got = np.concatenate(scores)
                 record = {
                     "task": RECONSTRUCTION, "method": method, "size": size, "height": hw[0], "width": hw[1],
-                    "snr_db": snr, "psnr": float(np.mean(got)) if len(got) else None,
-                    **model.budget_fields(mod), **_counts(seen, len(got)),
-                    "seconds": round(time.perf_counter() - started, 2),
+                    "snr_db": res.snr_db, "psnr": res.scores["psnr"],
+                    **model.budget_fields(mod), **_counts(res.num_images, res.delivered),
+                    "seconds": res.seconds,
                 }
                 records.append(record)
-                shown = "no image delivered" if record["psnr"] is None else f"PSNR {record['psnr']:.2f} dB"
-                _say(f"reconstruction {size}", record, shown)
+                said = "no image delivered" if record["psnr"] is None else f"PSNR {record['psnr']:.2f} dB"
+                _say(f"reconstruction {size}", record, said)
     return records, grids
 
 

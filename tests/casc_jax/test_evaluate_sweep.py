@@ -1,5 +1,6 @@
 """The evaluation sweep: the real images' Inception statistics are computed once for all SNRs."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -78,3 +79,75 @@ def test_sweep_scores_only_the_first_num_images(tmp_path, monkeypatch):
     assert record["num_images"] == 11
     np.testing.assert_allclose(record["psnr"], np.mean(10 * np.log10(4.0 / mse)), rtol=1e-5)
     np.testing.assert_allclose(record["lpips"], np.abs(x - x_hat).mean((1, 2, 3)).mean(), rtol=1e-5)
+
+
+def _array_batches(images, masks, batch_size):
+    """A padded pass over (images, masks) in order, as the data pipelines give it."""
+    def batches():
+        n = len(images)
+        for i in range(0, n, batch_size):
+            pad = batch_size - len(images[i:i + batch_size])
+            valid = np.r_[np.ones(batch_size - pad, bool), np.zeros(pad, bool)]
+            yield {"image": np.concatenate([images[i:i + batch_size], np.zeros((pad, *images.shape[1:]), np.float32)]),
+                   "mask": np.concatenate([masks[i:i + batch_size], np.zeros((pad, *masks.shape[1:]), np.int32)]),
+                   "valid": valid}
+    return batches
+
+
+def test_confusion_scores_match_the_host_confusion_matrix_and_survive_the_int32_flush(monkeypatch):
+    """The device-summed confusion matrix equals numpy's over the valid images; an int32 overflow guard
+    small enough to fire on every batch (moving the sum into int64 on the host) changes nothing."""
+    rng = np.random.default_rng(0)
+    k, masks = 5, rng.integers(0, 5, (10, 6, 6)).astype(np.int32)
+    masks[0, 0, :3] = 255  # VOC's ignore label
+    preds = rng.integers(0, 5, (10, 6, 6)).astype(np.int32)
+    valid = np.array([1, 1, 0, 1, 1, 0, 1, 1, 1, 0], bool)
+    expected = np.zeros((k, k), np.int64)
+    for p, m in zip(preds[valid], masks[valid]):
+        keep = m != 255
+        np.add.at(expected, (m[keep], p[keep]), 1)
+    for limit in (np.iinfo(np.int32).max, 40):
+        monkeypatch.setattr(evaluate, "_INT32_MAX", limit)
+        scores = evaluate.ConfusionScores(k)
+        for i in (0, 5):
+            scores.add({"mask": jnp.asarray(masks[i:i + 5])}, jnp.asarray(preds[i:i + 5]), jnp.asarray(valid[i:i + 5]))
+        np.testing.assert_array_equal(scores.total(), expected)
+        result = scores.result()
+        np.testing.assert_allclose(result["pixel_accuracy"], np.trace(expected) / expected.sum(), rtol=1e-6)
+        iou = np.diag(expected) / (expected.sum(0) + expected.sum(1) - np.diag(expected))
+        np.testing.assert_allclose(result["per_class_iou"], iou, rtol=1e-6)
+        np.testing.assert_allclose(result["miou"], iou.mean(), rtol=1e-6)
+    assert evaluate.ConfusionScores(k).result()["miou"] is None  # nothing counted: no score
+
+
+def test_snr_sweep_counts_delivered_images_keys_batches_and_shows_visual_only_snrs():
+    """Every rule of the one loop on 10 images in batches of 4 (2 padding rows): num_images, the padded
+    rows, a receiver's failed deliveries (masked from the scores), the same key for batch i at every SNR,
+    and a grid SNR outside the sweep that runs for its visual rows only."""
+    rng = np.random.default_rng(1)
+    images = rng.uniform(-1, 1, (10, 4, 4, 3)).astype(np.float32)
+    masks = np.zeros((10, 4, 4), np.int32)
+    seen_keys = {}
+
+    def receive(arrays, key, snr):
+        seen_keys.setdefault(snr, []).append(np.asarray(jax.random.key_data(key)))
+        x_hat = np.asarray(arrays["image"]) * 0.5
+        return evaluate.Delivered(x_hat, ok=np.array([True, False, True, True]) if snr < 0 else np.ones(4, bool))
+
+    results = evaluate.snr_sweep(
+        snrs=(-3.0, 10.0), visual_snrs=(10.0, 18.0), batches=_array_batches(images, masks, 4),
+        receive=receive, evaluators=lambda: [evaluate.ImageScores({"psnr": evaluate.capped_psnr})],
+        mesh=parallel.make_mesh(), num_images=9, show=5)
+    bad, good, visual = results
+    assert [r.snr_db for r in results] == [-3.0, 10.0, 18.0]
+    assert (bad.num_images, bad.delivered, good.num_images, good.delivered) == (9, 7, 9, 9)
+    psnr = 10 * np.log10(4.0 / ((images.astype(np.float64) * 0.5) ** 2).mean((1, 2, 3)))
+    np.testing.assert_allclose(good.scores["psnr"], psnr[:9].mean(), rtol=1e-5)
+    delivered = np.array([1, 0, 1, 1] * 3, bool)[:9]  # row 1 of every batch failed
+    np.testing.assert_allclose(bad.scores["psnr"], psnr[:9][delivered].mean(), rtol=1e-5)
+    assert visual.scores is None and len(visual.shown["output"]) == 5 and len(seen_keys[18.0]) == 2
+    np.testing.assert_array_equal(bad.shown["delivered"], [1, 0, 1, 1, 1])
+    np.testing.assert_allclose(good.shown["image"], images[:5])
+    for a, b in zip(seen_keys[-3.0], seen_keys[10.0], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(seen_keys[10.0][0], seen_keys[10.0][1])

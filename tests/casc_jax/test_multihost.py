@@ -44,9 +44,9 @@ def _env(**extra) -> dict:
     return env
 
 
-def _launch(args, processes: int) -> list[str]:
+def _launch(args, processes: int, config: str = CONFIG, small=tuple(SMALL)) -> list[str]:
     """launch.py in `processes` processes (a coordinator on a free local port when > 1)."""
-    cmd = [sys.executable, os.path.join(ROOT, "launch.py"), CONFIG, *SMALL, *args]
+    cmd = [sys.executable, os.path.join(ROOT, "launch.py"), config, *small, *args]
     if processes == 1:
         procs = [subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)]
     else:
@@ -124,3 +124,34 @@ def test_distributed_args_come_from_the_documented_variables(monkeypatch):
         monkeypatch.delenv(name)
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     assert parallel.distributed_args() == {}  # JAX detects the cluster
+
+
+MT_SEG = "--config=configs/multitask_seg.py:smoke"
+MT_SMALL = [
+    "--config.train.segmentation.num_steps=3",
+    "--config.train.checkpoint_every=3",
+    "--config.train.log_every=3",
+    "--config.eval.num_images=12",  # two batches of 8, the second cut by num_images
+    "--config.channel.eval_snrs=(0.0,20.0)",
+]
+
+
+def _segmentation_records(workdir) -> list[dict]:
+    with open(os.path.join(workdir, "eval", "segmentation", "metrics.json")) as f:
+        return json.load(f)
+
+
+def test_two_processes_evaluate_the_multitask_segmentation_as_one(tmp_path):
+    """The multi-task sweep follows the same rule (casc_jax.evaluate.snr_sweep): the confusion matrix
+    summed over 2 processes gives the records of 1."""
+    workdir = str(tmp_path / "seg")
+    _launch([f"--workdir={workdir}"], 1, MT_SEG, MT_SMALL)
+    _launch([f"--workdir={workdir}", "--mode=eval"], 2, MT_SEG, MT_SMALL)
+    two = _segmentation_records(workdir)
+    _launch([f"--workdir={workdir}", "--mode=eval"], 1, MT_SEG, MT_SMALL)
+    one = _segmentation_records(workdir)
+    assert [(r["snr_db"], r["num_images"]) for r in two] == [(r["snr_db"], r["num_images"]) for r in one]
+    assert all(r["num_images"] == 12 for r in one)
+    for a, b in zip(one, two, strict=True):
+        for key in ("miou", "pixel_accuracy", "mean_class_accuracy"):
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-6, err_msg=key)
