@@ -495,7 +495,7 @@ def plot_metrics_vs_snr(
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.07 * legend_rows + 0.01, 1, 1) if legend_below else None)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # long legends and labels stay inside
     plt.close(fig)
 
 

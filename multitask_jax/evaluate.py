@@ -337,6 +337,6 @@ def save_rows_figure(
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, extra / (cell * len(rows) + 0.5 + extra), 1, 1))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # long row labels stay inside
     plt.close(fig)
     return path

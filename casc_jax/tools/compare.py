@@ -224,7 +224,7 @@ def visual_grid(rows: Sequence[tuple[str, np.ndarray]], path: str, title: str | 
         fig.suptitle(title, fontsize=12)
     fig.subplots_adjust(left=1.7 / width, right=0.99, top=1 - (0.45 if title else 0.05) / fig_h, bottom=0.02,
                         hspace=0.05)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # long row labels stay inside
     plt.close(fig)
 
 
