@@ -240,9 +240,9 @@ def snr_sweep(
     i is fold_in(key(seed), i) at every SNR. A `visual_snrs` entry outside `snrs` runs only until `show`
     rows are shown and is not scored.
     """
-    results = []
-    for snr in [*map(float, snrs), *(float(s) for s in visual_snrs if float(s) not in map(float, snrs))]:
-        scored = snr in map(float, snrs)
+    results, scored_snrs = [], [float(s) for s in snrs]
+    for snr in scored_snrs + [float(s) for s in visual_snrs if float(s) not in scored_snrs]:
+        scored = snr in scored_snrs
         started, seen, delivered, shown = time.perf_counter(), 0, 0, {}
         scorers = list(evaluators()) if scored else []
         for i, batch in enumerate(batches()):
