@@ -123,6 +123,16 @@ def test_v_prediction_variant_is_casc_cr48_but_for_its_target_and_reuses_its_aut
     assert not reproduce.needs(jobs["quality_casc_cr48"], jobs["distill_casc_cr48_v"])
 
 
+def test_diffsc_v_variant_is_diffsc_cr48_but_for_its_target_and_refines_the_same_deepjscc(tmp_path):
+    eps, v = _config("diffsc_cr48"), _config("diffsc_cr48_v")
+    assert (eps.diffusion.prediction, v.diffusion.prediction) == ("eps", "v")
+    v.diffusion.prediction, v.name = "eps", eps.name
+    assert v.to_dict() == eps.to_dict()
+    jobs = {j.name: j for j in reproduce.JOBS}
+    cmd = jobs["diffsc_cr48_v"].command(str(tmp_path), "npz:x.npz")
+    assert f"--config.diffsc.deepjscc_workdir={tmp_path / 'deepjscc_mse_cr48'}" in cmd
+
+
 def test_jobs_of_one_config_read_the_same_workdirs():
     """A second job of a config (its students, its quality table) must point at the autoencoder the first
     trained on: without it the distillation of casc_cr48_v began a stage 1 of its own."""

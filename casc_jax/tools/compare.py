@@ -45,6 +45,7 @@ FAMILIES = {
     "deepjscc_mse": ("DeepJSCC (MSE)", "tab:blue"),
     "deepjscc_lpips": ("DeepJSCC (LPIPS)", "tab:orange"),
     "diffsc": ("DiffSC", "tab:green"),
+    "diffsc_v": ("DiffSC (v-prediction)", "tab:olive"),
     "casc_nocan": ("CASC w/o CAN", "tab:purple"),
     "casc": ("CASC", "tab:red"),
     "casc_v": ("CASC (v-prediction)", "tab:brown"),

@@ -109,7 +109,8 @@ _AE = {"train.stage1.workdir": "casc_cr48"}  # CR 1/96 and the ablation reuse CR
 # rounds train (into WORKDIR/distill<r>); no evaluation sweep (its students are measured by --mode=quality).
 DISTILL_FLAGS = {"train.distill.rounds": casc_base.CPU_DISTILL_ROUNDS, "train.evaluate": False}
 # In the order they run: the CR 1/48 comparison, the students, the sampler quality table and speed, CR 1/96,
-# then CASC with a v-prediction denoiser on the same autoencoder, its students and their quality.
+# then CASC with a v-prediction denoiser on the same autoencoder, its students and their quality, and DiffSC with
+# a v-prediction U-Net on the same DeepJSCC-MSE.
 JOBS = (
     Job("deepjscc_mse_cr48", "deepjscc_mse_cr48"),
     Job("casc_cr48", "casc_cr48"),
@@ -125,6 +126,7 @@ JOBS = (
     Job("casc_cr48_v", "casc_cr48_v", uses=_AE),  # every job of a config names the workdirs that config reads
     Job("distill_casc_cr48_v", "casc_cr48_v", uses=_AE, flags=DISTILL_FLAGS, record_name="job_distill.json"),
     Job("quality_casc_cr48_v", "casc_cr48_v", mode="quality", uses=_AE),
+    Job("diffsc_cr48_v", "diffsc_cr48_v", uses={"diffsc.deepjscc_workdir": "deepjscc_mse_cr48"}),
 )
 
 

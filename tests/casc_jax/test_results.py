@@ -35,6 +35,19 @@ def test_monotone_claim_per_method():
     assert _verdicts(records)["casc_cr48: PSNR rises and LPIPS falls with SNR"] is False
 
 
+def test_diffsc_refines_its_condition_only_when_at_or_above_it_at_every_snr():
+    mse = [_rec("deepjscc_mse_cr48", "1/48", s, p, 0.15) for s, p in ((5.0, 20.1), (20.0, 23.3))]
+    claim = "DiffSC (v-prediction) PSNR at or above the DeepJSCC (MSE) output it refines at every SNR, CR 1/48"
+    assert _verdicts(mse)[claim] is None
+    v = [_rec("diffsc_cr48_v", "1/48", 5.0, 20.1, 0.2), _rec("diffsc_cr48_v", "1/48", 20.0, 23.9, 0.1)]
+    assert _verdicts(mse + v)[claim] is True
+    v[1]["psnr"] = 23.2
+    held, numbers = next((h, d) for c, h, d in results.claims(mse + v) if c == claim)
+    assert held is False and numbers == "PSNR 5 dB: 20.10 vs 20.10, 20 dB: 23.20 vs 23.30"
+    assert _verdicts(mse + v[1:])[claim] is False  # the 5 dB DiffSC row missing does not hide the 20 dB one
+    assert _verdicts(mse[1:] + v)[claim] is None  # a DeepJSCC row missing: not measured
+
+
 def _quality(rows, best):
     keys = ("sampler", "ms_per_image", "psnr_vs_source", "lpips_vs_source", "psnr_vs_ddpm", "lpips_vs_ddpm")
     return {"num_images": 4, "snr_db": 20.0, "device": "cpu", "fastest_within_tolerance": best,
