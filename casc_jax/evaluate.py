@@ -99,7 +99,8 @@ def optional_metric(loader: Callable, name: str):
 
 # -- the one evaluation layer: evaluators and the SNR sweep ---------------------------------------
 class Evaluator(Protocol):
-    """Scores of one SNR: `add` a batch's receiver output (masked by `valid`), then `result()` once."""
+    """Scores of one SNR: `add` a batch's receiver output (masked by `valid`: the rows to score, those of
+    the pass that were delivered; batch['valid']: the rows of the pass), then `result()` once."""
 
     def add(self, batch: Mapping[str, jax.Array], output: jax.Array, valid: jax.Array) -> None: ...
 
@@ -152,12 +153,18 @@ class ConfusionScores:
     read off one confusion matrix summed on the device over the valid images (VOC label 255 and
     invalid rows not counted); also the per-class IoU. Scores are None when no pixel counted.
 
+    lost_as_wrong: also count the images of the pass that were not delivered (batch['valid'] but not
+    `valid`: a digital link's decoding failures), every labelled pixel of them a miss of its class (an
+    extra "lost" prediction column, K), so that a link that delivers nothing scores 0. `suffix` is added
+    to the score names, to keep two readings of one sweep apart.
+
     The device sum is int32: it is moved into an int64 host total before it could overflow."""
 
-    def __init__(self, num_classes: int):
-        self._k = int(num_classes)
-        self._device = jnp.zeros((self._k, self._k), jnp.int32)
-        self._host = np.zeros((self._k, self._k), np.int64)
+    def __init__(self, num_classes: int, *, lost_as_wrong: bool = False, suffix: str = ""):
+        self._k, self._lost, self._suffix = int(num_classes), bool(lost_as_wrong), suffix
+        size = self._k + self._lost
+        self._device = jnp.zeros((size, size), jnp.int32)
+        self._host = np.zeros((size, size), np.int64)
         self._pixels = 0  # an upper bound of the counts in the device sum
 
     def add(self, batch, output, valid) -> None:
@@ -165,21 +172,30 @@ class ConfusionScores:
         if self._pixels + pixels > _INT32_MAX:
             self._host += parallel.to_host(self._device).astype(np.int64)
             self._device, self._pixels = jnp.zeros_like(self._device), 0
-        self._device = _add_confusion(self._device, output, batch["mask"], valid, self._k)
+        if self._lost:
+            output, valid = _lost_as_class(output, valid, batch["valid"], self._k)
+        self._device = _add_confusion(self._device, output, batch["mask"], valid, self._k + self._lost)
         self._pixels += pixels
 
     def total(self) -> np.ndarray:
-        """The (K, K) int64 confusion matrix so far."""
+        """The (K, K) int64 confusion matrix so far ((K + 1, K + 1) with lost_as_wrong; column K: lost)."""
         return self._host + parallel.to_host(self._device).astype(np.int64)
 
     def result(self) -> dict:
-        total = self.total()
+        total, names = self.total(), ("miou", "pixel_accuracy", "mean_class_accuracy", "per_class_iou")
         if not total.sum():
-            none = dict.fromkeys(("miou", "pixel_accuracy", "mean_class_accuracy"))
-            return none | {"per_class_iou": [None] * self._k}
-        iou = np.asarray(seg_metrics.per_class_iou(total), np.float64)
-        return seg_metrics.segmentation_metrics(total) | {
-            "per_class_iou": [None if math.isnan(v) else float(v) for v in iou]}
+            scores = dict.fromkeys(names[:3]) | {"per_class_iou": [None] * self._k}
+        else:
+            iou = np.asarray(seg_metrics.per_class_iou(total), np.float64)[:self._k]  # no IoU of "lost"
+            scores = seg_metrics.segmentation_metrics(total) | {
+                "miou": float(np.nanmean(iou)), "per_class_iou": [None if math.isnan(v) else float(v) for v in iou]}
+        return {name + self._suffix: scores[name] for name in names}
+
+
+@jax.jit
+def _lost_as_class(pred, delivered, valid, lost):
+    """Predictions with every pixel of a valid but undelivered image set to class `lost`; all valid rows."""
+    return jnp.where((valid & ~delivered)[:, None, None], lost, pred), valid
 
 
 @partial(jax.jit, static_argnums=4)
@@ -254,9 +270,9 @@ def snr_sweep(
             ok = valid & np.asarray(out.ok, bool) if isinstance(out, Delivered) else valid
             out = out.output if isinstance(out, Delivered) else out
             out = out if isinstance(out, jax.Array) else parallel.global_batch(out, mesh)
-            ok_global = parallel.global_batch(ok, mesh)
+            ok_global, scored_rows = parallel.global_batch(ok, mesh), parallel.global_batch(valid, mesh)
             for scorer in scorers:
-                scorer.add(arrays, out, ok_global)
+                scorer.add(arrays | {"valid": scored_rows}, out, ok_global)
             seen, delivered = seen + int(valid.sum()), delivered + int(ok.sum())
             if _rows(shown) < show:
                 rows = {k: np.asarray(batch[k]) for k in keys} | {"output": parallel.to_host(out), "delivered": ok}

@@ -103,6 +103,8 @@ def base_config(baseline: str, preset: str = "") -> ml_collections.ConfigDict:
             dict(budget_bits=BUDGET_BITS, modulations=("16qam", "64qam"), code_rate=0.5, iterations=20)
         )
         c.recon_data = multitask_base._data("reconstruction")  # the digital PSNR curve (Figs. 4, 5)
+        # how many evaluation photos it scores (unset: all), as eval.num_images does for the learned methods
+        c.recon_data.eval_images = common.unset(int)
     return common.apply_preset(c, preset, {"smoke": _smoke, "cpu": _cpu})
 
 
@@ -134,6 +136,7 @@ def _cpu(c: ml_collections.ConfigDict) -> None:
                   grid_images=6, grid_snrs=multitask_base.CPU_GRID_SNRS[c.task])
     if "recon_data" in c:
         c.recon_data = multitask_base.cpu_data("reconstruction")
+        c.recon_data.eval_images = multitask_base.CPU_EVAL_IMAGES  # the learned methods' photos
 
 
 def _smoke(c: ml_collections.ConfigDict) -> None:

@@ -87,10 +87,12 @@ def size_name(hw: Sequence[int]) -> str:
     return f"{hw[1]}x{hw[0]}"
 
 
-def sweep(config, task: str, receive: Callable, evaluators: Callable, image_size=None, batches=None) -> list:
+def sweep(
+    config, task: str, receive: Callable, evaluators: Callable, image_size=None, batches=None, num_images=None
+) -> list:
     """`casc_jax.evaluate.snr_sweep` over the config's evaluation split of `task` (at `image_size`, or
     over `batches()`), its SNRs, and its grid SNRs (one outside the sweep, such as Fig. 6's 18 dB on a
-    0..20 step 4 sweep, gives the visual row only)."""
+    0..20 step 4 sweep, gives the visual row only); the first `num_images` (None: eval.num_images)."""
     mesh = parallel.make_mesh()
     batch_size = config.eval.batch_size
     parallel.check_batch_size(batch_size, mesh)
@@ -100,7 +102,7 @@ def sweep(config, task: str, receive: Callable, evaluators: Callable, image_size
         snrs=config.channel.eval_snrs, visual_snrs=config.eval.grid_snrs, batches=batches,
         receive=receive, evaluators=evaluators, mesh=mesh,
         keys=("image", "mask") if task == SEGMENTATION else ("image",),
-        num_images=config.eval.num_images, seed=config.seed, show=config.eval.grid_images,
+        num_images=num_images or config.eval.num_images, seed=config.seed, show=config.eval.grid_images,
     )
 
 
@@ -174,7 +176,7 @@ def segmentation_record(config, method: str, res, budget: Mapping) -> dict:
         "method": method,
         "size": size_name(mt_train.image_hw(config)),
         "snr_db": res.snr_db,
-        **{k: v for k, v in res.scores.items() if k != "per_class_iou"},
+        **{k: v for k, v in res.scores.items() if not k.startswith("per_class_iou")},
         **budget,
         "num_images": res.num_images,
         "seconds": res.seconds,

@@ -180,7 +180,7 @@ def claims(records: Sequence[Mapping]) -> list[tuple[str, bool | None, str]]:
             continue
         below = [r for r in rows if r["snr_db"] < threshold]
         above = [r for r in rows if r["snr_db"] >= threshold]
-        holds = all(r.get("miou") is None for r in below) and all(r.get("miou") is not None for r in above)
+        holds = all(r.get("delivered") == 0 for r in below) and all(r.get("delivered") for r in above)
         shown = ", ".join(f"{r['snr_db']:g} dB: {r.get('delivered', '?')}/{r['num_images']}" for r in rows)
         out.append((text, holds, f"images delivered {shown}"))
     for method in sorted({r["method"] for r in records if r["task"] == RECONSTRUCTION}, key=compare._order):

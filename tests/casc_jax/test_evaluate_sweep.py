@@ -120,6 +120,41 @@ def test_confusion_scores_match_the_host_confusion_matrix_and_survive_the_int32_
     assert evaluate.ConfusionScores(k).result()["miou"] is None  # nothing counted: no score
 
 
+def test_lost_images_count_as_misses_of_their_classes_and_never_as_an_iou_of_their_own():
+    """lost_as_wrong: a valid undelivered image adds its labelled pixels to the misses of their classes
+    (numpy's confusion matrix with an extra 'lost' prediction); the plain reading leaves it out."""
+    rng = np.random.default_rng(2)
+    k, masks, preds = 4, rng.integers(0, 4, (6, 5, 5)).astype(np.int32), rng.integers(0, 4, (6, 5, 5)).astype(np.int32)
+    masks[1, 0] = 255
+    valid, delivered = np.array([1, 1, 1, 1, 1, 0], bool), np.array([1, 0, 1, 0, 1, 0], bool)
+    counted = np.zeros((k, k + 1), np.int64)  # ground truth x (prediction, or k where lost)
+    for p, m, d in zip(preds[valid], masks[valid], delivered[valid]):
+        keep = m != 255
+        np.add.at(counted, (m[keep], np.where(d, p, k)[keep]), 1)
+    tp = np.diag(counted[:, :k])
+    iou = tp / (counted.sum(1) + counted[:, :k].sum(0) - tp)
+    fair, plain = evaluate.ConfusionScores(k, lost_as_wrong=True), evaluate.ConfusionScores(k, suffix="_delivered")
+    for scores in (fair, plain):
+        scores.add({"mask": jnp.asarray(masks), "valid": jnp.asarray(valid)}, jnp.asarray(preds),
+                   jnp.asarray(valid & delivered))
+    result = fair.result()
+    np.testing.assert_allclose(result["per_class_iou"], iou, rtol=1e-6)
+    np.testing.assert_allclose(result["miou"], iou.mean(), rtol=1e-6)
+    np.testing.assert_allclose(result["pixel_accuracy"], tp.sum() / counted.sum(), rtol=1e-6)
+    shown = counted[:, :k].copy()
+    shown[:] = 0
+    for p, m in zip(preds[valid & delivered], masks[valid & delivered]):
+        keep = m != 255
+        np.add.at(shown, (m[keep], p[keep]), 1)
+    assert set(plain.result()) == {"miou_delivered", "pixel_accuracy_delivered", "mean_class_accuracy_delivered",
+                                   "per_class_iou_delivered"}
+    np.testing.assert_allclose(plain.result()["pixel_accuracy_delivered"], np.trace(shown) / shown.sum(), rtol=1e-6)
+    nothing = evaluate.ConfusionScores(k, lost_as_wrong=True)
+    nothing.add({"mask": jnp.asarray(masks), "valid": jnp.asarray(valid)}, jnp.asarray(preds),
+                jnp.zeros(6, bool))
+    assert nothing.result()["miou"] == nothing.result()["pixel_accuracy"] == 0.0  # a link that delivers nothing
+
+
 def test_snr_sweep_counts_delivered_images_keys_batches_and_shows_visual_only_snrs():
     """Every rule of the one loop on 10 images in batches of 4 (2 padding rows): num_images, the padded
     rows, a receiver's failed deliveries (masked from the scores), the same key for batch i at every SNR,

@@ -91,8 +91,11 @@ def test_digital_fcn_reports_failures_and_never_invents_images(tmp_path):
         bad, good = by[(task, -5.0)], by[(task, 20.0)]
         assert bad["failures"] == bad["num_images"] == 4 and bad["delivered"] == 0 and bad["failure_rate"] == 1.0
         assert good["failures"] == 0 and good["delivered"] == 4
-        score = "miou" if task == "segmentation" else "psnr"
-        assert bad[score] is None and good[score] is not None
+        if task == "segmentation":  # a lost image is a miss; the delivered-only scores leave it out
+            assert bad["miou"] == bad["pixel_accuracy"] == 0.0 and bad["miou_delivered"] is None
+            assert good["miou"] == good["miou_delivered"] and good["pixel_accuracy"] == good["pixel_accuracy_delivered"]
+        else:
+            assert bad["psnr"] is None and good["psnr"] is not None
         assert good["channel_uses"] == 2000 and good["overhead_bits"] <= 8000
     assert 20.0 < by[("reconstruction", 20.0)]["psnr"] < 100.0
     with np.load(os.path.join(tmp_path, "eval", "reconstruction", GRIDS_FILE)) as g:
@@ -105,7 +108,7 @@ def test_digital_fcn_reports_failures_and_never_invents_images(tmp_path):
         assert (g["fcn_digital_16qam_snr-5"] == 255).all()  # failed: void, not a prediction
         assert g["fcn_digital_16qam_snr18"].shape == (shown, 32, 32) and (g["fcn_digital_16qam_snr18"] != 255).any()
     with open(os.path.join(tmp_path, "eval", "segmentation", "metrics.json")) as f:
-        assert json.load(f)[0]["miou"] is None
+        assert json.load(f)[0]["miou"] == 0.0
 
 
 def test_train_eval_through_the_shared_loop_and_the_comparison(tmp_path):
@@ -120,8 +123,9 @@ def test_train_eval_through_the_shared_loop_and_the_comparison(tmp_path):
 
     seg = tmp_path / "seg" / "eval" / "segmentation"  # a finished segmentation evaluation, written by hand
     seg.mkdir(parents=True)
-    rows = [dict(task="segmentation", method=m, size="32x32", snr_db=s, miou=v, pixel_accuracy=v,
+    rows = [dict(task="segmentation", method=m, size="32x32", snr_db=s, miou=v or 0.0, pixel_accuracy=v or 0.0,
                  channel_uses=8, overhead_bits=512, num_images=4, delivered=4 if v else 0, failures=0 if v else 4)
+            | ({"miou_delivered": v} if "qam" in m else {})
             for m in ("multitask", "fcn_digital_16qam") for s, v in ((0.0, None if "qam" in m else 0.3), (20.0, 0.5))]
     seg.joinpath("metrics.json").write_text(json.dumps(rows))
     masks = np.zeros((3, 32, 32), np.int32)
@@ -134,6 +138,9 @@ def test_train_eval_through_the_shared_loop_and_the_comparison(tmp_path):
             "segmentation.csv", "segmentation.md", "visual_32x32_snr20.png", "visual_segmentation_snr20.png"} <= names
     with open(os.path.join(out, "segmentation.md")) as f:
         md = f.read()
-    assert "JPEG+LDPC+16QAM+FCN" in md and "n/a" in md and "4 of 4 images not delivered" in md
+    assert "JPEG+LDPC+16QAM+FCN" in md and "4 of 4 images not delivered" in md
+    delivered_only = md.split("## mIoU over the delivered images only")[1].split("Budget")[0]  # digital rows only
+    assert "| JPEG+LDPC+16QAM+FCN | n/a | 0.5000 |" in delivered_only
+    assert compare.label("multitask") not in delivered_only
     assert all(os.path.getsize(p) > 0 for p in written)
     assert set(BASELINES) == {"deepjscc", "adjscc", "witt", "deeplab_jscc", "fcn_digital"}
