@@ -93,8 +93,8 @@ def segmentation_sweep(model: FCNDigital, params, config) -> tuple[list[dict], d
             fields = model.budget_fields(mod) | _counts(res.num_images, res.delivered)
             record = mt_eval.segmentation_record(config, method, res, fields)
             records.append(record)
-            said = f"mIoU {record['miou']:.4f}" + (f", {record['miou' + DELIVERED]:.4f} over the delivered images"
-                                                   if res.delivered else " (no image delivered)")
+            said = f"mIoU {record['miou']:.4f}, " + (f"{record['miou' + DELIVERED]:.4f} over the delivered images"
+                                                     if res.delivered else "no image delivered")
             _say("segmentation", record, said)
     return records, grids
 
