@@ -205,17 +205,20 @@ def _add_confusion(total, pred, mask, valid, num_classes: int):
 
 
 class Delivered(NamedTuple):
-    """A receiver output with the images that arrived (a digital link's decoding failures are False):
-    the evaluators count only those, and the sweep reports how many."""
+    """A receiver output with the images that arrived (a digital link's failures are False): the
+    evaluators count only those, and the sweep reports how many. `unsent` (optional, True where an image
+    could not be sent at all, e.g. no source rate fits the budget) is counted apart from channel failures."""
 
     output: Any
     ok: np.ndarray
+    unsent: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class SNRResult:
     """One SNR of a sweep. scores: the evaluators' results merged (None for a visual-only SNR); shown:
-    the first `show` valid rows of the batches' arrays and of 'output' (and 'delivered'), on the host."""
+    the first `show` valid rows of the batches' arrays and of 'output' (and 'delivered'), on the host;
+    unsent: the images a `Delivered` output marked as never sent (also not delivered)."""
 
     snr_db: float
     scores: dict | None
@@ -223,6 +226,7 @@ class SNRResult:
     num_images: int
     delivered: int
     seconds: float
+    unsent: int = 0
 
 
 def limited_valid(valid: np.ndarray, seen: int, num_images: int | None) -> np.ndarray:
@@ -259,7 +263,7 @@ def snr_sweep(
     results, scored_snrs = [], [float(s) for s in snrs]
     for snr in scored_snrs + [float(s) for s in visual_snrs if float(s) not in scored_snrs]:
         scored = snr in scored_snrs
-        started, seen, delivered, shown = time.perf_counter(), 0, 0, {}
+        started, seen, delivered, unsent, shown = time.perf_counter(), 0, 0, 0, {}
         scorers = list(evaluators()) if scored else []
         for i, batch in enumerate(batches()):
             if (num_images and seen >= num_images) or (not scored and _rows(shown) >= show):
@@ -268,6 +272,8 @@ def snr_sweep(
             valid = limited_valid(batch["valid"], seen, num_images)
             out = receive(arrays, jax.random.fold_in(jax.random.key(seed), i), snr)
             ok = valid & np.asarray(out.ok, bool) if isinstance(out, Delivered) else valid
+            if isinstance(out, Delivered) and out.unsent is not None:
+                unsent += int((valid & np.asarray(out.unsent, bool)).sum())
             out = out.output if isinstance(out, Delivered) else out
             out = out if isinstance(out, jax.Array) else parallel.global_batch(out, mesh)
             ok_global, scored_rows = parallel.global_batch(ok, mesh), parallel.global_batch(valid, mesh)
@@ -280,7 +286,7 @@ def snr_sweep(
                     shown[k] = np.concatenate([shown[k], v[valid]]) if k in shown else v[valid]
         scores = {k: v for s in scorers for k, v in s.result().items()} if scored else None
         shown = {k: v[:show] for k, v in shown.items()}
-        results.append(SNRResult(snr, scores, shown, seen, delivered, round(time.perf_counter() - started, 2)))
+        results.append(SNRResult(snr, scores, shown, seen, delivered, round(time.perf_counter() - started, 2), unsent))
     return results
 
 

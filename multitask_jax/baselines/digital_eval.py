@@ -8,7 +8,8 @@ WORKDIR/eval/segmentation/    JPEG + LDPC + QAM + FCN: mIoU and pixel accuracy p
 WORKDIR/eval/reconstruction/  JPEG + LDPC + QAM: PSNR of the delivered images at every `recon_data.eval_sizes`
                               (methods 'jpeg_ldpc_16qam', 'jpeg_ldpc_64qam')
 Both write metrics.json / metrics.csv and a plot (`multitask_jax.evaluate`), and grids.npz for the comparison.
-Every record has `num_images`, `delivered`, `failures` and `failure_rate`; a score is null when no image
+Every record has `num_images`, `delivered`, `failures` (= `unsent`: no JPEG quality fits the budget, +
+`decoding_failures`: the LDPC code failed) and `failure_rate`; a score is null when no image
 was delivered (the PSNR, and the *_delivered segmentation scores). A failed image is never replaced by
 a guess: it is masked out of the PSNR, and in the segmentation scores over every image it is a miss.
 Both sweeps are `multitask_jax.evaluate.sweep`s: every process runs the link on the host over the whole
@@ -47,18 +48,23 @@ def received(result, shape) -> tuple[np.ndarray, np.ndarray]:
     return out, np.asarray(result.ok, bool)
 
 
-def _counts(num_images: int, delivered: int) -> dict:
+def _counts(res) -> dict:
+    """The delivery fields of a record: failures = unsent (no JPEG quality fits the budget, at any SNR)
+    + decoding failures (the channel code failed)."""
+    failures = res.num_images - res.delivered
     return {
-        "num_images": num_images,
-        "delivered": delivered,
-        "failures": num_images - delivered,
-        "failure_rate": (num_images - delivered) / num_images if num_images else None,
+        "num_images": res.num_images,
+        "delivered": res.delivered,
+        "failures": failures,
+        "unsent": res.unsent,
+        "decoding_failures": failures - res.unsent,
+        "failure_rate": failures / res.num_images if res.num_images else None,
     }
 
 
 def _say(kind: str, r: dict, score: str) -> None:
-    log.info(f"[eval] {r['method']} {kind} SNR {r['snr_db']:g} dB: {score} "
-             f"({r['delivered']} of {r['num_images']} delivered, {r['failures']} decoding failures)")
+    log.info(f"[eval] {r['method']} {kind} SNR {r['snr_db']:g} dB: {score} ({r['delivered']} of {r['num_images']} "
+             f"delivered; {r['unsent']} too large to send, {r['decoding_failures']} decoding failures)")
 
 
 def _receiver(link, decode=None):
@@ -67,8 +73,9 @@ def _receiver(link, decode=None):
 
     def receive(arrays, key, snr):
         x = parallel.to_host(arrays["image"])
-        images, ok = received(link.transmit(key, x, snr), x.shape)
-        return Delivered(images if decode is None else decode(images), ok)
+        result = link.transmit(key, x, snr)
+        images, ok = received(result, x.shape)
+        return Delivered(images if decode is None else decode(images), ok, unsent=result.quality == 0)
 
     return receive
 
@@ -90,7 +97,7 @@ def segmentation_sweep(model: FCNDigital, params, config) -> tuple[list[dict], d
                                                             res.shown["output"], seg_metrics.VOC_IGNORE_INDEX)
             if res.scores is None:
                 continue
-            fields = model.budget_fields(mod) | _counts(res.num_images, res.delivered)
+            fields = model.budget_fields(mod) | _counts(res)
             record = mt_eval.segmentation_record(config, method, res, fields)
             records.append(record)
             said = f"mIoU {record['miou']:.4f}, " + (f"{record['miou' + DELIVERED]:.4f} over the delivered images"
@@ -128,7 +135,7 @@ def reconstruction_sweep(model: FCNDigital, config) -> tuple[list[dict], dict]:
                 record = {
                     "task": RECONSTRUCTION, "method": method, "size": size, "height": hw[0], "width": hw[1],
                     "snr_db": res.snr_db, "psnr": res.scores["psnr"],
-                    **model.budget_fields(mod), **_counts(res.num_images, res.delivered),
+                    **model.budget_fields(mod), **_counts(res),
                     "seconds": res.seconds,
                 }
                 records.append(record)

@@ -42,10 +42,10 @@ VISUAL_SNR = {RECONSTRUCTION: 18.0, SEGMENTATION: 10.0}  # the visual rows: Fig.
 MIOU_DELIVERED = "miou" + DELIVERED  # the digital links' mIoU over the images they delivered
 _FIELDS = {
     RECONSTRUCTION: ["method", "label", "size", "snr_db", "psnr", "channel_uses", "overhead_bits", "num_images",
-                     "delivered", "failures", "failure_rate", "workdir"],
+                     "delivered", "failures", "unsent", "failure_rate", "workdir"],
     SEGMENTATION: ["method", "label", "size", "snr_db", "miou", "pixel_accuracy", "mean_class_accuracy",
                    MIOU_DELIVERED, "pixel_accuracy" + DELIVERED, "channel_uses", "overhead_bits", "num_images",
-                   "delivered", "failures", "failure_rate", "workdir"],
+                   "delivered", "failures", "unsent", "failure_rate", "workdir"],
 }
 _TITLES = {"psnr": "PSNR (dB)", "miou": "mIoU", "pixel_accuracy": "pixel accuracy",
            MIOU_DELIVERED: "mIoU over the delivered images only (digital links)"}
@@ -99,8 +99,11 @@ def _failure_notes(records: Sequence[Mapping], task: str) -> list[str]:
     notes = []
     for r in sorted(records, key=lambda r: (_order(r["method"]), r["snr_db"])):
         if r.get("failures"):
+            unsent = r.get("unsent")  # None in a record without the split
+            why = ("decoding failures" if unsent is None else
+                   f"{unsent} too large for the budget at any JPEG quality, {r['failures'] - unsent} decoding failures")
             notes.append(f"- {label(r['method'])}, {r['size']}, {r['snr_db']:g} dB: {r['failures']} of "
-                         f"{r['num_images']} images not delivered (decoding failures; {scored})")
+                         f"{r['num_images']} images not delivered ({why}; {scored})")
     return notes
 
 

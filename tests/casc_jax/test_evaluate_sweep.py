@@ -167,7 +167,8 @@ def test_snr_sweep_counts_delivered_images_keys_batches_and_shows_visual_only_sn
     def receive(arrays, key, snr):
         seen_keys.setdefault(snr, []).append(np.asarray(jax.random.key_data(key)))
         x_hat = np.asarray(arrays["image"]) * 0.5
-        return evaluate.Delivered(x_hat, ok=np.array([True, False, True, True]) if snr < 0 else np.ones(4, bool))
+        failed = np.array([False, True, False, False])
+        return evaluate.Delivered(x_hat, ok=~failed if snr < 0 else np.ones(4, bool), unsent=failed & (snr < 0))
 
     results = evaluate.snr_sweep(
         snrs=(-3.0, 10.0), visual_snrs=(10.0, 18.0), batches=_array_batches(images, masks, 4),
@@ -176,6 +177,7 @@ def test_snr_sweep_counts_delivered_images_keys_batches_and_shows_visual_only_sn
     bad, good, visual = results
     assert [r.snr_db for r in results] == [-3.0, 10.0, 18.0]
     assert (bad.num_images, bad.delivered, good.num_images, good.delivered) == (9, 7, 9, 9)
+    assert (bad.unsent, good.unsent) == (2, 0)  # images 1 and 5; image 9 is past num_images
     psnr = 10 * np.log10(4.0 / ((images.astype(np.float64) * 0.5) ** 2).mean((1, 2, 3)))
     np.testing.assert_allclose(good.scores["psnr"], psnr[:9].mean(), rtol=1e-5)
     delivered = np.array([1, 0, 1, 1] * 3, bool)[:9]  # row 1 of every batch failed

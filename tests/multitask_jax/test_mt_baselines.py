@@ -91,6 +91,7 @@ def test_digital_fcn_reports_failures_and_never_invents_images(tmp_path):
         bad, good = by[(task, -5.0)], by[(task, 20.0)]
         assert bad["failures"] == bad["num_images"] == 4 and bad["delivered"] == 0 and bad["failure_rate"] == 1.0
         assert good["failures"] == 0 and good["delivered"] == 4
+        assert bad["unsent"] == good["unsent"] == 0 and bad["decoding_failures"] == 4  # the JPEGs fit 8 Kbit
         if task == "segmentation":  # a lost image is a miss; the delivered-only scores leave it out
             assert bad["miou"] == bad["pixel_accuracy"] == 0.0 and bad["miou_delivered"] is None
             assert good["miou"] == good["miou_delivered"] and good["pixel_accuracy"] == good["pixel_accuracy_delivered"]
