@@ -24,6 +24,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 TIMESTEPS = (0, 10, 50, 100, 200, 300, 500, 700, 900, 999)
+RUNNERS = {"casc": "casc_jax.casc.run", "diffsc": "casc_jax.casc.baselines.run"}  # their Systems load the weights
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a CASC or DiffSC config file[:preset]")
 _WORKDIR = flags.DEFINE_string("workdir", None, "the trained run")
@@ -116,13 +117,11 @@ def main(argv) -> None:
     config = _CONFIG.value
     if config is None or not _WORKDIR.value:
         raise app.UsageError("--config and --workdir are required")
-    runner = importlib.import_module({"casc": "casc_jax.casc.run", "diffsc": "casc_jax.casc.baselines.run"}.get(
-        config.system, "casc_jax.casc.run"))
     try:
         views(config, None)  # refuses a system without a diffusion decoder before loading anything
     except ValueError as err:
         raise app.UsageError(str(err)) from None
-    params, source = runner.SYSTEM.load(config, _WORKDIR.value)
+    params, source = importlib.import_module(RUNNERS[config.system]).SYSTEM.load(config, _WORKDIR.value)
     stream = data_lib.Stream.single_pass(_IMAGES.value)
     batch = next(data_lib.make_dataset(config.data, config.data.eval_split, stream))
     report = profile(config, params, batch["image"][batch["valid"]], _SNR.value)

@@ -12,9 +12,9 @@ for the digital ones) of every workdir and writes into OUT/:
   visual_segmentation_snr<S>.png  image, ground truth, each method's mask (Fig. 7, bottom; at 10 dB when evaluated)
 The digital methods' PSNR points are missing where no image was delivered; their mIoU counts a lost image's
 pixels as misses (0 where nothing arrived, the paper's Fig. 7 cliff), and a second table gives their mIoU
-over the delivered images only. Decoding failures are listed in the CSV (`failures`, `failure_rate`) and
-under the tables. The plots and
-tables are casc_jax.tools.compare's and casc_jax.evaluate's helpers with this paper's labels.
+over the delivered images only. The failures are listed in the CSV (`failures`, of them `unsent`: too large
+for the budget; `failure_rate`) and under the tables. The plots and tables are casc_jax.tools.compare's and
+casc_jax.evaluate's helpers with this paper's labels.
 
 Use: python launch.py --mode=compare --workdirs=runs/multitask,runs/mt_deepjscc,... [--out=runs/mt_compare]
 """
@@ -127,7 +127,7 @@ def tables(records: Sequence[Mapping], task: str) -> str:
         parts.append("Budget per image: " + "; ".join(f"{m} {k} channel uses, {b} bits" for m, k, b in uses))
         notes = _failure_notes(at, task)
         if notes:
-            parts.append("Decoding failures:\n" + "\n".join(notes))
+            parts.append("Images not delivered:\n" + "\n".join(notes))
     return "\n\n".join(p.strip("\n") for p in parts) + "\n"
 
 
