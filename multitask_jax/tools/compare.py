@@ -87,11 +87,26 @@ def load(
                 npz = os.path.join(workdir, eval_dir, task, GRIDS_FILE)
                 if os.path.isfile(npz):
                     with np.load(npz) as f:
-                        for key in f.files:
-                            grids[task].setdefault(key, f[key])
+                        merge_grids(grids[task], {key: f[key] for key in f.files}, npz)
         if not found:
             raise FileNotFoundError(f"{workdir}/eval/<task>/metrics.json not found: evaluate it first (--mode=eval)")
     return records, grids
+
+
+def _is_source(key: str) -> bool:
+    return key in ("image", "ground_truth") or key.startswith("source_")
+
+
+def merge_grids(merged: dict, new: Mapping[str, np.ndarray], origin: str) -> None:
+    """Add one evaluation's grids to `merged`, unless they were made on other images than those already
+    there (another split, order or count: its rows would sit under the wrong sources), which is logged."""
+    clash = [k for k in new if _is_source(k) and k in merged and not np.array_equal(merged[k], new[k])]
+    if clash:
+        log.warning(f"[compare] {origin}: its visual rows show other images than the first grids "
+                    f"({', '.join(clash)} differ); left out of the visual figures")
+        return
+    for key, value in new.items():
+        merged.setdefault(key, value)
 
 
 def _failure_notes(records: Sequence[Mapping], task: str) -> list[str]:

@@ -145,3 +145,15 @@ def test_train_eval_through_the_shared_loop_and_the_comparison(tmp_path):
     assert compare.label("multitask") not in delivered_only
     assert all(os.path.getsize(p) > 0 for p in written)
     assert set(BASELINES) == {"deepjscc", "adjscc", "witt", "deeplab_jscc", "fcn_digital"}
+
+
+def test_grids_of_other_images_are_left_out_of_the_visual_rows():
+    first = {"image": np.zeros((2, 4, 4, 3), np.uint8), "ground_truth": np.zeros((2, 4, 4), np.int32),
+             "multitask_snr10": np.ones((2, 4, 4), np.int32)}
+    merged = {}
+    compare.merge_grids(merged, first, "a")
+    compare.merge_grids(merged, dict(first, deeplab_jscc_snr10=np.full((2, 4, 4), 2)), "b")  # the same images
+    other = dict(first, image=np.full((2, 4, 4, 3), 9, np.uint8), mt_witt_snr10=np.zeros((2, 4, 4)))
+    compare.merge_grids(merged, other, "c")  # other sources: its rows would sit under the wrong images
+    assert set(merged) == {"image", "ground_truth", "multitask_snr10", "deeplab_jscc_snr10"}
+    np.testing.assert_array_equal(merged["image"], first["image"])
