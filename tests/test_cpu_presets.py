@@ -110,27 +110,25 @@ def test_reproduction_jobs_chain_their_workdirs(tmp_path):
     assert any(a.endswith("configs/casc_cr96.py:cpu") for a in cmd)
 
 
-def test_v_prediction_variant_is_casc_cr48_but_for_its_target_and_reuses_its_autoencoder(tmp_path):
-    eps, v = _config("casc_cr48"), _config("casc_cr48_v")
+@pytest.mark.parametrize("base, reads", [("casc_cr48", "train.stage1.workdir=casc_cr48"),
+                                         ("diffsc_cr48", "diffsc.deepjscc_workdir=deepjscc_mse_cr48")])
+def test_v_prediction_variant_is_its_base_config_but_for_its_target_and_reads_the_same_first_stage(
+    tmp_path, base, reads
+):
+    eps, v = _config(base), _config(f"{base}_v")
     assert (eps.diffusion.prediction, v.diffusion.prediction) == ("eps", "v")
     v.diffusion.prediction, v.name = "eps", eps.name
     assert v.to_dict() == eps.to_dict()
+    field, workdir = reads.split("=")
+    cmd = {j.name: j for j in reproduce.JOBS}[f"{base}_v"].command(str(tmp_path), "npz:x.npz")
+    assert f"--config.{field}={tmp_path / workdir}" in cmd
+
+
+def test_the_v_casc_students_and_quality_follow_its_own_stage_2():
     jobs = {j.name: j for j in reproduce.JOBS}
-    cmd = jobs["casc_cr48_v"].command(str(tmp_path), "npz:x.npz")
-    assert f"--config.train.stage1.workdir={tmp_path / 'casc_cr48'}" in cmd
     assert reproduce.needs(jobs["quality_casc_cr48_v"], jobs["distill_casc_cr48_v"])
     assert reproduce.needs(jobs["distill_casc_cr48_v"], jobs["casc_cr48_v"])
     assert not reproduce.needs(jobs["quality_casc_cr48"], jobs["distill_casc_cr48_v"])
-
-
-def test_diffsc_v_variant_is_diffsc_cr48_but_for_its_target_and_refines_the_same_deepjscc(tmp_path):
-    eps, v = _config("diffsc_cr48"), _config("diffsc_cr48_v")
-    assert (eps.diffusion.prediction, v.diffusion.prediction) == ("eps", "v")
-    v.diffusion.prediction, v.name = "eps", eps.name
-    assert v.to_dict() == eps.to_dict()
-    jobs = {j.name: j for j in reproduce.JOBS}
-    cmd = jobs["diffsc_cr48_v"].command(str(tmp_path), "npz:x.npz")
-    assert f"--config.diffsc.deepjscc_workdir={tmp_path / 'deepjscc_mse_cr48'}" in cmd
 
 
 def test_jobs_of_one_config_read_the_same_workdirs():
