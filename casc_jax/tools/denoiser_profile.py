@@ -1,7 +1,7 @@
 """How well a trained diffusion decoder reads the clean signal in one step, at each noise level t.
 
     python -m casc_jax.tools.denoiser_profile --config=configs/diffsc_cr48_v.py:cpu --workdir=RUN \
-        [--config.diffsc.deepjscc_workdir=RUN_JSCC] [--snr=20] [--images=64] [--out=DIR]
+        [--set diffsc.deepjscc_workdir=RUN_JSCC ...] [--snr=20] [--images=64] [--out=DIR]
 
 For evaluation images x through the channel at --snr, the denoiser's x0 read at t,
     x0_hat(t) = (x_t - sigma_t eps_hat(x_t, t | condition)) / alpha_t,   x_t = alpha_t x0 + sigma_t eps,
@@ -16,21 +16,14 @@ Writes OUT/denoiser_profile.json and OUT/denoiser_profile.png (OUT defaults to W
 
 from __future__ import annotations
 
+import argparse
+import ast
 import json
 import os
 from collections.abc import Callable, Sequence
 
-from absl import app, flags
-from ml_collections import config_flags
-
 TIMESTEPS = (0, 10, 50, 100, 200, 300, 500, 700, 900, 999)
 RUNNERS = {"casc": "casc_jax.casc.run", "diffsc": "casc_jax.casc.baselines.run"}  # their Systems load the weights
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "a CASC or DiffSC config file[:preset]")
-_WORKDIR = flags.DEFINE_string("workdir", None, "the trained run")
-_SNR = flags.DEFINE_float("snr", 20.0, "channel SNR (dB)")
-_IMAGES = flags.DEFINE_integer("images", 64, "evaluation images (the first of the eval split)")
-_OUT = flags.DEFINE_string("out", None, "output folder (default: WORKDIR)")
 
 
 def views(config, params) -> tuple[Callable, Callable, Callable, str, object]:
@@ -106,27 +99,43 @@ def plot(report: dict, path: str, title: str) -> None:
     plt.close(fig)
 
 
-def main(argv) -> None:
-    del argv
+def _value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a path or a name
+
+
+def main(argv=None) -> None:
     import importlib
 
     from casc_jax import data as data_lib
-    from casc_jax.cli import show_progress
+    from casc_jax.cli import load_config, show_progress
 
-    show_progress()
-    config = _CONFIG.value
-    if config is None or not _WORKDIR.value:
-        raise app.UsageError("--config and --workdir are required")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="a CASC or DiffSC config file[:preset]")
+    parser.add_argument("--workdir", required=True, help="the trained run")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a config override")
+    parser.add_argument("--snr", type=float, default=20.0, help="channel SNR (dB)")
+    parser.add_argument("--images", type=int, default=64, help="evaluation images (the first of the eval split)")
+    parser.add_argument("--out", default=None, help="output folder (default: WORKDIR)")
+    args = parser.parse_args(argv)
+    config = load_config(args.config)
+    try:
+        config.update_from_flattened_dict({k: _value(v) for k, v in (o.split("=", 1) for o in args.set)})
+    except (KeyError, TypeError, ValueError) as err:
+        parser.error(f"--set: {err}")
     try:
         views(config, None)  # refuses a system without a diffusion decoder before loading anything
     except ValueError as err:
-        raise app.UsageError(str(err)) from None
-    params, source = importlib.import_module(RUNNERS[config.system]).SYSTEM.load(config, _WORKDIR.value)
-    stream = data_lib.Stream.single_pass(_IMAGES.value)
+        parser.error(str(err))
+    show_progress()
+    params, source = importlib.import_module(RUNNERS[config.system]).SYSTEM.load(config, args.workdir)
+    stream = data_lib.Stream.single_pass(args.images)
     batch = next(data_lib.make_dataset(config.data, config.data.eval_split, stream))
-    report = profile(config, params, batch["image"][batch["valid"]], _SNR.value)
+    report = profile(config, params, batch["image"][batch["valid"]], args.snr)
     report |= {"config": config.name, "prediction": config.diffusion.get("prediction", "eps"), "weights": source}
-    out = _OUT.value or _WORKDIR.value
+    out = args.out or args.workdir
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "denoiser_profile.json"), "w") as f:
         json.dump(report, f, indent=2)
@@ -138,4 +147,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()
